@@ -1,0 +1,166 @@
+"""Every exception mlsync raises on purpose, in one tree.
+
+Catch ``MLSyncError`` to handle anything mlsync reports; catch a narrower class to act on one
+cause. Messages are written for a person: they say what went wrong and what to do next, and
+never contain an API key (URLs are redacted before they reach a message).
+
+::
+
+    MLSyncError
+    ├── ConfigurationError            bad settings before any work starts
+    │   ├── APIKeyNotFound            no key from argument, environment or profile
+    │   ├── ManifestError             mlsync.yaml is invalid (file:line:col, field)
+    │   └── FilterError               contradictory or malformed filters (also a ValueError)
+    ├── MLHubError                    the hub answered, or failed to, in a way we cannot use
+    │   ├── AuthenticationError       401/403: missing, wrong or unauthorised key
+    │   ├── EntityDoesNotExist        404 on a dataset, collection, item or catalog
+    │   ├── HubConnectionError        DNS, refused, reset or timed out, after retries
+    │   ├── HubServerError            5xx or 429 that outlasted every retry
+    │   └── HubResponseError          HTML, invalid JSON, or JSON of the wrong shape
+    ├── CatalogError                  the dataset's STAC catalog cannot be used
+    │   └── UnsafePathError           a member, id or key would escape the output directory
+    ├── StateError                    local state stops the run
+    │   ├── LockHeldError             another apply holds the output directory's lock
+    │   ├── StalePlanError            a saved plan no longer matches the catalog or disk
+    │   └── FrozenLockError           --frozen, and the hub no longer matches mlsync.lock
+    └── TransferError                 one asset could not be downloaded (kept per asset)
+        └── DownloadFailed            the run ended with failures listed in err_report.csv
+
+``MLHubException`` is kept as an alias of ``MLHubError`` for code written against the
+reference client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "APIKeyNotFound",
+    "AuthenticationError",
+    "CatalogError",
+    "ConfigurationError",
+    "DownloadFailed",
+    "EntityDoesNotExist",
+    "FilterError",
+    "FrozenLockError",
+    "HubConnectionError",
+    "HubResponseError",
+    "HubServerError",
+    "LockHeldError",
+    "MLHubError",
+    "MLHubException",
+    "MLSyncError",
+    "ManifestError",
+    "StalePlanError",
+    "StateError",
+    "TransferError",
+    "UnsafePathError",
+]
+
+
+class MLSyncError(Exception):
+    """Base class of every error mlsync raises on purpose."""
+
+
+class ConfigurationError(MLSyncError):
+    """Settings are missing or invalid; nothing was sent or written."""
+
+
+class APIKeyNotFound(ConfigurationError):
+    """No API key could be resolved from the argument, the environment or a profile."""
+
+
+class ManifestError(ConfigurationError):
+    """A manifest is invalid. ``location`` is ``file:line:col`` when it is known."""
+
+    def __init__(self, message: str, *, location: str | None = None, field: str | None = None):
+        self.location = location
+        self.field = field
+        self.detail = message
+        prefix = f"{location}: " if location else ""
+        where = f"{field}: " if field else ""
+        super().__init__(f"{prefix}{where}{message}")
+
+
+class FilterError(ConfigurationError, ValueError):
+    """Download filters contradict each other or are malformed (e.g. bbox with intersects)."""
+
+
+class MLHubError(MLSyncError):
+    """The hub could not give a usable answer."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None):
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+
+MLHubException = MLHubError
+
+
+class AuthenticationError(MLHubError):
+    """The hub refused the request's credentials (401 or 403)."""
+
+
+class EntityDoesNotExist(MLHubError, LookupError):
+    """The hub has no such dataset, collection, item or catalog (404)."""
+
+
+class HubConnectionError(MLHubError):
+    """The hub could not be reached, or stopped answering, even after retries."""
+
+
+class HubServerError(MLHubError):
+    """The hub kept answering with a server error or rate limit after every retry."""
+
+
+class HubResponseError(MLHubError):
+    """The hub answered with something that is not the JSON the API promises."""
+
+
+class CatalogError(MLSyncError):
+    """The dataset's STAC catalog (archive or JSON) is broken or unusable."""
+
+
+class UnsafePathError(CatalogError):
+    """A path built from untrusted input would land outside the output directory."""
+
+
+class StateError(MLSyncError):
+    """Local state (lock, saved plan, lock file) stops the run."""
+
+
+class LockHeldError(StateError):
+    """Another live process holds the output directory's lock."""
+
+
+class StalePlanError(StateError):
+    """A saved plan was made against a catalog or disk state that has since changed."""
+
+
+class FrozenLockError(StateError):
+    """``--frozen`` was given and the hub's catalog no longer matches ``mlsync.lock``."""
+
+
+class TransferError(MLSyncError):
+    """One asset could not be transferred; ``status`` is the HTTP status when there was one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+    ):
+        self.status = status
+        self.retryable = retryable
+        super().__init__(message)
+
+
+class DownloadFailed(TransferError):
+    """Some assets failed for good; they are listed in ``report`` (err_report.csv)."""
+
+    def __init__(self, message: str, *, failed: int, report: Path):
+        self.failed = failed
+        self.report = report
+        super().__init__(message)

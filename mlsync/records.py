@@ -1,0 +1,105 @@
+"""Plain value types passed between the pipeline's stages.
+
+The catalog ingest produces ``ItemMeta`` and ``AssetRecord`` values; the filters judge them;
+the asset database stores them; the planner turns ``DesiredAsset`` plus ``LocalFile`` into
+``PlannedAction`` values; the executor carries out actions and reports ``TransferResult``.
+Keeping these free of I/O is what lets filters and planning be property-tested.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+BBox = tuple[float, float, float, float]
+"""west, south, east, north in EPSG:4326 degrees."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMeta:
+    """What the filters need to know about one STAC item."""
+
+    collection_id: str
+    item_id: str
+    bbox: BBox | None = None
+    geometry: Mapping[str, Any] | None = None
+    datetime: datetime | None = None
+    start_datetime: datetime | None = None
+    end_datetime: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRecord:
+    """One asset as the catalog lists it. ``item_id`` is None for a collection-level asset."""
+
+    collection_id: str
+    item_id: str | None
+    asset_key: str
+    href: str
+    size: int | None = None
+    checksum: str | None = None
+    """``file:checksum`` as the catalog gives it: a hex multihash (``1220`` + sha256 hex)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredAsset:
+    """An asset the manifest wants on disk, with its destination relative to the dataset dir."""
+
+    rel_path: str
+    href: str
+    size: int | None = None
+    checksum: str | None = None
+
+
+class FileState(enum.StrEnum):
+    """What the asset database remembers about a destination path."""
+
+    MISSING = "missing"
+    PARTIAL = "partial"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """What is known locally about one destination path: the database row and the disk.
+
+    ``disk_size``/``disk_mtime_ns`` describe the final file (None when absent) and
+    ``part_size`` the ``.part`` file beside it (None when absent).
+    """
+
+    rel_path: str
+    state: FileState = FileState.MISSING
+    recorded_size: int | None = None
+    recorded_mtime_ns: int | None = None
+    recorded_checksum: str | None = None
+    disk_size: int | None = None
+    disk_mtime_ns: int | None = None
+    part_size: int | None = None
+    last_error: str | None = None
+
+
+class ActionKind(enum.StrEnum):
+    """The plan's classes, in the order the summary line names them."""
+
+    ADD = "add"
+    RESUME = "resume"
+    REPLACE = "replace"
+    UP_TO_DATE = "up-to-date"
+    ORPHAN = "orphan"
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAction:
+    """One line of a plan. ``offset`` is where a resume starts (bytes already in ``.part``)."""
+
+    kind: ActionKind
+    rel_path: str
+    href: str | None = None
+    size: int | None = None
+    checksum: str | None = None
+    offset: int = 0
+    reason: str = ""
