@@ -19,6 +19,7 @@ never contain an API key (URLs are redacted before they reach a message).
     │   └── HubResponseError          HTML, invalid JSON, or JSON of the wrong shape
     ├── CatalogError                  the dataset's STAC catalog cannot be used
     │   └── UnsafePathError           a member, id or key would escape the output directory
+    ├── LocalWriteError               the output tree cannot be written (full, denied, gone)
     ├── StateError                    local state stops the run
     │   ├── LockHeldError             another apply holds the output directory's lock
     │   ├── StalePlanError            a saved plan no longer matches the catalog or disk
@@ -46,6 +47,7 @@ __all__ = [
     "HubConnectionError",
     "HubResponseError",
     "HubServerError",
+    "LocalWriteError",
     "LockHeldError",
     "MLHubError",
     "MLHubException",
@@ -124,6 +126,13 @@ class CatalogError(MLSyncError):
 
 class UnsafePathError(CatalogError):
     """A path built from untrusted input would land outside the output directory."""
+
+
+class LocalWriteError(MLSyncError):
+    """Writing under the output directory failed: disk full, permission denied, or vanished.
+
+    Nothing already complete is lost; the run stops because every other asset would fail too.
+    """
 
 
 class StateError(MLSyncError):

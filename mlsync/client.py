@@ -1,0 +1,238 @@
+"""Low-level MLHub API functions returning plain dicts and lists, named as in the guide.
+
+Each function takes the session keywords ``api_key``, ``profile`` and ``root_url`` (resolved
+by ``get_session``), or an existing ``session`` to reuse its connection pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypedDict, Unpack
+from urllib.parse import quote
+
+from mlsync.errors import EntityDoesNotExist
+from mlsync.hub.config import resolve_settings
+from mlsync.hub.http import HubSession, expect_shape
+
+__all__ = [
+    "get_catalog_info",
+    "get_collection",
+    "get_collection_archive_info",
+    "get_collection_item",
+    "get_dataset",
+    "get_dataset_by_doi",
+    "get_dataset_by_id",
+    "get_model_by_id",
+    "get_session",
+    "list_collection_items",
+    "list_collections",
+    "list_datasets",
+    "list_models",
+]
+
+
+class SessionOptions(TypedDict, total=False):
+    api_key: str | None
+    profile: str | None
+    root_url: str | None
+    session: HubSession | None
+
+
+def get_session(
+    *, api_key: str | None = None, profile: str | None = None, root_url: str | None = None
+) -> HubSession:
+    """A session configured from arguments, environment and profile, in that order."""
+    return HubSession(resolve_settings(api_key=api_key, profile=profile, root_url=root_url))
+
+
+class _Borrowed:
+    """Use the caller's session, or make one for this call and close it afterwards."""
+
+    def __init__(self, options: SessionOptions) -> None:
+        given = options.get("session")
+        self.owned = given is None
+        self.session = given or get_session(
+            api_key=options.get("api_key"),
+            profile=options.get("profile"),
+            root_url=options.get("root_url"),
+        )
+
+    def __enter__(self) -> HubSession:
+        return self.session
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            self.session.close()
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _not_found(kind: str, name: str, exc: EntityDoesNotExist) -> EntityDoesNotExist:
+    return EntityDoesNotExist(
+        f'{kind} "{name}" does not exist on {exc.url or "the hub"}; '
+        "`mlsync datasets list` shows what is available",
+        status=404,
+        url=exc.url,
+    )
+
+
+def list_datasets(
+    *,
+    tags: str | Sequence[str] | None = None,
+    text: str | Sequence[str] | None = None,
+    **options: Unpack[SessionOptions],
+) -> list[dict[str, Any]]:
+    """Datasets having every tag in ``tags`` and every phrase in ``text``."""
+    params: dict[str, list[str]] = {}
+    if (tag_list := _as_list(tags)) is not None:
+        params["tags"] = tag_list
+    if (text_list := _as_list(text)) is not None:
+        params["text"] = text_list
+    with _Borrowed(options) as session:
+        body = session.get_json("datasets", params=params, what="list datasets")
+    return list(expect_shape(body, list, "list datasets"))
+
+
+def get_dataset_by_id(dataset_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
+    with _Borrowed(options) as session:
+        try:
+            body = session.get_json(
+                f"datasets/{quote(dataset_id, safe='')}", what=f"dataset {dataset_id!r}"
+            )
+        except EntityDoesNotExist as exc:
+            raise _not_found("Dataset", dataset_id, exc) from None
+    return dict(expect_shape(body, dict, f"dataset {dataset_id!r}"))
+
+
+def get_dataset_by_doi(dataset_doi: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
+    """DOIs keep their slashes in the path (``datasets/doi/10.6084/m9.figshare...``)."""
+    with _Borrowed(options) as session:
+        try:
+            body = session.get_json(
+                f"datasets/doi/{quote(dataset_doi, safe='/')}", what=f"dataset DOI {dataset_doi!r}"
+            )
+        except EntityDoesNotExist as exc:
+            raise _not_found("Dataset with DOI", dataset_doi, exc) from None
+    return dict(expect_shape(body, dict, f"dataset DOI {dataset_doi!r}"))
+
+
+def get_dataset(id_or_doi: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
+    """By DOI when the value contains a slash (as DOIs do and ids cannot), else by id."""
+    if "/" in id_or_doi:
+        return get_dataset_by_doi(id_or_doi, **options)
+    return get_dataset_by_id(id_or_doi, **options)
+
+
+def get_catalog_info(dataset_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
+    """``stac_catalog_size`` and ``estimated_dataset_size`` of a dataset, in bytes."""
+    with _Borrowed(options) as session:
+        try:
+            body = session.get_json(
+                f"catalog/{quote(dataset_id, safe='')}/info", what=f"catalog info of {dataset_id!r}"
+            )
+        except EntityDoesNotExist as exc:
+            raise _not_found("Catalog of dataset", dataset_id, exc) from None
+    return dict(expect_shape(body, dict, f"catalog info of {dataset_id!r}"))
+
+
+def list_collections(**options: Unpack[SessionOptions]) -> list[dict[str, Any]]:
+    with _Borrowed(options) as session:
+        body = session.get_json("collections", what="list collections")
+    body = expect_shape(body, dict, "list collections")
+    return list(expect_shape(body.get("collections", []), list, "list collections"))
+
+
+def get_collection(collection_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
+    with _Borrowed(options) as session:
+        try:
+            body = session.get_json(
+                f"collections/{quote(collection_id, safe='')}",
+                what=f"collection {collection_id!r}",
+            )
+        except EntityDoesNotExist as exc:
+            raise _not_found("Collection", collection_id, exc) from None
+    return dict(expect_shape(body, dict, f"collection {collection_id!r}"))
+
+
+def list_collection_items(
+    collection_id: str,
+    *,
+    page_size: int | None = None,
+    extensions: Sequence[str] | None = None,
+    limit: int | None = 10,
+    **options: Unpack[SessionOptions],
+) -> Iterator[dict[str, Any]]:
+    """Items of a collection, following ``next`` links; at most ``limit`` (None: all)."""
+    params: dict[str, Any] = {}
+    if page_size is not None:
+        params["limit"] = page_size
+    if extensions:
+        params["extensions"] = list(extensions)
+    label = f"items of collection {collection_id!r}"
+    yielded = 0
+    with _Borrowed(options) as session:
+        url: str | None = f"collections/{quote(collection_id, safe='')}/items"
+        page_params: Mapping[str, Any] | None = params
+        while url is not None:
+            try:
+                page = expect_shape(session.get_json(url, params=page_params, what=label), dict, label)
+            except EntityDoesNotExist as exc:
+                raise _not_found("Collection", collection_id, exc) from None
+            for feature in expect_shape(page.get("features", []), list, label):
+                if limit is not None and yielded >= limit:
+                    return
+                yield feature
+                yielded += 1
+            url = next(
+                (link.get("href") for link in page.get("links", []) if link.get("rel") == "next"),
+                None,
+            )
+            page_params = None  # the next link carries its own query
+
+
+def get_collection_item(
+    collection_id: str, item_id: str, **options: Unpack[SessionOptions]
+) -> dict[str, Any]:
+    label = f"item {item_id!r} of collection {collection_id!r}"
+    with _Borrowed(options) as session:
+        try:
+            body = session.get_json(
+                f"collections/{quote(collection_id, safe='')}/items/{quote(item_id, safe='')}",
+                what=label,
+            )
+        except EntityDoesNotExist as exc:
+            raise _not_found("Item", f"{collection_id}/{item_id}", exc) from None
+    return dict(expect_shape(body, dict, label))
+
+
+def get_collection_archive_info(
+    collection_id: str, **options: Unpack[SessionOptions]
+) -> dict[str, Any]:
+    with _Borrowed(options) as session:
+        try:
+            body = session.get_json(
+                f"archive/{quote(collection_id, safe='')}/info",
+                what=f"archive info of {collection_id!r}",
+            )
+        except EntityDoesNotExist as exc:
+            raise _not_found("Archive of collection", collection_id, exc) from None
+    return dict(expect_shape(body, dict, f"archive info of {collection_id!r}"))
+
+
+def list_models(**options: Unpack[SessionOptions]) -> list[dict[str, Any]]:
+    with _Borrowed(options) as session:
+        body = session.get_json("models", what="list models")
+    return list(expect_shape(body, list, "list models"))
+
+
+def get_model_by_id(model_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
+    with _Borrowed(options) as session:
+        try:
+            body = session.get_json(f"models/{quote(model_id, safe='')}", what=f"model {model_id!r}")
+        except EntityDoesNotExist as exc:
+            raise _not_found("Model", model_id, exc) from None
+    return dict(expect_shape(body, dict, f"model {model_id!r}"))

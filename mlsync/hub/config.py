@@ -1,0 +1,190 @@
+"""Where the hub is and which key to send: arguments, environment, then profile file.
+
+Compatible with the radiant-mlhub client: the same variables (``MLHUB_ROOT_URL``,
+``MLHUB_API_KEY``, ``MLHUB_PROFILE``, ``MLHUB_HOME``), the same INI profile file
+(``~/.mlhub/profiles``) and the same precedence. One deliberate difference: when nothing
+configures a key at all, mlsync goes on anonymously (the local hub needs no key) and only a
+401 from the hub turns that into an error, which then says where a key can be put.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlsync.errors import APIKeyNotFound, ConfigurationError
+
+DEFAULT_ROOT_URL = "https://api.radiant.earth/mlhub/v1/"
+ANONYMOUS_PROFILE = "__anonymous__"
+DEFAULT_PROFILE = "default"
+
+ENV_ROOT_URL = "MLHUB_ROOT_URL"
+ENV_API_KEY = "MLHUB_API_KEY"
+ENV_PROFILE = "MLHUB_PROFILE"
+ENV_HOME = "MLHUB_HOME"
+
+KEY_HINT = (
+    "pass api_key=..., set MLHUB_API_KEY, or run `mlsync configure` to store one in a profile"
+)
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """The resolved connection settings. ``api_key_source`` says where the key came from."""
+
+    root_url: str
+    api_key: str | None
+    api_key_source: str
+
+    def __repr__(self) -> str:  # never show the key, even in a debugger or a log line
+        shown = "<redacted>" if self.api_key else None
+        return (
+            f"HubSettings(root_url={self.root_url!r}, api_key={shown}, "
+            f"api_key_source={self.api_key_source!r})"
+        )
+
+
+def mlhub_home(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    home = env.get(ENV_HOME)
+    return Path(home).expanduser() if home else Path.home() / ".mlhub"
+
+
+def profiles_path(environ: Mapping[str, str] | None = None) -> Path:
+    return mlhub_home(environ) / "profiles"
+
+
+def normalize_root_url(url: str) -> str:
+    """Root URLs must end with ``/``: relative API paths are joined onto them."""
+    url = url.strip()
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"hub root URL {url!r} must start with http:// or https:// "
+            f"(set it with --root-url, {ENV_ROOT_URL} or the manifest's hub.root_url)"
+        )
+    return url if url.endswith("/") else url + "/"
+
+
+def _read_profiles(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error as exc:
+        raise ConfigurationError(f"profile file {path} is not valid INI: {exc}") from None
+    return parser
+
+
+def resolve_settings(
+    *,
+    api_key: str | None = None,
+    profile: str | None = None,
+    root_url: str | None = None,
+    api_key_env: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> HubSettings:
+    """Resolve root URL and key in the reference client's order.
+
+    Key: ``api_key`` argument; the variable named by ``api_key_env`` (a manifest setting);
+    ``MLHUB_API_KEY`` if present (present but empty is an error, as in the reference);
+    the ``profile`` argument, ``MLHUB_PROFILE``, then the ``default`` profile. A profile
+    named explicitly must exist; the implicit ``default`` may be absent (anonymous).
+    Root URL: argument, ``MLHUB_ROOT_URL``, the profile's ``root_url``, the public default.
+    """
+    env = os.environ if environ is None else environ
+    path = profiles_path(env)
+    parser = _read_profiles(path) if path.is_file() else None
+    profile_name = profile or env.get(ENV_PROFILE)
+    explicit_profile = profile_name is not None
+    profile_name = profile_name or DEFAULT_PROFILE
+
+    section: Mapping[str, str] | None = None
+    if profile_name != ANONYMOUS_PROFILE and parser is not None and parser.has_section(profile_name):
+        section = parser[profile_name]
+
+    key: str | None
+    if api_key:
+        key, source = api_key, "argument"
+    elif api_key_env:
+        value = env.get(api_key_env)
+        if not value:
+            raise APIKeyNotFound(
+                f"the manifest says the API key is in environment variable {api_key_env!r}, "
+                "but it is not set or empty; export it before running mlsync"
+            )
+        key, source = value, f"environment variable {api_key_env}"
+    elif ENV_API_KEY in env:
+        if not env[ENV_API_KEY]:
+            raise APIKeyNotFound(
+                f'the "{ENV_API_KEY}" environment variable is set but empty; '
+                "set it to your key or unset it to use a profile"
+            )
+        key, source = env[ENV_API_KEY], f"environment variable {ENV_API_KEY}"
+    elif profile_name == ANONYMOUS_PROFILE:
+        key, source = None, "anonymous profile"
+    elif section is not None and section.get("api_key"):
+        key, source = section["api_key"], f"profile {profile_name!r} in {path}"
+    elif explicit_profile:
+        if parser is None:
+            why = f"the profile file {path} does not exist"
+        elif section is None:
+            why = f"{path} has no [{profile_name}] section"
+        else:
+            why = f"the [{profile_name}] section of {path} has no api_key"
+        raise APIKeyNotFound(
+            f"could not read an API key for profile {profile_name!r}: {why}; "
+            f"run `mlsync configure --profile {profile_name}`"
+        )
+    else:
+        key, source = None, "none found (anonymous)"
+
+    if root_url:
+        root = root_url
+    elif env.get(ENV_ROOT_URL):
+        root = env[ENV_ROOT_URL]
+    elif section is not None and section.get("root_url"):
+        root = section["root_url"]
+    else:
+        root = DEFAULT_ROOT_URL
+    return HubSettings(root_url=normalize_root_url(root), api_key=key, api_key_source=source)
+
+
+def write_profile(
+    api_key: str,
+    *,
+    profile: str = DEFAULT_PROFILE,
+    root_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Path:
+    """Store a key in the profile file, readable by its owner only (0600, folder 0700)."""
+    if not api_key.strip():
+        raise ConfigurationError("refusing to store an empty API key")
+    if profile == ANONYMOUS_PROFILE:
+        raise ConfigurationError(f"{ANONYMOUS_PROFILE!r} is reserved for anonymous access")
+    path = profiles_path(environ)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    parser = _read_profiles(path) if path.is_file() else configparser.ConfigParser()
+    if not parser.has_section(profile):
+        parser.add_section(profile)
+    parser[profile]["api_key"] = api_key.strip()
+    if root_url:
+        parser[profile]["root_url"] = normalize_root_url(root_url)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        parser.write(handle)
+    os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by umask; the file must still be 0600
+    os.replace(tmp, path)
+    return path
+
+
+def existing_key(profile: str = DEFAULT_PROFILE, environ: Mapping[str, str] | None = None) -> str | None:
+    path = profiles_path(environ)
+    if not path.is_file():
+        return None
+    parser = _read_profiles(path)
+    if parser.has_section(profile):
+        return parser[profile].get("api_key")
+    return None

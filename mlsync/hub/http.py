@@ -1,0 +1,447 @@
+"""All of mlsync's HTTP: sessions, timeouts, retries and secret redaction, in one place.
+
+Why one module: the reference client had no timeouts, retried 404s for minutes and printed
+the API key in errors and urllib3's debug log. Here every request has a connect and a read
+timeout; only failures that can succeed later are retried (connection errors, timeouts,
+408/429/5xx), with exponential backoff and jitter, honouring ``Retry-After``; and every
+string that may reach a person (exception, log line, report) passes through ``redact``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import platform
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import requests.adapters
+import tenacity
+
+from mlsync import __version__
+from mlsync.errors import (
+    AuthenticationError,
+    EntityDoesNotExist,
+    HubConnectionError,
+    HubResponseError,
+    HubServerError,
+    MLHubError,
+)
+from mlsync.hub.config import KEY_HINT, HubSettings
+
+log = logging.getLogger("mlsync.http")
+
+USER_AGENT = f"mlsync/{__version__} (python {platform.python_version()})"
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+# --- redaction -------------------------------------------------------------------------------
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_KEY_PARAM = re.compile(r"(?i)([?&;](?:api_)?key=)[^&#\s'\"<>]+")
+REDACTED = "***"
+
+
+def register_secret(secret: str | None) -> None:
+    """Remember a value that must never be printed (any session's API key)."""
+    if secret and len(secret) >= 4:
+        with _secrets_lock:
+            _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    """Hide every registered secret and any ``key=`` query value in ``text``."""
+    text = _KEY_PARAM.sub(rf"\g<1>{REDACTED}", text)
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs records of loggers we do not own (urllib3 logs full URLs at DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = redact(record.getMessage())
+            record.args = None
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def _install_log_redaction() -> None:
+    for name in ("urllib3.connectionpool", "urllib3", "requests"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
+_install_log_redaction()
+
+# --- policies --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait to connect, and between two reads of a response (stall detection)."""
+
+    connect: float = 10.0
+    read: float = 60.0
+
+    def as_tuple(self) -> tuple[float, float]:
+        return (self.connect, self.read)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a retryable failure is tried again."""
+
+    attempts: int = 6
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 120.0
+    statuses: frozenset[int] = field(default=RETRY_STATUSES)
+
+    def wait_seconds(self, attempt: int, retry_after: float | None) -> float:
+        """Retry-After when the server gave one, else exponential backoff with full jitter."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_max)
+        ceiling = min(self.backoff_max, self.backoff_initial * 2 ** max(attempt - 1, 0))
+        return random.uniform(0.0, ceiling)
+
+    def retrying(
+        self,
+        *,
+        is_retryable: Callable[[BaseException], bool],
+        describe: Callable[[], str],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> tenacity.Retrying:
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return self.wait_seconds(state.attempt_number, retry_after_of(exc))
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info(
+                "retrying %s in %.1fs (attempt %d of %d): %s",
+                describe(),
+                state.next_action.sleep if state.next_action else 0.0,
+                state.attempt_number + 1,
+                self.attempts,
+                redact(str(exc)),
+            )
+
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=wait,
+            retry=tenacity.retry_if_exception(is_retryable),
+            before_sleep=before_sleep,
+            sleep=sleep,
+            reraise=True,
+        )
+
+
+class RetryableStatus(Exception):
+    """A response whose status says 'try again later'; carries its Retry-After."""
+
+    def __init__(self, status: int, reason: str, url: str, retry_after: float | None):
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(f"{status} {reason} from {redact(url)}")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def retry_after_of(exc: BaseException | None) -> float | None:
+    return exc.retry_after if isinstance(exc, RetryableStatus) else None
+
+
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (RetryableStatus, *NETWORK_ERRORS))
+
+
+def describe_network_error(exc: BaseException) -> str:
+    """A short, key-free description of a requests/urllib3 failure."""
+    if isinstance(exc, requests.Timeout):
+        kind = "timed out"
+    elif isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        kind = "connection broken mid-response"
+    elif isinstance(exc, requests.ConnectionError):
+        kind = "connection failed"
+    else:
+        kind = type(exc).__name__
+    detail = redact(str(exc))
+    if len(detail) > 300:
+        detail = detail[:300] + "…"
+    return f"{kind}: {detail}"
+
+
+# --- sessions --------------------------------------------------------------------------------
+
+
+def new_requests_session(pool_size: int = 16) -> requests.Session:
+    """A pooled session with our User-Agent and no urllib3-level retries (we retry ourselves)."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=4, pool_maxsize=pool_size, max_retries=0, pool_block=False
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def open_stream(
+    session: requests.Session,
+    url: str,
+    *,
+    offset: int = 0,
+    timeouts: Timeouts,
+    params: Mapping[str, Any] | None = None,
+) -> requests.Response:
+    """One streamed GET for a file transfer, from ``offset``; the caller owns retries.
+
+    ``Accept-Encoding: identity`` keeps Content-Length and byte ranges about the file's own
+    bytes rather than a compressed encoding of them.
+    """
+    headers = {"Accept-Encoding": "identity", "Accept": "*/*"}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+    log.debug("GET %s from byte %d", redact(url), offset)
+    return session.get(
+        url,
+        params=params,
+        headers=headers,
+        stream=True,
+        allow_redirects=True,
+        timeout=timeouts.as_tuple(),
+    )
+
+
+class HubSession:
+    """The MLHub API as seen from one configured client: root URL, key, pool, policies.
+
+    The key travels as the ``key`` query parameter, as the API expects, and only to URLs
+    under the configured root URL; asset hosts and redirects elsewhere never see it.
+    """
+
+    def __init__(
+        self,
+        settings: HubSettings,
+        *,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        pool_size: int = 16,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.settings = settings
+        self.root_url = settings.root_url
+        self.timeouts = timeouts or Timeouts()
+        self.retry = retry or RetryPolicy()
+        self._http = session or new_requests_session(pool_size)
+        self._http.headers["Accept"] = "application/json"
+        register_secret(settings.api_key)
+
+    def __enter__(self) -> HubSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __repr__(self) -> str:
+        return f"HubSession(root_url={self.root_url!r}, key from {self.settings.api_key_source})"
+
+    @property
+    def requests_session(self) -> requests.Session:
+        return self._http
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return urljoin(self.root_url, path.lstrip("/"))
+
+    def is_api_url(self, url: str) -> bool:
+        root, target = urlsplit(self.root_url), urlsplit(url)
+        return (root.scheme, root.netloc) == (target.scheme, target.netloc) and (
+            target.path.startswith(root.path)
+        )
+
+    def _params_for(self, url: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        merged: dict[str, Any] = dict(params or {})
+        if self.settings.api_key and self.is_api_url(url):
+            merged["key"] = self.settings.api_key
+        return merged
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+        allow_redirects: bool = True,
+        what: str | None = None,
+    ) -> requests.Response:
+        """Send with retries; return a 2xx/3xx response or raise a mapped ``MLHubError``."""
+        url = self.url(path)
+        shown = redact(url)
+        label = what or f"{method} {shown}"
+
+        def attempt() -> requests.Response:
+            log.debug("%s %s", method, shown)
+            response = self._http.request(
+                method,
+                url,
+                params=self._params_for(url, params),
+                headers=dict(headers or {}),
+                stream=stream,
+                allow_redirects=allow_redirects,
+                timeout=self.timeouts.as_tuple(),
+            )
+            log.debug("%s %s -> %d", method, shown, response.status_code)
+            if response.status_code in self.retry.statuses:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                response.close()
+                raise RetryableStatus(response.status_code, response.reason or "", url, retry_after)
+            return response
+
+        try:
+            response = self.retry.retrying(is_retryable=is_retryable, describe=lambda: label)(
+                attempt
+            )
+        except RetryableStatus as exc:
+            raise HubServerError(
+                f"{label}: the hub kept answering {exc.status} after {self.retry.attempts} "
+                "attempts; it may be down or rate-limiting, try again later",
+                status=exc.status,
+                url=shown,
+            ) from None
+        except NETWORK_ERRORS as exc:
+            raise HubConnectionError(
+                f"{label}: could not reach the hub at {redact(self.root_url)} "
+                f"({describe_network_error(exc)}); check the root URL and your network",
+                url=shown,
+            ) from None
+        if response.status_code >= 400:
+            self._raise_for_status(response, label, shown)
+        return response
+
+    def _raise_for_status(self, response: requests.Response, label: str, shown: str) -> None:
+        status = response.status_code
+        detail = _detail_of(response)
+        response.close()
+        if status in (401, 403):
+            if self.settings.api_key:
+                hint = (
+                    f"the hub refused the API key from {self.settings.api_key_source}; "
+                    "check it is current, or run `mlsync configure`"
+                )
+            else:
+                hint = f"no API key was sent; {KEY_HINT}"
+            raise AuthenticationError(
+                f"{label}: authentication failed ({status}{': ' + detail if detail else ''}); {hint}",
+                status=status,
+                url=shown,
+            )
+        if status == 404:
+            raise EntityDoesNotExist(
+                f"{label}: not found (404){': ' + detail if detail else ''}",
+                status=status,
+                url=shown,
+            )
+        raise MLHubError(
+            f"{label}: the hub answered {status} {response.reason or ''}"
+            f"{': ' + detail if detail else ''}",
+            status=status,
+            url=shown,
+        )
+
+    def open_stream(self, path: str, *, offset: int = 0) -> requests.Response:
+        """A streamed GET of an API resource (the catalog archive), key added, no retries."""
+        url = self.url(path)
+        return open_stream(
+            self._http, url, offset=offset, timeouts=self.timeouts, params=self._params_for(url, None)
+        )
+
+    def get_json(
+        self, path: str, *, params: Mapping[str, Any] | None = None, what: str | None = None
+    ) -> Any:
+        response = self.request("GET", path, params=params, what=what)
+        return decode_json(response, what or f"GET {redact(response.url)}")
+
+
+def _detail_of(response: requests.Response) -> str:
+    """The ``detail`` of a FastAPI-style error body, else a short text excerpt."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip() if response.content else ""
+        return redact(text[:200])
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return redact(body["detail"])
+    return redact(str(body)[:200])
+
+
+def decode_json(response: requests.Response, label: str) -> Any:
+    """Parse a JSON body, or say plainly that the hub sent something else."""
+    content_type = response.headers.get("Content-Type", "")
+    try:
+        return response.json()
+    except ValueError:
+        excerpt = response.text[:80].strip().replace("\n", " ")
+        kind = "HTML" if "html" in content_type or excerpt.lower().startswith("<") else "invalid JSON"
+        raise HubResponseError(
+            f"{label}: the hub answered {kind} instead of JSON ({redact(excerpt)!r}); "
+            "is the root URL pointing at an MLHub API?",
+            status=response.status_code,
+            url=redact(response.url),
+        ) from None
+
+
+def expect_shape(value: Any, kind: type | tuple[type, ...], label: str) -> Any:
+    if not isinstance(value, kind):
+        raise HubResponseError(
+            f"{label}: expected a JSON {_kind_name(kind)}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {dict: "object", list: "array", str: "string"}
+    kinds: Iterable[type] = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
