@@ -1,0 +1,277 @@
+"""One file from a URL to disk: resumable, verified, and never half-written under its name.
+
+The bytes go to ``DEST.part``; an interrupted transfer resumes from the part's length with a
+``Range`` request, and starts over when the server ignores the range or the file's size
+changed. The total length is checked against the response and the catalog (and the
+``file:checksum`` when the catalog gives one) before an atomic rename puts the file in place.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from mlsync.errors import LocalWriteError, TransferError
+from mlsync.hub.http import (
+    NETWORK_ERRORS,
+    RetryableStatus,
+    RetryPolicy,
+    describe_network_error,
+    is_retryable,
+    parse_retry_after,
+    redact,
+)
+
+PART_SUFFIX = ".part"
+CHUNK_SIZE = 1 << 20
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 451})
+
+_MULTIHASH = {"12": ("sha256", 32), "13": ("sha512", 64), "11": ("sha1", 20), "d5": ("md5", 16)}
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+
+OpenResponse = Callable[[int], requests.Response]
+"""Starts a GET from the given byte offset (0: the whole file)."""
+
+
+class TransferStopped(Exception):
+    """The run is stopping (Ctrl-C): the part file stays for the next run to resume."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOutcome:
+    size: int
+    mtime_ns: int
+    attempts: int
+    resumed_from: int
+
+
+class _Retry(Exception):
+    """Something that another attempt can fix (short body, a range the server ignored)."""
+
+
+def parse_checksum(checksum: str | None) -> tuple[str, str] | None:
+    """A ``file:checksum`` multihash (hex) as (hashlib name, hex digest); None if unsupported."""
+    if not checksum or len(checksum) < 4:
+        return None
+    code, length = checksum[:2].lower(), checksum[2:4]
+    if code not in _MULTIHASH:
+        return None
+    name, size = _MULTIHASH[code]
+    digest = checksum[4:].lower()
+    if int(length, 16) != size or len(digest) != size * 2:
+        return None
+    return name, digest
+
+
+def _disk_error(exc: OSError, path: Path) -> LocalWriteError:
+    reasons = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOENT: "the output directory vanished",
+    }
+    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    return LocalWriteError(
+        f"cannot write {path}: {reason}. Files already complete are kept; "
+        "free space or fix permissions, then run apply again to resume"
+    )
+
+
+class FileTransfer:
+    """Downloads one file; ``run`` retries per ``policy`` and returns what was written."""
+
+    def __init__(
+        self,
+        open_response: OpenResponse,
+        dest: Path,
+        *,
+        label: str,
+        expected_size: int | None = None,
+        checksum: str | None = None,
+        policy: RetryPolicy | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.open_response = open_response
+        self.dest = dest
+        self.part = dest.with_name(dest.name + PART_SUFFIX)
+        self.label = label
+        self.expected_size = expected_size
+        self.checksum = parse_checksum(checksum)
+        self.policy = policy or RetryPolicy()
+        self.on_bytes = on_bytes or (lambda _n: None)
+        self.stop = stop or threading.Event()
+        self._sleep = sleep
+        self.attempts = 0
+        self.resumed_from: int | None = None
+        self.last_status: int | None = None
+
+    def run(self) -> TransferOutcome:
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, _Retry) or is_retryable(exc)
+
+        retrying = self.policy.retrying(
+            is_retryable=retryable,
+            describe=lambda: self.label,
+            **({"sleep": self._sleep} if self._sleep else {}),
+        )
+        try:
+            retrying(self._attempt)
+        except TransferStopped:
+            raise
+        except RetryableStatus as exc:
+            raise TransferError(
+                f"{exc.status} after {self.attempts} attempts", status=exc.status, retryable=True
+            ) from None
+        except NETWORK_ERRORS as exc:
+            raise TransferError(
+                f"{describe_network_error(exc)} (after {self.attempts} attempts)", retryable=True
+            ) from None
+        except _Retry as exc:
+            raise TransferError(f"{exc} (after {self.attempts} attempts)", retryable=True) from None
+        try:
+            os.replace(self.part, self.dest)
+            stat = self.dest.stat()
+        except OSError as exc:
+            raise _disk_error(exc, self.dest) from None
+        return TransferOutcome(stat.st_size, stat.st_mtime_ns, self.attempts, self.resumed_from or 0)
+
+    def _part_size(self) -> int:
+        try:
+            return self.part.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _attempt(self) -> None:
+        if self.stop.is_set():
+            raise TransferStopped()
+        self.attempts += 1
+        offset = self._part_size()
+        if self.expected_size is not None and offset > self.expected_size:
+            offset = self._restart()
+        if self.resumed_from is None:
+            self.resumed_from = offset
+        response = self.open_response(offset)
+        with response:
+            self.last_status = response.status_code
+            total = self._check_response(response, offset)
+            if total is None:  # 416 for a part that already holds every byte
+                self._verify(self._part_size())
+                return
+            if response.status_code == 200 and offset:
+                offset = self._restart()  # the server ignored Range: take the whole body
+            self._write_body(response, offset, total)
+        self._verify(self._part_size())
+
+    def _restart(self) -> int:
+        try:
+            self.part.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _disk_error(exc, self.part) from None
+        return 0
+
+    def _check_response(self, response: requests.Response, offset: int) -> int | None:
+        """The file's total size per the response, or None when the part is already whole."""
+        status = response.status_code
+        if status == 416 and offset:
+            match = _UNSATISFIED_RANGE.match(response.headers.get("Content-Range", ""))
+            if match and int(match.group(1)) == offset:
+                return None
+            self._restart()
+            raise _Retry("the server refused the resume range; starting over")
+        if status in self.policy.statuses:
+            raise RetryableStatus(
+                status,
+                response.reason or "",
+                response.url,
+                parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if status >= 400:
+            retry = status not in PERMANENT_STATUSES and status >= 500
+            raise TransferError(
+                f"HTTP {status} {response.reason or ''}".strip(), status=status, retryable=retry
+            )
+        if status == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if not match or int(match.group(1)) != offset:
+                self._restart()
+                raise _Retry("the server answered a different byte range; starting over")
+            total = None if match.group(3) == "*" else int(match.group(3))
+        elif status == 200:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        else:
+            raise TransferError(f"unexpected HTTP {status} for a file download", status=status)
+        if total is not None and self.expected_size is not None and total != self.expected_size:
+            self._restart()
+            raise TransferError(
+                f"the server's file is {total:,} bytes but the catalog says "
+                f"{self.expected_size:,}; the catalog or the file changed upstream",
+                status=status,
+            )
+        if total is not None:
+            return total
+        return self.expected_size if self.expected_size is not None else -1
+
+    def _write_body(self, response: requests.Response, offset: int, total: int) -> None:
+        try:
+            self.part.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.part, "r+b" if offset else "wb")  # noqa: SIM115
+        except OSError as exc:
+            raise _disk_error(exc, self.part) from None
+        with handle:
+            handle.seek(offset)
+            handle.truncate()
+            received = offset
+            try:
+                for chunk in response.iter_content(CHUNK_SIZE):
+                    if self.stop.is_set():
+                        raise TransferStopped()
+                    handle.write(chunk)
+                    received += len(chunk)
+                    self.on_bytes(len(chunk))
+            except OSError as exc:
+                if isinstance(exc, NETWORK_ERRORS):
+                    raise
+                raise _disk_error(exc, self.part) from None
+        if total >= 0 and received < total:
+            raise _Retry(f"connection ended after {received:,} of {total:,} bytes")
+        if total >= 0 and received > total:
+            self._restart()
+            raise _Retry(f"received {received:,} bytes, more than the announced {total:,}")
+
+    def _verify(self, size: int) -> None:
+        if self.expected_size is not None and size != self.expected_size:
+            self._restart()
+            raise _Retry(f"file is {size:,} bytes, the catalog says {self.expected_size:,}")
+        if self.checksum is None:
+            return
+        name, expected = self.checksum
+        digest = hashlib.new(name)
+        with open(self.part, "rb") as handle:
+            while block := handle.read(CHUNK_SIZE):
+                digest.update(block)
+        if digest.hexdigest() != expected:
+            self._restart()
+            raise _Retry(f"{name} checksum mismatch; the file changed during transfer")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One key-free line for err_report.csv and the summary."""
+    if isinstance(exc, TransferError):
+        return redact(str(exc))
+    if isinstance(exc, NETWORK_ERRORS):
+        return describe_network_error(exc)
+    return redact(f"{type(exc).__name__}: {exc}")
