@@ -153,6 +153,8 @@ class FileTransfer:
             return self.part.stat().st_size
         except FileNotFoundError:
             return 0
+        except OSError as exc:
+            raise _disk_error(exc, self.part) from None
 
     def _attempt(self) -> None:
         if self.stop.is_set():

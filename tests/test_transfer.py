@@ -1,0 +1,167 @@
+"""FileTransfer's decisions: resume, restart, verify, never a half file under the final name.
+
+The HTTP exchange is simulated at the ``open_response`` seam so that every server quirk can
+be staged exactly; end-to-end runs against the real local hub live in the apply tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+
+import pytest
+import requests
+from requests.structures import CaseInsensitiveDict
+
+from mlsync.errors import LocalWriteError, TransferError
+from mlsync.hub.http import RetryPolicy
+from mlsync.transfer import FileTransfer, TransferStopped, parse_checksum
+
+DATA = bytes(range(256)) * 40  # 10,240 bytes
+SHA = "1220" + hashlib.sha256(DATA).hexdigest()
+FAST = RetryPolicy(attempts=4, backoff_initial=0.0, backoff_max=0.0)
+
+
+def response(status, body=b"", headers=None):
+    r = requests.Response()
+    r.status_code = status
+    r.headers = CaseInsensitiveDict(headers or {})
+    r.raw = io.BytesIO(body)
+    r.url = "http://127.0.0.1/file.bin"
+    r.reason = "X"
+    return r
+
+
+class Server:
+    """Serves DATA honouring Range, with scripted misbehaviour for the first calls."""
+
+    def __init__(self, *script):
+        self.script = list(script)
+        self.offsets = []
+
+    def __call__(self, offset):
+        self.offsets.append(offset)
+        action = self.script.pop(0) if self.script else "ok"
+        if action == "500":
+            return response(500)
+        if action == "404":
+            return response(404)
+        if action == "short":
+            return response(200, DATA[:1000], {"Content-Length": str(len(DATA))})
+        if action == "ignore-range":
+            return response(200, DATA, {"Content-Length": str(len(DATA))})
+        if action == "mutated":
+            bad = b"X" + DATA[1:]
+            return response(200, bad, {"Content-Length": str(len(bad))})
+        if offset:
+            if offset >= len(DATA):
+                return response(416, b"", {"Content-Range": f"bytes */{len(DATA)}"})
+            body = DATA[offset:]
+            return response(
+                206,
+                body,
+                {
+                    "Content-Length": str(len(body)),
+                    "Content-Range": f"bytes {offset}-{len(DATA) - 1}/{len(DATA)}",
+                },
+            )
+        return response(200, DATA, {"Content-Length": str(len(DATA))})
+
+
+def run(tmp_path, server, **kw):
+    dest = tmp_path / "out" / "file.bin"
+    transfer = FileTransfer(server, dest, label="t", policy=FAST, sleep=lambda s: None, **kw)
+    return transfer, transfer.run(), dest
+
+
+def test_plain_download_lands_atomically(tmp_path):
+    transfer, outcome, dest = run(tmp_path, Server(), expected_size=len(DATA), checksum=SHA)
+    assert dest.read_bytes() == DATA
+    assert outcome.size == len(DATA) and outcome.attempts == 1
+    assert not transfer.part.exists()
+
+
+def test_short_body_is_resumed_with_a_range(tmp_path):
+    server = Server("short")
+    _, outcome, dest = run(tmp_path, server, expected_size=len(DATA))
+    assert dest.read_bytes() == DATA
+    assert server.offsets == [0, 1000]
+    assert outcome.attempts == 2
+
+
+def test_existing_part_resumes_and_ignored_range_restarts(tmp_path):
+    dest = tmp_path / "out" / "file.bin"
+    dest.parent.mkdir()
+    part = dest.with_name("file.bin.part")
+    part.write_bytes(DATA[:3000])
+    server = Server("ignore-range")
+    transfer = FileTransfer(server, dest, label="t", policy=FAST, sleep=lambda s: None)
+    outcome = transfer.run()
+    assert dest.read_bytes() == DATA
+    assert server.offsets == [3000]
+    assert outcome.resumed_from == 3000
+
+
+def test_complete_part_is_confirmed_by_416(tmp_path):
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.part").write_bytes(DATA)
+    server = Server()
+    outcome = FileTransfer(server, dest, label="t", policy=FAST).run()
+    assert server.offsets == [len(DATA)]
+    assert dest.read_bytes() == DATA and outcome.size == len(DATA)
+
+
+def test_server_errors_are_retried_then_reported(tmp_path):
+    server = Server("500", "500")
+    _, outcome, dest = run(tmp_path, server)
+    assert dest.read_bytes() == DATA and outcome.attempts == 3
+    with pytest.raises(TransferError, match="500 after 4 attempts"):
+        run(tmp_path, Server("500", "500", "500", "500"))
+
+
+def test_404_is_not_retried(tmp_path):
+    server = Server("404")
+    with pytest.raises(TransferError) as info:
+        run(tmp_path, server)
+    assert info.value.status == 404 and server.offsets == [0]
+    assert not (tmp_path / "out" / "file.bin").exists()
+
+
+def test_checksum_mismatch_restarts_and_fails_if_it_persists(tmp_path):
+    _, _, dest = run(tmp_path, Server("mutated"), checksum=SHA)
+    assert dest.read_bytes() == DATA
+    other = tmp_path / "second"
+    with pytest.raises(TransferError, match="checksum mismatch"):
+        run(other, Server(*["mutated"] * 4), checksum=SHA)
+    assert not (other / "out" / "file.bin").exists()
+    assert not (other / "out" / "file.bin.part").exists()
+
+
+def test_catalog_size_disagreeing_with_server_is_a_clear_failure(tmp_path):
+    with pytest.raises(TransferError, match="catalog says 99"):
+        run(tmp_path, Server(), expected_size=99)
+
+
+def test_stop_flag_keeps_the_part(tmp_path):
+    stop = threading.Event()
+    stop.set()
+    dest = tmp_path / "file.bin"
+    with pytest.raises(TransferStopped):
+        FileTransfer(Server(), dest, label="t", policy=FAST, stop=stop).run()
+    assert not dest.exists()
+
+
+def test_unwritable_destination_is_a_local_write_error(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where a directory should be")
+    with pytest.raises(LocalWriteError, match="cannot write"):
+        FileTransfer(Server(), blocker / "sub" / "f.bin", label="t", policy=FAST).run()
+    assert blocker.read_text() == "a file where a directory should be"
+
+
+def test_parse_checksum_multihash():
+    assert parse_checksum(SHA) == ("sha256", SHA[4:])
+    assert parse_checksum("1220abcd") is None
+    assert parse_checksum("ff20" + "0" * 64) is None
+    assert parse_checksum(None) is None
