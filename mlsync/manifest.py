@@ -1,0 +1,890 @@
+"""The ``mlsync.yaml`` manifest: which datasets to sync, filtered how, into which directory.
+
+The manifest is meant to live in version control, so it is strict (an unknown key is an error,
+never silently ignored), it never holds an API key (only the *name* of an environment variable
+or a profile), and every error names the file, line, column and field so a person can fix it::
+
+    version: 1
+    hub: {root_url: "http://127.0.0.1:8765/", profile: default, api_key_env: MY_KEY_VAR}
+    output_dir: data                       # relative to the manifest's directory
+    datasets:
+      - id: nasa_marine_debris             # or doi: 10.34911/rdnt.9r6ekg (exactly one)
+        name: marine                       # unique label; defaults to the id / doi
+        collections:                       # {collection_id: [asset keys]}; [] = every key
+          nasa_marine_debris_labels: [labels, documentation]
+        datetime: "2019-01-01/2019-06-30"  # instant, "a/b", "../b", or {start:, end:}
+        bbox: [-13.278254, 8.447033, -13.231551, 8.493532]   # or intersects:, not both
+        intersects: aoi.geojson            # path inside the manifest's dir, or inline GeoJSON
+
+Filters are checked with the same functions that apply them (``mlsync.filters``), so a
+manifest that loads is one that filters. Choices made here:
+
+* ``output_dir`` defaults to ``.``, the manifest's directory (the reference defaults to the
+  working directory, which makes a manifest mean different things from different places).
+  A dataset's files land in ``<output_dir>/<dataset id>/`` as the reference lays them out.
+* Relative paths (``output_dir``, ``intersects``) resolve against the manifest's directory;
+  ``~`` is expanded in ``output_dir``. An ``intersects`` file must resolve (symlinks
+  followed) inside the manifest's directory tree, so a shared manifest cannot read arbitrary
+  files.
+* YAML timestamps are not converted (``datetime: 2019-01-01`` stays the string the user
+  wrote) so dates follow the filters' ISO 8601 rules rather than YAML 1.1's.
+* A collection listed with no value (``coll:``) means every asset key, like ``coll: []``.
+* The same dataset may appear twice only with different ``name`` and ``output_dir``: two
+  entries writing one directory would fight over it.
+* All problems found are reported together, one ``file:line:col: field: message`` line each,
+  sorted by position, in one ``ManifestError`` (whose ``location``/``field`` are the first's).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal, NoReturn, Self
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from yaml.error import Mark, MarkedYAMLError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from mlsync.errors import ConfigurationError, FilterError, ManifestError
+from mlsync.filters import (
+    DownloadFilter,
+    build_filter,
+    parse_bbox,
+    parse_collection_filter,
+    parse_intersects,
+    parse_time_query,
+)
+
+__all__ = [
+    "MANIFEST_NAME",
+    "SCHEMA_PATH",
+    "DatasetSpec",
+    "HubSettings",
+    "Manifest",
+    "TimeRange",
+    "load_manifest",
+    "manifest_json_schema",
+    "parse_manifest",
+    "write_schema",
+]
+
+MANIFEST_NAME = "mlsync.yaml"
+"""The file ``load_manifest`` reads when it is given a directory."""
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "mlsync.schema.json"
+"""Where the generated JSON Schema is kept in the source tree."""
+
+_MAX_GEOJSON_BYTES = 64 * 1024 * 1024
+_MAX_NODES = 1_000_000  # expanded YAML nodes; stops alias bombs before pydantic walks them
+
+_SECRET_KEYS = frozenset({"api_key", "apikey", "api-key", "key", "mlhub_api_key", "token"})
+_SECRET_HINT = (
+    "an API key must not be written into the manifest (it is meant for version control); "
+    "put the NAME of an environment variable holding it in hub.api_key_env, or use a profile "
+    "(hub.profile, written by `mlhub configure`)"
+)
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_DOI = re.compile(r"^10\.\d{4,9}/\S+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _fail(message: str, *, at: tuple[str | int, ...] = (), point: str = "value") -> Exception:
+    """A validation error; ``at`` narrows its location below the model that raises it, and
+    ``point="key"`` marks the key rather than the value (for keys that should not be there)."""
+    return PydanticCustomError(
+        "mlsync", "{message}", {"message": message, "at": at, "point": point}
+    )
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    context = info.context if isinstance(info.context, Mapping) else {}
+    base = context.get("base_dir")
+    return Path(base) if base is not None else Path.cwd()
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors and specs are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HubSettings(_Strict):
+    """Where the hub is and how to find the API key; never the key itself."""
+
+    root_url: str | None = Field(
+        default=None,
+        description="API root URL (a trailing '/' is added). Else MLHUB_ROOT_URL, the "
+        "profile, or https://api.radiant.earth/mlhub/v1/.",
+        examples=["http://127.0.0.1:8765/"],
+    )
+    profile: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Profile name in $MLHUB_HOME/profiles (default ~/.mlhub/profiles).",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        description="NAME of an environment variable that holds the API key.",
+        examples=["MLHUB_API_KEY"],
+        json_schema_extra={"pattern": _ENV_NAME.pattern},
+    )
+
+    @field_validator("root_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise _fail("root_url must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise _fail("root_url must not have a query or fragment (the key is never set here)")
+        url = value.strip()
+        return url if url.endswith("/") else url + "/"
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.match(value):
+            # Never echo the value: it may be a key pasted into the wrong field.
+            raise _fail(
+                "api_key_env must be the NAME of an environment variable (letters, digits and "
+                "'_', not starting with a digit), not the API key itself"
+            )
+        return value
+
+
+class TimeRange(_Strict):
+    """``{start, end}`` form of a time range; either may be left out for an open end."""
+
+    start: str | None = Field(default=None, description="ISO 8601 date or date-time.")
+    end: str | None = Field(default=None, description="ISO 8601 date or date-time.")
+
+
+def _iso(value: object) -> object:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value
+
+
+class DatasetSpec(_Strict):
+    """One dataset to sync and its filters (the reference's ``Dataset.download`` arguments)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "oneOf": [{"required": ["id"]}, {"required": ["doi"]}],
+            "not": {"required": ["bbox", "intersects"]},
+        },
+    )
+
+    # Patterns are schema hints for editors; the validators below give the readable errors.
+    id: str | None = Field(
+        default=None,
+        description="Dataset id, e.g. nasa_marine_debris. Exactly one of id/doi.",
+        json_schema_extra={"pattern": _ID.pattern},
+    )
+    doi: str | None = Field(
+        default=None,
+        description="Dataset DOI, e.g. 10.34911/rdnt.9r6ekg. Exactly one of id/doi.",
+        json_schema_extra={"pattern": _DOI.pattern},
+    )
+    name: str | None = Field(
+        default=None, min_length=1, description="Unique label for this entry; defaults to id/doi."
+    )
+    output_dir: Path | None = Field(
+        default=None,
+        description="Overrides the manifest's output_dir; relative to the manifest's directory.",
+    )
+    catalog_only: bool = Field(
+        default=False, description="Only fetch and unpack the STAC catalog, no assets."
+    )
+    collections: dict[str, list[str] | None] | None = Field(
+        default=None,
+        description="Collection filter {collection_id: [asset_key, ...]}; an empty list (or no "
+        "value) keeps every key of that collection; unlisted collections are skipped.",
+    )
+    datetime: str | TimeRange | None = Field(
+        default=None,
+        description="ISO 8601 instant, 'start/end' interval ('..' or '' for an open end), or "
+        "{start, end}. A date without time means the whole day (or month, year).",
+        examples=["2019-01-01T00:00:00Z/2019-06-30T23:59:59Z", "../2019-06-30"],
+    )
+    bbox: list[float] | None = Field(
+        default=None,
+        min_length=4,
+        max_length=4,
+        description="[west, south, east, north] in EPSG:4326 degrees; west > east crosses the "
+        "antimeridian. Not with intersects.",
+    )
+    intersects: str | dict[str, Any] | None = Field(
+        default=None,
+        description="Area of interest: a GeoJSON file path (inside the manifest's directory) or "
+        "an inline GeoJSON geometry, Feature or FeatureCollection. Not with bbox.",
+    )
+
+    _aoi: Mapping[str, Any] | None = PrivateAttr(default=None)
+    _aoi_path: Path | None = PrivateAttr(default=None)
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if _DOI.match(value):
+            raise _fail(f"{value!r} looks like a DOI; write it as doi: {value}")
+        if not _ID.match(value) or ".." in value:
+            raise _fail(
+                "a dataset id is letters, digits, '_', '-' and '.', starting with a letter or "
+                f"digit (got {value!r})"
+            )
+        return value
+
+    @field_validator("doi")
+    @classmethod
+    def _check_doi(cls, value: str | None) -> str | None:
+        if value is not None and not _DOI.match(value):
+            raise _fail(f"{value!r} is not a DOI (expected 10.<digits>/<suffix>)")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and (value != value.strip() or not value.isprintable()):
+            raise _fail("name must not have surrounding spaces or control characters")
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _check_output_dir(cls, value: Path | None) -> Path | None:
+        if value is not None and str(value) in ("", "."):
+            return Path(".")
+        return value
+
+    @field_validator("collections")
+    @classmethod
+    def _check_collections(
+        cls, value: dict[str, list[str] | None] | None
+    ) -> dict[str, list[str] | None] | None:
+        if value is not None:
+            try:
+                parse_collection_filter(value)
+            except FilterError as exc:
+                raise _fail(str(exc)) from None
+        return value
+
+    @field_validator("datetime", mode="before")
+    @classmethod
+    def _check_datetime(cls, value: object) -> object:
+        if value is None or isinstance(value, TimeRange):
+            return value
+        if isinstance(value, (list, tuple)):
+            raise _fail("write a time range as 'start/end' or as {start: ..., end: ...}")
+        if isinstance(value, Mapping):
+            value = {k: _iso(v) for k, v in value.items()}
+        else:
+            value = _iso(value)
+        if not isinstance(value, (str, Mapping)):
+            raise _fail(
+                "datetime must be an ISO 8601 string ('2019-04-07', '2019-01-01/2019-06-30') "
+                f"or a {{start, end}} mapping, not {_kind(value)}"
+            )
+        try:
+            parse_time_query(value)
+        except FilterError as exc:
+            raise _fail(str(exc)) from None
+        return value
+
+    @field_validator("bbox", mode="before")
+    @classmethod
+    def _check_bbox(cls, value: object) -> object:
+        if value is None:
+            return None
+        try:
+            return list(parse_bbox(value))  # type: ignore[arg-type]
+        except FilterError as exc:
+            raise _fail(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _check_spec(self, info: ValidationInfo) -> Self:
+        if self.id is None and self.doi is None:
+            raise _fail("a dataset needs an id (or a doi)")
+        if self.id is not None and self.doi is not None:
+            raise _fail("give either id or doi, not both", at=("doi",), point="key")
+        if self.bbox is not None and self.intersects is not None:
+            raise _fail(
+                "use either bbox or intersects, not both: they are independent spatial filters",
+                at=("intersects",),
+                point="key",
+            )
+        if self.intersects is not None:
+            base = _base_dir(info)
+            if isinstance(self.intersects, str):
+                path = _aoi_file(self.intersects, base)
+                geojson = _read_geojson(path, self.intersects)
+                self._aoi_path = path
+            else:
+                geojson = self.intersects
+            try:
+                parse_intersects(geojson)
+            except FilterError as exc:
+                where = f"in {self.intersects}: " if isinstance(self.intersects, str) else ""
+                raise _fail(where + str(exc), at=("intersects",)) from None
+            self._aoi = geojson
+        return self
+
+    @property
+    def ref(self) -> str:
+        """What the hub knows this dataset by: its id, else its DOI."""
+        ref = self.id if self.id is not None else self.doi
+        assert ref is not None  # the validator guarantees one of them
+        return ref
+
+    @property
+    def label(self) -> str:
+        """The entry's unique label in the manifest (``name``, else ``ref``)."""
+        return self.name if self.name is not None else self.ref
+
+    @property
+    def intersects_path(self) -> Path | None:
+        """The resolved GeoJSON file, when ``intersects`` names one."""
+        return self._aoi_path
+
+    @property
+    def intersects_geojson(self) -> Mapping[str, Any] | None:
+        """The area of interest as GeoJSON (read from the file when ``intersects`` is a path)."""
+        return self._aoi
+
+    def resolved_output_dir(self, manifest: Manifest) -> Path:
+        """Absolute directory that receives ``<dataset id>/``: own ``output_dir`` or the
+        manifest's, relative to the manifest's directory."""
+        return _resolve_dir(self.output_dir or manifest.output_dir, manifest.base_dir)
+
+    def to_filter(self) -> DownloadFilter:
+        """The ``DownloadFilter`` these settings describe."""
+        raw = self.datetime
+        when = raw.model_dump() if isinstance(raw, TimeRange) else raw
+        return build_filter(
+            collection_filter=self.collections,
+            datetime=when,
+            bbox=self.bbox,
+            intersects=self._aoi,
+        )
+
+
+def _resolve_dir(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    if not path.is_absolute():
+        path = base / path
+    return Path(os.path.normpath(path.absolute()))
+
+
+def _aoi_file(value: str, base: Path) -> Path:
+    text = value.strip()
+    if text.startswith("{"):
+        raise _fail(
+            "intersects looks like JSON text; write the GeoJSON as a YAML mapping, "
+            "or put it in a file and give its path",
+            at=("intersects",),
+        )
+    if not text:
+        raise _fail("intersects path is empty", at=("intersects",))
+    root = base.resolve()
+    path = (root / text).resolve()
+    if not path.is_relative_to(root):
+        raise _fail(
+            f"intersects file {value!r} is outside the manifest's directory {root}; "
+            "copy it next to the manifest (paths may not escape with '..' or be absolute "
+            "elsewhere)",
+            at=("intersects",),
+        )
+    if not path.is_file():
+        raise _fail(f"intersects file {value!r} not found (looked for {path})", at=("intersects",))
+    return path
+
+
+def _read_geojson(path: Path, shown: str) -> Mapping[str, Any]:
+    try:
+        if path.stat().st_size > _MAX_GEOJSON_BYTES:
+            raise _fail(
+                f"intersects file {shown!r} is larger than {_MAX_GEOJSON_BYTES // 2**20} MiB; "
+                "simplify the area",
+                at=("intersects",),
+            )
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise _fail(
+            f"intersects file {shown!r} is not valid JSON at line {exc.lineno} column "
+            f"{exc.colno}: {exc.msg}",
+            at=("intersects",),
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(f"cannot read intersects file {shown!r}: {exc}", at=("intersects",)) from None
+    if not isinstance(data, dict):
+        raise _fail(
+            f"intersects file {shown!r} must hold a GeoJSON object, not {_kind(data)}",
+            at=("intersects",),
+        )
+    return data
+
+
+class Manifest(_Strict):
+    """A whole ``mlsync.yaml``. ``base_dir`` anchors its relative paths."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="mlsync manifest",
+        json_schema_extra={
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": "mlsync.yaml: which geospatial ML datasets to sync, filtered how, "
+            "into which directory.",
+        },
+    )
+
+    version: Literal[1] = Field(description="Manifest format version; only 1 exists.")
+    hub: HubSettings = Field(
+        default_factory=HubSettings,
+        description="Which hub to talk to and where the API key comes from (never the key).",
+    )
+    output_dir: Path = Field(
+        default=Path("."),
+        description="Default directory for every dataset, relative to the manifest's directory.",
+    )
+    datasets: list[DatasetSpec] = Field(min_length=1, description="The datasets to sync.")
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _path: Path | None = PrivateAttr(default=None)
+    _source: str = PrivateAttr(default="<string>")
+
+    @model_validator(mode="after")
+    def _check_manifest(self, info: ValidationInfo) -> Self:
+        context = info.context if isinstance(info.context, Mapping) else {}
+        self._base_dir = _base_dir(info).absolute()
+        path = context.get("path")
+        self._path = Path(path) if path is not None else None
+        self._source = str(context.get("source", path if path is not None else "<string>"))
+        labels: dict[str, int] = {}
+        targets: dict[tuple[str, Path], int] = {}
+        for i, spec in enumerate(self.datasets):
+            first = labels.setdefault(spec.label, i)
+            if first != i:
+                where = "name" if spec.name is not None else ("id" if spec.id else "doi")
+                raise _fail(
+                    f"dataset label {spec.label!r} is already used by datasets[{first}]; "
+                    "give each entry a distinct name",
+                    at=("datasets", i, where),
+                )
+            target = (spec.ref, spec.resolved_output_dir(self))
+            first = targets.setdefault(target, i)
+            if first != i:
+                raise _fail(
+                    f"datasets[{first}] already syncs {spec.ref!r} into {target[1]}; "
+                    "merge the entries or give one another output_dir",
+                    at=("datasets", i, "id" if spec.id else "doi"),
+                )
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """Absolute directory relative paths resolve against (the manifest file's)."""
+        return self._base_dir
+
+    @property
+    def path(self) -> Path | None:
+        """The manifest file, when it was loaded from one."""
+        return self._path
+
+    @property
+    def source(self) -> str:
+        """How errors name this manifest (its path, or ``<string>``)."""
+        return self._source
+
+    def dataset(self, key: str) -> DatasetSpec:
+        """The entry whose label or ref is ``key``."""
+        for spec in self.datasets:
+            if key in (spec.label, spec.ref):
+                return spec
+        known = [spec.label for spec in self.datasets]
+        hint = difflib.get_close_matches(key, known, n=1)
+        did = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigurationError(
+            f"no dataset {key!r} in {self.source}{did} (known: {', '.join(known)})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# YAML with positions
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1 timestamps: dates stay strings for the filters to parse."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+@dataclass
+class _Pos:
+    """Where one YAML node is: its value's mark and (for a mapping entry) its key's mark."""
+
+    value: Mark
+    key: Mark | None = None
+    children: dict[str | int, _Pos] = field(default_factory=dict)
+
+
+@dataclass(order=True, frozen=True)
+class _Problem:
+    line: int
+    col: int
+    field: str
+    message: str
+
+
+def _mark_lc(mark: Mark) -> tuple[int, int]:
+    return mark.line + 1, mark.column + 1
+
+
+def _index(node: Node, problems: list[_Problem]) -> _Pos:
+    """Positions of every node, found once per node (aliases are not walked again)."""
+    seen: set[int] = set()
+
+    def walk(node: Node, pos: _Pos, path: str) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, MappingNode):
+            for key_node, value_node in node.value:
+                if (
+                    not isinstance(key_node, ScalarNode)
+                    or key_node.tag == "tag:yaml.org,2002:merge"
+                ):
+                    continue
+                key = key_node.value
+                if key in pos.children:
+                    line, col = _mark_lc(key_node.start_mark)
+                    problems.append(_Problem(line, col, _join(path, key), f"duplicate key {key!r}"))
+                    continue
+                child = _Pos(value_node.start_mark, key_node.start_mark)
+                pos.children[key] = child
+                walk(value_node, child, _join(path, key))
+        elif isinstance(node, SequenceNode):
+            for i, item in enumerate(node.value):
+                child = _Pos(item.start_mark)
+                pos.children[i] = child
+                walk(item, child, _join(path, i))
+
+    root = _Pos(node.start_mark)
+    walk(node, root, "")
+    return root
+
+
+def _expanded_size(node: Node) -> int:
+    """Nodes after alias expansion (what pydantic will walk), memoised per node."""
+    memo: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: Node) -> int:
+        key = id(n)
+        if key in memo:
+            return memo[key]
+        if key in active:  # a recursive alias: refused by the size check below
+            return _MAX_NODES + 1
+        active.add(key)
+        total = 1
+        if isinstance(n, MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, SequenceNode):
+            total += sum(size(v) for v in n.value)
+        active.discard(key)
+        memo[key] = min(total, _MAX_NODES + 1)
+        return memo[key]
+
+    return size(node)
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
+    """The keys the model at ``loc`` (a mapping's path) accepts."""
+    model: type[BaseModel] = Manifest
+    fields: Mapping[str, Any] = Manifest.model_fields
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = fields.get(part)
+        if info is None:
+            return []
+        nested = _model_in(info.annotation)
+        if nested is None:
+            return []
+        model = nested
+        fields = model.model_fields
+    return list(model.model_fields)
+
+
+def _model_in(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _locate(root: _Pos, loc: Sequence[str | int]) -> tuple[_Pos, list[str | int]]:
+    """The deepest YAML node along ``loc`` and the path to it."""
+    pos, found = root, []
+    for part in loc:
+        child = pos.children.get(part)
+        if child is None and not isinstance(part, int):
+            child = pos.children.get(str(part))
+        if child is None:
+            break
+        pos = child
+        found.append(part)
+    return pos, found
+
+
+def _path_text(loc: Sequence[str | int]) -> str:
+    text = ""
+    for part in loc:
+        text = _join(text, part)
+    return text
+
+
+def _problem(root: _Pos, error: Mapping[str, Any]) -> _Problem:
+    """One pydantic error as a positioned, readable problem."""
+    ctx = error.get("ctx") or {}
+    loc: list[str | int] = list(error["loc"]) + list(ctx.get("at", ()))
+    kind = error["type"]
+    pos, found = _locate(root, loc)
+    missing = loc[len(found) :]
+    shown = found
+    mark = pos.value
+    if kind == "missing":
+        name = str(missing[-1]) if missing else "?"
+        message = f"required key {name!r} is missing"
+        shown = [*found, name]
+    elif kind == "extra_forbidden":
+        name = str(loc[-1])
+        mark = pos.key or pos.value
+        if name.lower() in _SECRET_KEYS:
+            message = f"{name!r} is not allowed: {_SECRET_HINT}"
+        else:
+            allowed = _allowed_keys(loc[:-1])
+            hint = difflib.get_close_matches(name, allowed, n=1)
+            message = f"unknown key {name!r}"
+            if hint:
+                message += f"; did you mean {hint[0]!r}?"
+            message += f" (allowed: {', '.join(allowed)})"
+    elif kind == "mlsync":
+        message = str(ctx["message"])
+        if ctx.get("point") == "key" and pos.key is not None:
+            mark = pos.key
+    elif kind == "literal_error" and found == ["version"]:
+        message = "unsupported manifest version; this mlsync reads version 1"
+    elif kind == "too_short" and found == ["datasets"]:
+        message = "datasets must list at least one dataset"
+    else:
+        message = str(error["msg"])
+        for prefix in ("Value error, ", "Assertion failed, "):
+            message = message.removeprefix(prefix)
+        if kind.endswith(("_type", "_parsing")):
+            message += f" (got {_kind(error.get('input'))})"
+    line, col = _mark_lc(mark)
+    return _Problem(line, col, _path_text(shown), message)
+
+
+def _raise(source: str, problems: Sequence[_Problem]) -> NoReturn:
+    unique = sorted(set(problems))
+    first = unique[0]
+    rest = "".join(
+        f"\n{source}:{p.line}:{p.col}: {p.field + ': ' if p.field else ''}{p.message}"
+        for p in unique[1:]
+    )
+    raise ManifestError(
+        first.message + rest,
+        location=f"{source}:{first.line}:{first.col}",
+        field=first.field or None,
+    )
+
+
+def parse_manifest(text: str, *, source: str = "<string>", base_dir: Path) -> Manifest:
+    """Parse manifest text; ``base_dir`` anchors relative paths, ``source`` names it in errors.
+
+    Raises ``ManifestError`` listing every problem with ``source:line:col``.
+    """
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ManifestError(
+                "the manifest is empty; it needs at least 'version: 1' and 'datasets:'",
+                location=f"{source}:1:1",
+            )
+        if not isinstance(node, MappingNode):
+            line, col = _mark_lc(node.start_mark)
+            raise ManifestError(
+                "the manifest must be a mapping of keys (version, hub, output_dir, datasets), "
+                f"not a {'list' if isinstance(node, SequenceNode) else 'single value'}",
+                location=f"{source}:{line}:{col}",
+            )
+        problems: list[_Problem] = []
+        root = _index(node, problems)
+        if _expanded_size(node) > _MAX_NODES:
+            raise ManifestError(
+                "the manifest expands to too many values (recursive or nested aliases?)",
+                location=f"{source}:1:1",
+            )
+        data = loader.construct_document(node)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        location = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = exc.problem or "cannot parse"
+        if "'\\t'" in problem:
+            problem += " (YAML indents with spaces, not tabs)"
+        elif "<block" in problem:
+            problem += " (check the indentation of this line)"
+        if not exc.context:
+            text = f"invalid YAML: {problem}"
+        elif exc.context.startswith("while "):
+            text = f"invalid YAML {exc.context}: {problem}"
+        else:
+            text = f"invalid YAML: {exc.context}, {problem}"
+        raise ManifestError(text, location=location) from None
+    except yaml.YAMLError as exc:  # unmarked reader errors (e.g. control characters)
+        raise ManifestError(f"invalid YAML: {exc}", location=source) from None
+    finally:
+        loader.dispose()
+    if problems:
+        _raise(source, problems)
+    context: dict[str, Any] = {"base_dir": Path(base_dir), "source": source}
+    if source != "<string>":
+        context["path"] = Path(source)
+    try:
+        return Manifest.model_validate(data, context=context)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    _raise(source, [_problem(root, e) for e in errors])
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest file (or ``mlsync.yaml`` in a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError("manifest file not found", location=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"manifest is not UTF-8 text: {exc}", location=str(path)) from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest: {exc.strerror}", location=str(path)) from None
+    return parse_manifest(text, source=str(path), base_dir=path.absolute().parent)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON Schema
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """The JSON Schema of ``mlsync.yaml`` (for editors and CI), generated from the models."""
+    return Manifest.model_json_schema(mode="validation")
+
+
+def _schema_text() -> str:
+    return json.dumps(manifest_json_schema(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> bool:
+    """(Re)write the schema file; True when it changed."""
+    text = _schema_text()
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mlsync.manifest [--write-schema [PATH] | --check-schema | MANIFEST...]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--write-schema"]:
+        target = Path(args[1]) if len(args) > 1 else SCHEMA_PATH
+        changed = write_schema(target)
+        print(f"{'wrote' if changed else 'up to date:'} {target}")
+        return 0
+    if args[:1] == ["--check-schema"]:
+        target = Path(args[1]) if len(args) > 1 else SCHEMA_PATH
+        current = target.read_text(encoding="utf-8") if target.is_file() else ""
+        if current != _schema_text():
+            print(
+                f"{target} is stale; run: python -m mlsync.manifest --write-schema", file=sys.stderr
+            )
+            return 1
+        return 0
+    if not args or args[0].startswith("-"):
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    status = 0
+    for name in args:
+        try:
+            manifest = load_manifest(name)
+        except ManifestError as exc:
+            print(exc, file=sys.stderr)
+            status = 1
+        else:
+            labels = ", ".join(spec.label for spec in manifest.datasets)
+            print(f"{name}: OK ({len(manifest.datasets)} dataset(s): {labels})")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
