@@ -202,7 +202,17 @@ def _bound(value: object, what: str, *, end: bool) -> datetime | None:
 
 
 def _range(start: object, end: object) -> TimeQuery:
-    return TimeQuery(_bound(start, "start", end=False), _bound(end, "end", end=True))
+    first, last = _bound(start, "start", end=False), _bound(end, "end", end=True)
+    if first is not None and last is not None and first > last:
+
+        def shown(value: object) -> str:
+            return value.isoformat() if isinstance(value, date) else str(value)
+
+        # Name the values as written: a date-only end has been widened to its last microsecond.
+        raise FilterError(
+            f"time range starts after it ends: start {shown(start)} is after end {shown(end)}"
+        )
+    return TimeQuery(first, last)
 
 
 def parse_time_query(value: TimeInput) -> TimeQuery:
