@@ -100,7 +100,7 @@ _SECRET_KEYS = frozenset({"api_key", "apikey", "api-key", "key", "mlhub_api_key"
 _SECRET_HINT = (
     "an API key must not be written into the manifest (it is meant for version control); "
     "put the NAME of an environment variable holding it in hub.api_key_env, or use a profile "
-    "(hub.profile, written by `mlhub configure`)"
+    "(hub.profile, written by `mlsync configure` or `mlhub configure`)"
 )
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -188,7 +188,12 @@ def _iso(value: object) -> object:
 
 
 class DatasetSpec(_Strict):
-    """One dataset to sync and its filters (the reference's ``Dataset.download`` arguments)."""
+    """One dataset to sync and its filters (the reference's ``Dataset.download`` arguments).
+
+    Where the dataset comes from is ``id``/``doi`` on the hub today; another origin (a static
+    STAC catalog, a STAC API search) belongs in a further optional field, with the
+    "exactly one origin" rule kept in ``_check_spec``.
+    """
 
     model_config = ConfigDict(
         extra="forbid",
@@ -731,6 +736,9 @@ def _problem(root: _Pos, error: Mapping[str, Any]) -> _Problem:
         message = "unsupported manifest version; this mlsync reads version 1"
     elif kind == "too_short" and found == ["datasets"]:
         message = "datasets must list at least one dataset"
+    elif kind == "model_type" and len(found) == 2 and found[0] == "datasets":
+        got = _kind(error.get("input"))
+        message = f"each dataset is a mapping such as '- id: <dataset id>', not {got}"
     else:
         message = str(error["msg"])
         for prefix in ("Value error, ", "Assertion failed, "):

@@ -551,6 +551,13 @@ BAD = [
         "http:// or https://",
         id="bad-root-url",
     ),
+    pytest.param(
+        "version: 1\ndatasets:\n  - nasa_marine_debris\n",
+        "3:5",
+        "datasets[0]",
+        "each dataset is a mapping such as '- id: <dataset id>', not a string",
+        id="dataset-as-bare-string",
+    ),
     pytest.param("", "1:1", None, "the manifest is empty", id="empty-file"),
     pytest.param("# only a comment\n", "1:1", None, "the manifest is empty", id="comments-only"),
     pytest.param("- id: x\n", "1:1", None, "must be a mapping", id="top-level-list"),
