@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+import datetime as _dt
 from typing import Any
 
 BBox = tuple[float, float, float, float]
@@ -26,9 +26,9 @@ class ItemMeta:
     item_id: str
     bbox: BBox | None = None
     geometry: Mapping[str, Any] | None = None
-    datetime: datetime | None = None
-    start_datetime: datetime | None = None
-    end_datetime: datetime | None = None
+    datetime: _dt.datetime | None = None
+    start_datetime: _dt.datetime | None = None
+    end_datetime: _dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
