@@ -265,7 +265,12 @@ def test_item_meta_round_trips(db: AssetDB) -> None:
     ingest.add_item(bare, item_assets("c", "i2"))
     ingest.finish(common_path)
     seen: list[ItemMeta] = []
-    list(db.iter_desired(lambda meta: seen.append(meta) or True, None))
+
+    def record(meta: ItemMeta) -> bool:
+        seen.append(meta)
+        return True
+
+    list(db.iter_desired(record, None))
     assert seen == [original, bare]
     assert seen[0].datetime is not None and seen[0].datetime.utcoffset() == timedelta(hours=2)
 
