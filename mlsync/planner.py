@@ -1,0 +1,644 @@
+"""The planner: what a sync would do, decided from the catalog, the database and the disk.
+
+Pure: no I/O, no sqlite, no ``os``. The asset database streams ``(DesiredAsset, LocalFile)``
+pairs; :func:`classify` turns each into one :class:`PlannedAction`, :func:`orphans` finds
+recorded files no longer wanted, and :class:`PlanBuilder` folds the stream into a
+:class:`Plan` that keeps only the actions with work to do (a synced tree of 1M assets keeps
+none of its 1M up-to-date actions). Saved plan files (``mlsync plan --out``) are built and
+checked for staleness here too, as pure functions over JSON text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from mlsync import __version__
+from mlsync.errors import StalePlanError, StateError
+from mlsync.records import ActionKind, DesiredAsset, FileState, LocalFile, PlannedAction
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KindTotals",
+    "MultiPlan",
+    "Plan",
+    "PlanBuilder",
+    "PlannedDataset",
+    "SavedPlan",
+    "check_fresh",
+    "classify",
+    "format_summary",
+    "human_bytes",
+    "orphans",
+]
+
+FORMAT_VERSION: Final = 1
+"""``format_version`` of plan JSON and saved plan files."""
+
+_ADD, _RESUME, _REPLACE, _UP_TO_DATE, _ORPHAN = (
+    ActionKind.ADD,
+    ActionKind.RESUME,
+    ActionKind.REPLACE,
+    ActionKind.UP_TO_DATE,
+    ActionKind.ORPHAN,
+)
+_KINDS: Final = tuple(ActionKind)
+_TRANSFER_KINDS: Final = frozenset({_ADD, _RESUME, _REPLACE})
+_SELECTED_KINDS: Final = (_ADD, _RESUME, _REPLACE, _UP_TO_DATE)
+_SHA_SHOWN = 12
+
+
+# --- classification ----------------------------------------------------------------------------
+
+
+def classify(desired: DesiredAsset, local: LocalFile) -> PlannedAction:
+    """Decide what to do about one desired asset. Every pair lands in exactly one class.
+
+    The final file is judged first (``size`` is the catalog's, ``recorded`` the database's):
+
+    * **up to date** — the database says complete (or failed: a failed replace keeps the old
+      file and its record) with the same size and mtime as on disk, the size matches the
+      catalog when it gives one, and the recorded checksum does not contradict the catalog's;
+      or there is no trustworthy record and the size equals the catalog's (the database was
+      deleted: size alone is trusted then, as the reference client does). A stray ``.part``
+      beside an up-to-date file is ignored.
+    * otherwise a ``.part`` decides: **resume** at its length, or **replace** from zero when
+      it is longer than the catalog's size.
+    * no final file: **add**.
+    * a final file that is not up to date: **replace** when the database says complete but
+      disk size or mtime changed since (modified locally), when its size differs from the
+      catalog's, or when the recorded checksum differs; **resume** at the file's size when no
+      record and no catalog size exist to judge it (the executor asks the server).
+
+    Checksums are multihash hex; they are compared only when both use the same hash function
+    (same first four hex digits), case-insensitively.
+    """
+    disk_size = local.disk_size
+    expected = desired.size
+    part_size = local.part_size
+    if disk_size is not None:
+        kind, reason = _judge_final(desired, local, disk_size)
+        if kind is _UP_TO_DATE:
+            return PlannedAction(
+                _UP_TO_DATE, desired.rel_path, desired.href, expected, desired.checksum, 0, reason
+            )
+    if part_size is not None:
+        if expected is not None and part_size > expected:
+            kind, offset = _REPLACE, 0
+            reason = f".part {part_size:,} > catalog {expected:,} bytes"
+        else:
+            kind, offset, reason = _RESUME, part_size, f".part has {part_size:,} bytes"
+        return PlannedAction(
+            kind, desired.rel_path, desired.href, expected, desired.checksum, offset, reason
+        )
+    if disk_size is None:
+        return PlannedAction(
+            _ADD, desired.rel_path, desired.href, expected, desired.checksum, 0, _add_reason(local)
+        )
+    offset = disk_size if kind is _RESUME else 0
+    return PlannedAction(
+        kind, desired.rel_path, desired.href, expected, desired.checksum, offset, reason
+    )
+
+
+def _judge_final(desired: DesiredAsset, local: LocalFile, disk_size: int) -> tuple[ActionKind, str]:
+    """UP_TO_DATE, REPLACE or RESUME (unverifiable) for a final file that exists."""
+    expected = desired.size
+    state = local.state
+    record_matches = (
+        (state is FileState.COMPLETE or state is FileState.FAILED)
+        and local.recorded_size == disk_size
+        and local.recorded_mtime_ns is not None
+        and local.recorded_mtime_ns == local.disk_mtime_ns
+    )
+    if state is FileState.COMPLETE and not record_matches:
+        if local.recorded_size != disk_size:
+            was = "?" if local.recorded_size is None else f"{local.recorded_size:,}"
+            return _REPLACE, f"modified locally (size {was} → {disk_size:,})"
+        return _REPLACE, "modified locally (mtime changed)"
+    if expected is not None and disk_size != expected:
+        return _REPLACE, f"size {disk_size:,} ≠ catalog {expected:,}"
+    if record_matches:
+        if _checksums_differ(local.recorded_checksum, desired.checksum):
+            return _REPLACE, "checksum differs from catalog"
+        return _UP_TO_DATE, "recorded"
+    if expected is not None:
+        return _UP_TO_DATE, "size matches catalog"
+    return _RESUME, "unrecorded file of unknown size"
+
+
+def _add_reason(local: LocalFile) -> str:
+    if local.state is FileState.COMPLETE:
+        return "deleted locally"
+    if local.state is FileState.FAILED:
+        return "retry after failure"
+    return "new"
+
+
+def _checksums_differ(recorded: str | None, catalog: str | None) -> bool:
+    """True only when both are known, use the same hash function and differ."""
+    if not recorded or not catalog:
+        return False
+    recorded, catalog = recorded.lower(), catalog.lower()
+    return recorded != catalog and recorded[:4] == catalog[:4]
+
+
+_ORPHAN_STATES: Final = frozenset({FileState.COMPLETE, FileState.PARTIAL})
+
+
+def orphans(
+    recorded: Iterable[LocalFile], desired_paths: Container[str] = ()
+) -> Iterator[PlannedAction]:
+    """Recorded files that are no longer desired, as ORPHAN actions (``size``: recorded size).
+
+    Counted: complete and partial records, and failed ones whose record still names a size (a
+    failed replace leaves the old file). A failed record without a size stands for nothing
+    on disk. ``desired_paths`` may be empty when ``recorded`` is already restricted to
+    undesired paths (``Selection.iter_orphaned``).
+    """
+    for local in recorded:
+        if local.rel_path in desired_paths:
+            continue
+        if local.state in _ORPHAN_STATES or (
+            local.state is FileState.FAILED and local.recorded_size is not None
+        ):
+            yield PlannedAction(
+                _ORPHAN, local.rel_path, size=local.recorded_size, reason="no longer selected"
+            )
+
+
+# --- plans ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KindTotals:
+    """How many actions of one kind, and the sum of their known sizes."""
+
+    count: int = 0
+    bytes: int = 0
+    unknown_size: int = 0
+    """How many of them have no known size (not in ``bytes``)."""
+
+    def __add__(self, other: KindTotals) -> KindTotals:
+        return KindTotals(
+            self.count + other.count,
+            self.bytes + other.bytes,
+            self.unknown_size + other.unknown_size,
+        )
+
+
+def human_bytes(size: int) -> str:
+    """Decimal units with one decimal (``1.2 GB``); plain bytes below 1 kB (``999 B``)."""
+    if size < 1000:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("kB", "MB", "GB", "TB"):
+        value /= 1000
+        shown = f"{value:.1f}"
+        if float(shown) < 1000 or unit == "TB":
+            return f"{shown} {unit}"
+    raise AssertionError("unreachable")
+
+
+def format_summary(totals: Mapping[ActionKind, KindTotals]) -> str:
+    """The frozen summary line; scripts and tests match it verbatim.
+
+    With something to do::
+
+        Plan: 120 to add (1.2 GB), 3 to resume, 0 to replace, 4,210 up to date, 2 orphaned.
+
+    Counts use thousands separators. ``(SIZE)`` follows "to add" only when the known sizes
+    of the assets to add sum to more than 0 bytes; it reads ``(at least SIZE)`` when some of
+    them have no size in the catalog. SIZE is :func:`human_bytes`. Orphans count as
+    something to report. With nothing to add, resume, replace or report::
+
+        No changes. 4,210 assets up to date.
+
+    ("1 asset" in the singular).
+    """
+    empty = KindTotals()
+    add, resume, replace, current, orphaned = (totals.get(kind, empty) for kind in _KINDS)
+    if not (add.count or resume.count or replace.count or orphaned.count):
+        noun = "asset" if current.count == 1 else "assets"
+        return f"No changes. {current.count:,} {noun} up to date."
+    size = ""
+    if add.bytes > 0:
+        size = f" ({'at least ' if add.unknown_size else ''}{human_bytes(add.bytes)})"
+    return (
+        f"Plan: {add.count:,} to add{size}, {resume.count:,} to resume, "
+        f"{replace.count:,} to replace, {current.count:,} up to date, "
+        f"{orphaned.count:,} orphaned."
+    )
+
+
+class _Summarised:
+    """Counts and the summary line, shared by one plan and a manifest's plans."""
+
+    totals: Mapping[ActionKind, KindTotals]
+
+    def count(self, kind: ActionKind) -> int:
+        return self.totals[kind].count
+
+    @property
+    def has_changes(self) -> bool:
+        """Anything to add, resume, replace, or an orphan to report."""
+        return any(self.totals[kind].count for kind in _KINDS if kind is not _UP_TO_DATE)
+
+    @property
+    def has_transfers(self) -> bool:
+        """Anything to download."""
+        return any(self.totals[kind].count for kind in _TRANSFER_KINDS)
+
+    @property
+    def selected_count(self) -> int:
+        """Assets the filters select (everything but orphans)."""
+        return sum(self.totals[kind].count for kind in _SELECTED_KINDS)
+
+    @property
+    def selected_bytes(self) -> int:
+        """Known size of the selected assets."""
+        return sum(self.totals[kind].bytes for kind in _SELECTED_KINDS)
+
+    def summary_line(self) -> str:
+        """See :func:`format_summary`."""
+        return format_summary(self.totals)
+
+
+def _all_kinds(totals: Mapping[ActionKind, KindTotals]) -> dict[ActionKind, KindTotals]:
+    return {kind: totals.get(kind, KindTotals()) for kind in _KINDS}
+
+
+class Plan(_Summarised):
+    """One dataset's plan: totals per kind and the actions that are not up to date."""
+
+    def __init__(
+        self,
+        *,
+        dataset: str = "",
+        totals: Mapping[ActionKind, KindTotals] | None = None,
+        actions: Sequence[PlannedAction] = (),
+    ) -> None:
+        self.dataset = dataset
+        self.totals = _all_kinds(totals or {})
+        self.actions: tuple[PlannedAction, ...] = tuple(actions)
+
+    def __repr__(self) -> str:
+        return f"Plan(dataset={self.dataset!r}, {self.summary_line()!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return (self.dataset, self.totals, self.actions) == (
+            other.dataset,
+            other.totals,
+            other.actions,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def transfer_bytes(self) -> int | None:
+        """Bytes still to download (size minus resume offset); None if a size is unknown."""
+        total = 0
+        for action in self.actions:
+            if action.kind in _TRANSFER_KINDS:
+                if action.size is None:
+                    return None
+                total += max(action.size - action.offset, 0)
+        return total
+
+    def fingerprint(self) -> str:
+        """sha256 over the totals and the sorted actions (reasons excluded: they are prose).
+
+        Two plans with equal fingerprints do the same work; that is what makes a saved plan
+        still valid at apply time.
+        """
+        digest = hashlib.sha256()
+        for kind in _KINDS:
+            t = self.totals[kind]
+            digest.update(f"{kind.value}\t{t.count}\t{t.bytes}\t{t.unknown_size}\n".encode())
+        for action in sorted(self.actions, key=lambda a: (a.kind.value, a.rel_path)):
+            line = [
+                action.kind.value,
+                action.rel_path,
+                action.href,
+                action.size,
+                action.checksum,
+                action.offset,
+            ]
+            digest.update(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
+        return digest.hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "dataset": self.dataset,
+            "summary": self.summary_line(),
+            "totals": {
+                kind.value: {"count": t.count, "bytes": t.bytes, "unknown_size": t.unknown_size}
+                for kind, t in self.totals.items()
+            },
+            "actions": [_action_to_dict(action) for action in self.actions],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "plan") -> Plan:
+        """Inverse of :meth:`to_dict`; :class:`StateError` naming ``source`` when malformed."""
+        try:
+            _check_version(data, source)
+            totals = {
+                ActionKind(kind): KindTotals(
+                    _int(t["count"]), _int(t["bytes"]), _int(t["unknown_size"])
+                )
+                for kind, t in _mapping(data["totals"]).items()
+            }
+            actions = [_action_from_dict(raw) for raw in _list(data["actions"])]
+            dataset = _str(data.get("dataset", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"{source} is not a valid mlsync plan: {_why(exc)}") from exc
+        plan = cls(dataset=dataset, totals=totals, actions=actions)
+        for kind in _KINDS:
+            listed = sum(1 for a in actions if a.kind is kind)
+            if kind is not _UP_TO_DATE and listed != plan.totals[kind].count:
+                raise StateError(
+                    f"{source} is not a valid mlsync plan: it lists {listed:,} {kind.value} "
+                    f"actions but counts {plan.totals[kind].count:,}"
+                )
+        return plan
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "plan") -> Plan:
+        return cls.from_dict(_loads(text, source), source=source)
+
+
+class PlanBuilder:
+    """Folds a stream of actions into a :class:`Plan`, keeping only those with work to do."""
+
+    def __init__(self, dataset: str = "") -> None:
+        self.dataset = dataset
+        # [count, bytes, unknown_size] per kind: plain lists keep the hot path cheap.
+        self._totals: dict[ActionKind, list[int]] = {kind: [0, 0, 0] for kind in _KINDS}
+        self._actions: list[PlannedAction] = []
+
+    def add(self, action: PlannedAction) -> None:
+        totals = self._totals[action.kind]
+        totals[0] += 1
+        if action.size is None:
+            totals[2] += 1
+        else:
+            totals[1] += action.size
+        if action.kind is not _UP_TO_DATE:
+            self._actions.append(action)
+
+    def extend(self, actions: Iterable[PlannedAction]) -> None:
+        for action in actions:
+            self.add(action)
+
+    def build(self) -> Plan:
+        return Plan(
+            dataset=self.dataset,
+            totals={kind: KindTotals(*t) for kind, t in self._totals.items()},
+            actions=self._actions,
+        )
+
+
+class MultiPlan(_Summarised):
+    """The plans of a manifest's datasets, with one combined summary line."""
+
+    def __init__(self, plans: Iterable[Plan]) -> None:
+        self.plans: tuple[Plan, ...] = tuple(plans)
+        combined = _all_kinds({})
+        for plan in self.plans:
+            for kind, t in plan.totals.items():
+                combined[kind] = combined[kind] + t
+        self.totals = combined
+
+    def __iter__(self) -> Iterator[Plan]:
+        return iter(self.plans)
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "summary": self.summary_line(),
+            "datasets": [plan.to_dict() for plan in self.plans],
+        }
+
+
+# --- saved plan files ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDataset:
+    """One dataset of a saved plan: its plan and the catalog archive it was made from."""
+
+    plan: Plan
+    catalog_sha256: str
+
+    @property
+    def fingerprint(self) -> str:
+        return self.plan.fingerprint()
+
+
+@dataclass(frozen=True)
+class SavedPlan:
+    """What ``mlsync plan --out FILE`` writes and ``mlsync apply FILE`` carries out.
+
+    JSON (``format_version`` 1)::
+
+        {"format_version": 1, "created_at": "...Z", "mlsync_version": "0.1.0",
+         "manifest": {"path": "mlsync.yaml", "sha256": "..."},
+         "summary": "Plan: ...",
+         "datasets": {"demo": {"catalog_sha256": "...", "state_fingerprint": "...",
+                               "plan": {...Plan.to_dict()...}}}}
+
+    ``state_fingerprint`` is :meth:`Plan.fingerprint`; reading the file recomputes it, so a
+    file edited by hand or cut short is refused instead of applied.
+    """
+
+    manifest_path: str
+    manifest_sha256: str
+    datasets: Mapping[str, PlannedDataset]
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    mlsync_version: str = __version__
+
+    @property
+    def plans(self) -> MultiPlan:
+        return MultiPlan(entry.plan for entry in self.datasets.values())
+
+    def to_json(self) -> str:
+        data = {
+            "format_version": FORMAT_VERSION,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "mlsync_version": self.mlsync_version,
+            "manifest": {"path": self.manifest_path, "sha256": self.manifest_sha256},
+            "summary": self.plans.summary_line(),
+            "datasets": {
+                name: {
+                    "catalog_sha256": entry.catalog_sha256,
+                    "state_fingerprint": entry.fingerprint,
+                    "plan": entry.plan.to_dict(),
+                }
+                for name, entry in self.datasets.items()
+            },
+        }
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "saved plan") -> SavedPlan:
+        """Parse and verify a saved plan; :class:`StateError` naming ``source`` when invalid."""
+        data = _loads(text, source)
+        try:
+            _check_version(data, source)
+            manifest = _mapping(data["manifest"])
+            created_at = datetime.fromisoformat(_str(data["created_at"]))
+            raw_datasets = _mapping(data["datasets"])
+            entries = {}
+            for name, raw in raw_datasets.items():
+                raw = _mapping(raw)
+                plan = Plan.from_dict(raw["plan"], source=f"{source} (dataset {name})")
+                if plan.fingerprint() != _str(raw["state_fingerprint"]):
+                    raise StateError(
+                        f"{source}: the plan of dataset {name} does not match its fingerprint "
+                        "(edited or truncated); make a new plan with `mlsync plan --out`"
+                    )
+                entries[_str(name)] = PlannedDataset(plan, _str(raw["catalog_sha256"]))
+            return cls(
+                manifest_path=_str(manifest["path"]),
+                manifest_sha256=_str(manifest["sha256"]),
+                datasets=entries,
+                created_at=created_at,
+                mlsync_version=_str(data.get("mlsync_version", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"{source} is not a valid mlsync plan file: {_why(exc)}") from exc
+
+
+def check_fresh(saved: SavedPlan, current: SavedPlan, *, source: str = "the saved plan") -> None:
+    """Refuse to apply ``saved`` unless planning again now (``current``) gives the same plan.
+
+    Compares the manifest's sha256, the datasets, each catalog archive's sha256 and each
+    plan's fingerprint; raises :class:`StalePlanError` listing every difference.
+    """
+    problems: list[str] = []
+    if saved.manifest_sha256 != current.manifest_sha256:
+        problems.append(
+            f"the manifest {current.manifest_path} changed "
+            f"({_short(saved.manifest_sha256)} → {_short(current.manifest_sha256)})"
+        )
+    for name in saved.datasets.keys() - current.datasets.keys():
+        problems.append(f"dataset {name} is no longer planned")
+    for name in current.datasets.keys() - saved.datasets.keys():
+        problems.append(f"dataset {name} is new")
+    for name, before in saved.datasets.items():
+        now = current.datasets.get(name)
+        if now is None:
+            continue
+        if before.catalog_sha256 != now.catalog_sha256:
+            problems.append(
+                f"dataset {name}: the catalog changed "
+                f"({_short(before.catalog_sha256)} → {_short(now.catalog_sha256)})"
+            )
+        elif before.fingerprint != now.fingerprint:
+            problems.append(
+                f"dataset {name}: local files changed (planned: {before.plan.summary_line()} "
+                f"now: {now.plan.summary_line()})"
+            )
+    if problems:
+        raise StalePlanError(
+            f"{source} is stale: {'; '.join(sorted(problems))}. "
+            "Run `mlsync plan --out FILE` again and apply the new plan"
+        )
+
+
+# --- JSON helpers --------------------------------------------------------------------------------
+
+
+def _short(sha: str) -> str:
+    return sha[:_SHA_SHOWN] + "…" if len(sha) > _SHA_SHOWN else sha
+
+
+def _action_to_dict(action: PlannedAction) -> dict[str, Any]:
+    return {
+        "kind": action.kind.value,
+        "rel_path": action.rel_path,
+        "href": action.href,
+        "size": action.size,
+        "checksum": action.checksum,
+        "offset": action.offset,
+        "reason": action.reason,
+    }
+
+
+def _action_from_dict(raw: Any) -> PlannedAction:
+    raw = _mapping(raw)
+    return PlannedAction(
+        kind=ActionKind(raw["kind"]),
+        rel_path=_str(raw["rel_path"]),
+        href=_opt_str(raw.get("href")),
+        size=_opt_int(raw.get("size")),
+        checksum=_opt_str(raw.get("checksum")),
+        offset=_int(raw.get("offset", 0)),
+        reason=_str(raw.get("reason", "")),
+    )
+
+
+def _loads(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateError(f"{source} is not valid JSON: {exc}") from exc
+
+
+def _check_version(data: Any, source: str) -> None:
+    version = _mapping(data).get("format_version")
+    if version != FORMAT_VERSION:
+        raise StateError(
+            f"{source} has format_version {version!r}; this mlsync reads {FORMAT_VERSION}. "
+            "Make a new plan with this mlsync"
+        )
+
+
+def _why(exc: Exception) -> str:
+    return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
