@@ -353,6 +353,13 @@ class AssetDB:
         with self.select(item_pred, asset_pred) as selection:
             yield from selection.iter_with_state(dataset_dir)
 
+    def state_counts(self) -> dict[str, int]:
+        """Recorded paths per state (``complete``, ``partial``, ``failed``; zeros included)."""
+        counts = {state.value: 0 for state in FileState if state is not FileState.MISSING}
+        for state, count in self._conn.execute("SELECT state, COUNT(*) FROM files GROUP BY state"):
+            counts[str(state)] = int(count)
+        return counts
+
     def iter_recorded_files(self) -> Iterator[LocalFile]:
         """Every ``files`` row, in ``rel_path`` order (disk fields left empty)."""
         yield from _local_files(

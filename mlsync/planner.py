@@ -31,6 +31,7 @@ __all__ = [
     "SavedPlan",
     "check_fresh",
     "classify",
+    "combine",
     "format_summary",
     "human_bytes",
     "orphans",
@@ -244,6 +245,11 @@ class _Summarised:
         return self.totals[kind].count
 
     @property
+    def counts(self) -> dict[ActionKind, int]:
+        """Actions per kind (every kind present, zeros included)."""
+        return {kind: t.count for kind, t in self.totals.items()}
+
+    @property
     def has_changes(self) -> bool:
         """Anything to add, resume, replace, or an orphan to report."""
         return any(self.totals[kind].count for kind in _KINDS if kind is not _UP_TO_DATE)
@@ -334,10 +340,12 @@ class Plan(_Summarised):
         return digest.hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``fingerprint`` lets :meth:`from_dict` refuse an edited or cut plan."""
         return {
             "format_version": FORMAT_VERSION,
             "dataset": self.dataset,
             "summary": self.summary_line(),
+            "fingerprint": self.fingerprint(),
             "totals": {
                 kind.value: {"count": t.count, "bytes": t.bytes, "unknown_size": t.unknown_size}
                 for kind, t in self.totals.items()
@@ -346,11 +354,13 @@ class Plan(_Summarised):
         }
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text."""
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "plan") -> Plan:
-        """Inverse of :meth:`to_dict`; :class:`StateError` naming ``source`` when malformed."""
+        """Inverse of :meth:`to_dict`; :class:`StateError` naming ``source`` when malformed,
+        inconsistent, or not matching its ``fingerprint`` (when it has one)."""
         try:
             _check_version(data, source)
             totals = {
@@ -361,6 +371,7 @@ class Plan(_Summarised):
             }
             actions = [_action_from_dict(raw) for raw in _list(data["actions"])]
             dataset = _str(data.get("dataset", ""))
+            fingerprint = _opt_str(data.get("fingerprint"))
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"{source} is not a valid mlsync plan: {_why(exc)}") from exc
         plan = cls(dataset=dataset, totals=totals, actions=actions)
@@ -371,6 +382,11 @@ class Plan(_Summarised):
                     f"{source} is not a valid mlsync plan: it lists {listed:,} {kind.value} "
                     f"actions but counts {plan.totals[kind].count:,}"
                 )
+        if fingerprint is not None and fingerprint != plan.fingerprint():
+            raise StateError(
+                f"{source} does not match its fingerprint (edited or truncated); "
+                "make a new plan with `mlsync plan`"
+            )
         return plan
 
     @classmethod
@@ -407,6 +423,11 @@ class PlanBuilder:
             totals={kind: KindTotals(*t) for kind, t in self._totals.items()},
             actions=self._actions,
         )
+
+
+def combine(plans: Iterable[Plan]) -> MultiPlan:
+    """The manifest-level view of several dataset plans."""
+    return MultiPlan(plans)
 
 
 class MultiPlan(_Summarised):
@@ -458,11 +479,11 @@ class SavedPlan:
         {"format_version": 1, "created_at": "...Z", "mlsync_version": "0.1.0",
          "manifest": {"path": "mlsync.yaml", "sha256": "..."},
          "summary": "Plan: ...",
-         "datasets": {"demo": {"catalog_sha256": "...", "state_fingerprint": "...",
-                               "plan": {...Plan.to_dict()...}}}}
+         "datasets": {"demo": {"catalog_sha256": "...", "plan": {...Plan.to_dict()...}}}}
 
-    ``state_fingerprint`` is :meth:`Plan.fingerprint`; reading the file recomputes it, so a
-    file edited by hand or cut short is refused instead of applied.
+    Each plan carries its :meth:`Plan.fingerprint` (the local state it was made from, as the
+    work it implies); reading the file recomputes it, so a file edited by hand or cut short is
+    refused instead of applied.
     """
 
     manifest_path: str
@@ -483,11 +504,7 @@ class SavedPlan:
             "manifest": {"path": self.manifest_path, "sha256": self.manifest_sha256},
             "summary": self.plans.summary_line(),
             "datasets": {
-                name: {
-                    "catalog_sha256": entry.catalog_sha256,
-                    "state_fingerprint": entry.fingerprint,
-                    "plan": entry.plan.to_dict(),
-                }
+                name: {"catalog_sha256": entry.catalog_sha256, "plan": entry.plan.to_dict()}
                 for name, entry in self.datasets.items()
             },
         }
@@ -506,11 +523,8 @@ class SavedPlan:
             for name, raw in raw_datasets.items():
                 raw = _mapping(raw)
                 plan = Plan.from_dict(raw["plan"], source=f"{source} (dataset {name})")
-                if plan.fingerprint() != _str(raw["state_fingerprint"]):
-                    raise StateError(
-                        f"{source}: the plan of dataset {name} does not match its fingerprint "
-                        "(edited or truncated); make a new plan with `mlsync plan --out`"
-                    )
+                if "fingerprint" not in raw["plan"]:
+                    raise KeyError("fingerprint")
                 entries[_str(name)] = PlannedDataset(plan, _str(raw["catalog_sha256"]))
             return cls(
                 manifest_path=_str(manifest["path"]),

@@ -390,6 +390,10 @@ def test_state_writes_are_durable_after_commit_and_close(tmp_path: Path) -> None
     assert recorded["a"] == LocalFile("a", FileState.COMPLETE, 5, 50, "1220aa")
     assert recorded["b"] == LocalFile("b", FileState.PARTIAL, 2)
     assert recorded["c"] == LocalFile("c", FileState.FAILED, last_error="boom")
+    with AssetDB.open(path) as db:
+        assert db.state_counts() == {"partial": 1, "complete": 1, "failed": 1}
+        db.forget("b")
+        assert db.state_counts() == {"partial": 0, "complete": 1, "failed": 1}
 
 
 def test_failure_keeps_what_was_known_about_the_file(db: AssetDB) -> None:

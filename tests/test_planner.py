@@ -336,6 +336,7 @@ def test_plan_properties() -> None:
     assert plan.transfer_bytes == 16
     assert plan.has_transfers and plan.has_changes
     assert plan.count(ORPHAN) == 1
+    assert plan.counts == {ADD: 1, RESUME: 1, REPLACE: 0, UP_TO_DATE: 1, ORPHAN: 1}
     builder.add(PlannedAction(REPLACE, "e", "h", size=None))
     assert builder.build().transfer_bytes is None
     assert "Plan: 1 to add" in repr(plan)
@@ -353,7 +354,8 @@ def test_fingerprint_ignores_reasons_but_not_work() -> None:
 def test_multiplan_combines_summaries() -> None:
     one = Plan(dataset="a", totals=totals(add=(1, 1000), current=(2, 0)))
     two = Plan(dataset="b", totals=totals(add=(2, 500, 1), orphan=(1, 0)))
-    multi = MultiPlan([one, two])
+    multi = planner.combine([one, two])
+    assert isinstance(multi, MultiPlan)
     assert len(multi) == 2 and list(multi) == [one, two]
     assert multi.summary_line() == (
         "Plan: 3 to add (at least 1.5 kB), 0 to resume, 0 to replace, 2 up to date, 1 orphaned."
@@ -431,6 +433,21 @@ def test_edited_saved_plan_is_refused() -> None:
         SavedPlan.from_json(json.dumps(data), source="plan.json")
     with pytest.raises(StateError, match=r"plan\.json is not a valid mlsync plan file"):
         SavedPlan.from_json('{"format_version": 1}', source="plan.json")
+    del data["datasets"]["demo"]["plan"]["fingerprint"]
+    with pytest.raises(StateError, match="missing field 'fingerprint'"):
+        SavedPlan.from_json(json.dumps(data), source="plan.json")
+
+
+def test_plan_json_carries_a_checked_fingerprint() -> None:
+    plan = saved().datasets["demo"].plan
+    data = plan.to_dict()
+    assert data["fingerprint"] == plan.fingerprint()
+    assert data["summary"] == plan.summary_line()
+    data["actions"][0]["size"] = 11
+    with pytest.raises(StateError, match="does not match its fingerprint"):
+        Plan.from_dict(data)
+    del data["fingerprint"]
+    assert Plan.from_dict(data).actions[0].size == 11  # without one, nothing to check
 
 
 def test_stale_plan_names_every_difference() -> None:
