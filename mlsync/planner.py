@@ -365,15 +365,15 @@ class Plan(_Summarised):
             _check_version(data, source)
             totals = {
                 ActionKind(kind): KindTotals(
-                    _int(t["count"]), _int(t["bytes"]), _int(t["unknown_size"])
+                    json_count(t["count"]), json_count(t["bytes"]), json_count(t["unknown_size"])
                 )
-                for kind, t in _mapping(data["totals"]).items()
+                for kind, t in json_object(data["totals"]).items()
             }
-            actions = [_action_from_dict(raw) for raw in _list(data["actions"])]
-            dataset = _str(data.get("dataset", ""))
-            fingerprint = _opt_str(data.get("fingerprint"))
+            actions = [_action_from_dict(raw) for raw in json_list(data["actions"])]
+            dataset = json_str(data.get("dataset", ""))
+            fingerprint = json_opt_str(data.get("fingerprint"))
         except (KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"{source} is not a valid mlsync plan: {_why(exc)}") from exc
+            raise StateError(f"{source} is not a valid mlsync plan: {json_problem(exc)}") from exc
         plan = cls(dataset=dataset, totals=totals, actions=actions)
         for kind in _KINDS:
             listed = sum(1 for a in actions if a.kind is kind)
@@ -516,25 +516,27 @@ class SavedPlan:
         data = _loads(text, source)
         try:
             _check_version(data, source)
-            manifest = _mapping(data["manifest"])
-            created_at = datetime.fromisoformat(_str(data["created_at"]))
-            raw_datasets = _mapping(data["datasets"])
+            manifest = json_object(data["manifest"])
+            created_at = datetime.fromisoformat(json_str(data["created_at"]))
+            raw_datasets = json_object(data["datasets"])
             entries = {}
             for name, raw in raw_datasets.items():
-                raw = _mapping(raw)
+                raw = json_object(raw)
                 plan = Plan.from_dict(raw["plan"], source=f"{source} (dataset {name})")
                 if "fingerprint" not in raw["plan"]:
                     raise KeyError("fingerprint")
-                entries[_str(name)] = PlannedDataset(plan, _str(raw["catalog_sha256"]))
+                entries[json_str(name)] = PlannedDataset(plan, json_str(raw["catalog_sha256"]))
             return cls(
-                manifest_path=_str(manifest["path"]),
-                manifest_sha256=_str(manifest["sha256"]),
+                manifest_path=json_str(manifest["path"]),
+                manifest_sha256=json_str(manifest["sha256"]),
                 datasets=entries,
                 created_at=created_at,
-                mlsync_version=_str(data.get("mlsync_version", "")),
+                mlsync_version=json_str(data.get("mlsync_version", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"{source} is not a valid mlsync plan file: {_why(exc)}") from exc
+            raise StateError(
+                f"{source} is not a valid mlsync plan file: {json_problem(exc)}"
+            ) from exc
 
 
 def check_fresh(saved: SavedPlan, current: SavedPlan, *, source: str = "the saved plan") -> None:
@@ -575,6 +577,8 @@ def check_fresh(saved: SavedPlan, current: SavedPlan, *, source: str = "the save
 
 
 # --- JSON helpers --------------------------------------------------------------------------------
+# The json_* checks raise TypeError naming what was expected; callers turn that into a
+# StateError naming the file. lockfile.py uses them too.
 
 
 def _short(sha: str) -> str:
@@ -594,15 +598,15 @@ def _action_to_dict(action: PlannedAction) -> dict[str, Any]:
 
 
 def _action_from_dict(raw: Any) -> PlannedAction:
-    raw = _mapping(raw)
+    raw = json_object(raw)
     return PlannedAction(
         kind=ActionKind(raw["kind"]),
-        rel_path=_str(raw["rel_path"]),
-        href=_opt_str(raw.get("href")),
-        size=_opt_int(raw.get("size")),
-        checksum=_opt_str(raw.get("checksum")),
-        offset=_int(raw.get("offset", 0)),
-        reason=_str(raw.get("reason", "")),
+        rel_path=json_str(raw["rel_path"]),
+        href=json_opt_str(raw.get("href")),
+        size=json_opt_count(raw.get("size")),
+        checksum=json_opt_str(raw.get("checksum")),
+        offset=json_count(raw.get("offset", 0)),
+        reason=json_str(raw.get("reason", "")),
     )
 
 
@@ -614,7 +618,7 @@ def _loads(text: str, source: str) -> Any:
 
 
 def _check_version(data: Any, source: str) -> None:
-    version = _mapping(data).get("format_version")
+    version = json_object(data).get("format_version")
     if version != FORMAT_VERSION:
         raise StateError(
             f"{source} has format_version {version!r}; this mlsync reads {FORMAT_VERSION}. "
@@ -622,37 +626,38 @@ def _check_version(data: Any, source: str) -> None:
         )
 
 
-def _why(exc: Exception) -> str:
+def json_problem(exc: Exception) -> str:
+    """A KeyError or TypeError from the json_* checks, as a phrase."""
     return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
+def json_object(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"expected an object, got {type(value).__name__}")
     return value
 
 
-def _list(value: Any) -> list[Any]:
+def json_list(value: Any) -> list[Any]:
     if not isinstance(value, list):
         raise TypeError(f"expected a list, got {type(value).__name__}")
     return value
 
 
-def _str(value: Any) -> str:
+def json_str(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
     return value
 
 
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else _str(value)
+def json_opt_str(value: Any) -> str | None:
+    return None if value is None else json_str(value)
 
 
-def _int(value: Any) -> int:
+def json_count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise TypeError(f"expected a non-negative integer, got {value!r}")
     return value
 
 
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else _int(value)
+def json_opt_count(value: Any) -> int | None:
+    return None if value is None else json_count(value)
