@@ -442,6 +442,6 @@ def expect_shape(value: Any, kind: type | tuple[type, ...], label: str) -> Any:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {dict: "object", list: "array", str: "string"}
+    names: dict[type, str] = {dict: "object", list: "array", str: "string"}
     kinds: Iterable[type] = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
