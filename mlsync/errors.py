@@ -34,6 +34,7 @@ reference client.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "APIKeyNotFound",
@@ -169,7 +170,9 @@ class TransferError(MLSyncError):
 class DownloadFailed(TransferError):
     """Some assets failed for good; they are listed in ``report`` (err_report.csv)."""
 
-    def __init__(self, message: str, *, failed: int, report: Path):
+    def __init__(self, message: str, *, failed: int, report: Path, result: Any = None):
         self.failed = failed
         self.report = report
+        self.result = result
+        """What the run did complete (a ``DatasetResult``), for summaries."""
         super().__init__(message)

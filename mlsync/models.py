@@ -55,13 +55,33 @@ class Collection(_SessionHolder):
         self._data = dict(data)
         self._init_session(api_key, profile, root_url)
 
-    id = property(lambda self: self._data["id"])
-    description = property(lambda self: self._data.get("description", ""))
-    title = property(lambda self: self._data.get("title"))
-    license = property(lambda self: self._data.get("license"))
-    extent = property(lambda self: self._data.get("extent"))
-    links = property(lambda self: self._data.get("links", []))
-    stac_version = property(lambda self: self._data.get("stac_version"))
+    @property
+    def id(self) -> str:
+        return str(self._data["id"])
+
+    @property
+    def description(self) -> str:
+        return str(self._data.get("description", ""))
+
+    @property
+    def title(self) -> str | None:
+        return self._data.get("title")
+
+    @property
+    def license(self) -> str | None:
+        return self._data.get("license")
+
+    @property
+    def extent(self) -> dict[str, Any] | None:
+        return self._data.get("extent")
+
+    @property
+    def links(self) -> list[dict[str, Any]]:
+        return list(self._data.get("links", []))
+
+    @property
+    def stac_version(self) -> str | None:
+        return self._data.get("stac_version")
 
     @property
     def registry_url(self) -> str | None:

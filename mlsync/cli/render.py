@@ -1,0 +1,166 @@
+"""Everything the CLI shows a person or a machine: consoles, tables, JSON, progress bars."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Task as RichTask
+from rich.text import Text
+
+from mlsync import planner
+from mlsync.events import (
+    AssetFinished,
+    Event,
+    Notice,
+    TaskAdvanced,
+    TaskFinished,
+    TaskStarted,
+    TaskTotalChanged,
+)
+from mlsync.hub.http import redact
+
+JSON_FORMAT_VERSION = 1
+
+
+def stdout_console() -> Console:
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+
+
+def stderr_console() -> Console:
+    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+
+
+def print_json(kind: str, payload: dict[str, Any]) -> None:
+    """Machine output: one JSON document on stdout, always with ``format_version``."""
+    document = {"format_version": JSON_FORMAT_VERSION, "kind": kind, **payload}
+    sys.stdout.write(redact(json.dumps(document, indent=2, sort_keys=False, default=str)) + "\n")
+    sys.stdout.flush()
+
+
+def human_bytes(size: int | None) -> str:
+    """The plan summary line's units; ``?`` for an unknown size."""
+    return "?" if size is None else planner.human_bytes(size)
+
+
+class _AmountColumn(ProgressColumn):
+    """``12.3 MB/45.0 MB`` for byte tasks, ``1,234/5,000`` for item tasks."""
+
+    def render(self, task: RichTask) -> Text:
+        fmt = human_bytes if task.fields.get("unit") == "bytes" else (lambda n: f"{n:,}")
+        done = fmt(int(task.completed))
+        total = "?" if task.total is None else fmt(int(task.total))
+        return Text(f"{done}/{total}", style="progress.download")
+
+
+class _RateColumn(ProgressColumn):
+    """Bytes per second, or items per second, by the task's unit."""
+
+    def render(self, task: RichTask) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("", style="progress.data.speed")
+        if task.fields.get("unit") == "bytes":
+            return Text(f"{human_bytes(int(speed))}/s", style="progress.data.speed")
+        return Text(f"{speed:,.0f}/s", style="progress.data.speed")
+
+
+class ProgressRenderer:
+    """Turns library events into rich progress bars on a terminal, or quiet lines elsewhere.
+
+    ``quiet`` shows warnings and errors only. On a non-terminal, a task prints one line when
+    it starts and one when it ends, so CI logs stay readable.
+    """
+
+    def __init__(self, console: Console, *, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.live = console.is_terminal and not quiet
+        self._lock = threading.Lock()
+        self._tasks: dict[int, TaskID] = {}
+        self._descriptions: dict[int, tuple[str, int | None, str]] = {}
+        self._progress: Progress | None = None
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                _AmountColumn(),
+                _RateColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+
+    def __enter__(self) -> ProgressRenderer:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self._handle(event)
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, Notice):
+            if self.quiet and event.level == "info":
+                return
+            style = {"info": "", "warning": "yellow", "error": "bold red"}[event.level]
+            prefix = f"{event.dataset}: " if event.dataset else ""
+            self.console.print(
+                f"[{style}]{prefix}{redact(event.text)}[/]"
+                if style
+                else f"{prefix}{redact(event.text)}",
+                markup=bool(style),
+            )
+        elif isinstance(event, TaskStarted):
+            label = f"{event.dataset}: {event.description}"
+            self._descriptions[event.task_id] = (label, event.total, event.unit)
+            if self._progress is not None:
+                self._tasks[event.task_id] = self._progress.add_task(
+                    label, total=event.total, unit=event.unit
+                )
+            elif not self.quiet:
+                size = f" ({event.total:,} {event.unit})" if event.total is not None else ""
+                self.console.print(f"{label}{size} …", markup=False, highlight=False)
+        elif isinstance(event, TaskAdvanced):
+            if self._progress is not None and event.task_id in self._tasks:
+                self._progress.advance(self._tasks[event.task_id], event.advance)
+        elif isinstance(event, TaskTotalChanged):
+            if self._progress is not None and event.task_id in self._tasks:
+                self._progress.update(self._tasks[event.task_id], total=event.total)
+        elif isinstance(event, TaskFinished):
+            if self._progress is not None and event.task_id in self._tasks:
+                task = self._tasks.pop(event.task_id)
+                progress_task = next(t for t in self._progress.tasks if t.id == task)
+                # An unknown total ends at what was done, so the bar shows complete.
+                done = (
+                    progress_task.total
+                    if progress_task.total is not None
+                    else progress_task.completed
+                )
+                self._progress.update(task, total=done, completed=done)
+            elif not self.quiet and event.task_id in self._descriptions:
+                label = self._descriptions[event.task_id][0]
+                self.console.print(f"{label} done", markup=False, highlight=False)
+            self._descriptions.pop(event.task_id, None)
+        elif isinstance(event, AssetFinished) and not event.ok:
+            self.console.print(
+                f"[red]failed[/] {event.dataset}/{event.rel_path}: {redact(event.error or '')}"
+            )
