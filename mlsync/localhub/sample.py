@@ -304,7 +304,7 @@ def make_sample(
                     asset["file:checksum"] = _multihash(data)
                     n_written += 1
                 assets[key] = asset
-            item = {
+            item: dict[str, Any] = {
                 "type": "Feature",
                 "stac_version": STAC_VERSION,
                 "stac_extensions": [FILE_EXTENSION],
