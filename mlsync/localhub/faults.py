@@ -1,0 +1,362 @@
+"""Deterministic fault injection for the local hub: the failures a real hub and CDN produce.
+
+mlsync's retry, resume and verification code is only trustworthy if it is exercised against
+the failures it claims to survive, at the HTTP level rather than with mocks: error statuses,
+rate limiting with ``Retry-After``, connections reset before any header, bodies cut short
+of their ``Content-Length``, stalls, and servers that ignore ``Range``. ``FaultConfig`` says
+which faults to inject and how often (a seeded ``random.Random``, so a run is repeatable);
+``FaultMiddleware`` is a pure ASGI middleware that applies them.
+
+Resets and truncations close the real TCP connection. ASGI has no "abort" message, so the
+middleware reaches uvicorn's transport through the server's ``send`` callable (captured in
+the scope under :data:`SERVER_SEND_KEY` by the outermost mlsync middleware); under another
+server it raises instead, which every server turns into a broken response too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+import socket
+import struct
+import threading
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, cast
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "FAULTS",
+    "KINDS",
+    "KIND_API",
+    "KIND_ARCHIVE",
+    "KIND_ASSET",
+    "KIND_CONTROL",
+    "SERVER_SEND_KEY",
+    "Fault",
+    "FaultConfig",
+    "FaultMiddleware",
+    "InjectedFault",
+    "request_kind",
+]
+
+Fault = Literal["500", "503", "429", "reset", "truncate", "stall", "ignore_range"]
+FAULTS: Final[tuple[Fault, ...]] = (
+    "500",
+    "503",
+    "429",
+    "reset",
+    "truncate",
+    "stall",
+    "ignore_range",
+)
+"""Every fault, in the order a random draw walks the rates."""
+
+# Request kinds. They live here because faults are configured per kind; the app's routes
+# and statistics use the same classification.
+KIND_API: Final = "api"
+"""The JSON API and the ``catalog/{id}`` redirect (the requests that carry ``?key=``)."""
+KIND_ARCHIVE: Final = "archive"
+"""Catalog archive blobs under ``/blob/`` (the target of the 303)."""
+KIND_ASSET: Final = "asset"
+"""Asset files under ``/data/``."""
+KIND_CONTROL: Final = "control"
+"""The test-control endpoints under ``/__mlsync__/``: never faulted, counted or keyed."""
+KINDS: Final = frozenset({KIND_API, KIND_ARCHIVE, KIND_ASSET})
+
+DATA_PREFIX: Final = "/data/"
+BLOB_PREFIX: Final = "/blob/"
+CONTROL_PREFIX: Final = "/__mlsync__/"
+
+SERVER_SEND_KEY: Final = "mlsync.server_send"
+"""Scope key holding the server's own ``send`` (whose owner holds the TCP transport)."""
+
+_STATUS_TEXT: Final = {
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    429: "Too Many Requests",
+}
+
+
+def request_kind(path: str) -> str:
+    """The kind of a request path: ``asset``, ``archive``, ``control`` or ``api``."""
+    if path.startswith(DATA_PREFIX):
+        return KIND_ASSET
+    if path.startswith(BLOB_PREFIX):
+        return KIND_ARCHIVE
+    if path.startswith(CONTROL_PREFIX):
+        return KIND_CONTROL
+    return KIND_API
+
+
+class InjectedFault(ConnectionAbortedError):
+    """Raised to break a response when the server's transport cannot be reached."""
+
+
+@dataclass
+class FaultConfig:
+    """Which faults to inject, how often, and on which requests.
+
+    Rates are probabilities per matching request (their sum must not exceed 1); one draw
+    from the seeded generator picks at most one fault, so the sequence of faults depends
+    only on the seed and the order of requests. For fully deterministic tests use
+    ``fail_first``: the first ``fail_first`` requests to every distinct path get
+    ``fail_first_fault``, later ones succeed (rates still apply after that).
+
+    * ``500``/``503``/``429``: a JSON error response (``Retry-After: retry_after`` on 429
+      and 503).
+    * ``reset``: the TCP connection is reset before any response byte.
+    * ``truncate``: headers with the full ``Content-Length``, then ``cut_fraction`` of the
+      body, then the connection is closed (on HEAD or empty bodies: a reset instead).
+    * ``stall``: ``cut_fraction`` of the body, a pause of ``stall_seconds``, then the rest.
+    * ``ignore_range``: the ``Range`` header is dropped, so the answer is 200 with the whole
+      body (only drawn for requests that carry ``Range``).
+
+    ``kinds`` limits faults to request kinds (default: asset files only), ``path_pattern``
+    (a regular expression searched in the path) to some paths, and ``max_faults`` caps the
+    total number injected.
+    """
+
+    seed: int = 0
+    rate_500: float = 0.0
+    rate_503: float = 0.0
+    rate_429: float = 0.0
+    rate_reset: float = 0.0
+    rate_truncate: float = 0.0
+    rate_stall: float = 0.0
+    rate_ignore_range: float = 0.0
+    retry_after: int = 0
+    """Seconds in ``Retry-After``; 0 keeps tests fast, raise it to watch a client wait."""
+    stall_seconds: float = 2.0
+    cut_fraction: float = 0.5
+    """Where truncation and stalls happen, as a fraction of the body."""
+    kinds: Collection[str] = frozenset({KIND_ASSET})
+    path_pattern: str | None = None
+    max_faults: int | None = None
+    fail_first: int = 0
+    fail_first_fault: Fault = "500"
+
+    _rng: random.Random = field(init=False, repr=False)
+    _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _per_path: dict[str, int] = field(init=False, repr=False, default_factory=dict)
+    _pattern: re.Pattern[str] | None = field(init=False, repr=False, default=None)
+    injected: dict[str, int] = field(init=False, default_factory=dict)
+    """Faults injected so far, by name."""
+
+    def __post_init__(self) -> None:
+        rates = self.rates()
+        if any(rate < 0 or rate > 1 for rate in rates.values()):
+            raise ValueError(f"fault rates must be between 0 and 1: {rates}")
+        if sum(rates.values()) > 1 + 1e-9:
+            raise ValueError(f"fault rates must not add up to more than 1: {rates}")
+        if self.fail_first_fault not in FAULTS:
+            raise ValueError(f"unknown fault {self.fail_first_fault!r}; choose from {FAULTS}")
+        if self.fail_first < 0 or (self.max_faults is not None and self.max_faults < 0):
+            raise ValueError("fail_first and max_faults must not be negative")
+        if not 0 <= self.cut_fraction < 1:
+            raise ValueError("cut_fraction must be in [0, 1)")
+        if self.retry_after < 0 or self.stall_seconds < 0:
+            raise ValueError("retry_after and stall_seconds must not be negative")
+        unknown = set(self.kinds) - KINDS
+        if unknown:
+            raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {sorted(KINDS)}")
+        self.kinds = frozenset(self.kinds)
+        self._rng = random.Random(self.seed)
+        self._pattern = re.compile(self.path_pattern) if self.path_pattern else None
+
+    def rates(self) -> dict[Fault, float]:
+        return {
+            "500": self.rate_500,
+            "503": self.rate_503,
+            "429": self.rate_429,
+            "reset": self.rate_reset,
+            "truncate": self.rate_truncate,
+            "stall": self.rate_stall,
+            "ignore_range": self.rate_ignore_range,
+        }
+
+    @property
+    def total_injected(self) -> int:
+        with self._lock:
+            return sum(self.injected.values())
+
+    def reset(self) -> None:
+        """Start over: reseed, forget per-path counts and injected totals."""
+        with self._lock:
+            self._rng = random.Random(self.seed)
+            self._per_path.clear()
+            self.injected.clear()
+
+    def decide(
+        self, kind: str, path: str, *, method: str = "GET", has_range: bool = False
+    ) -> Fault | None:
+        """The fault for this request, or None; counts it as injected (thread-safe)."""
+        if kind not in self.kinds or (self._pattern and not self._pattern.search(path)):
+            return None
+        with self._lock:
+            if self.max_faults is not None and sum(self.injected.values()) >= self.max_faults:
+                return None
+            chosen: Fault | None = None
+            if self.fail_first:
+                seen = self._per_path.get(path, 0)
+                self._per_path[path] = seen + 1
+                if seen < self.fail_first:
+                    chosen = self.fail_first_fault
+            if chosen is None:
+                draw = self._rng.random()
+                cumulative = 0.0
+                for name, rate in self.rates().items():
+                    cumulative += rate
+                    if draw < cumulative:
+                        chosen = name
+                        break
+            if chosen == "ignore_range" and not has_range:
+                return None
+            if chosen == "truncate" and method == "HEAD":
+                chosen = "reset"  # nothing to cut short: break the connection instead
+            if chosen is not None:
+                self.injected[chosen] = self.injected.get(chosen, 0) + 1
+            return chosen
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == b"content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
+async def close_connection(scope: Scope, *, reset: bool) -> bool:
+    """Close the request's TCP connection now (``reset``: with an RST, data unsent).
+
+    Returns False when the transport is out of reach (a server other than uvicorn). Waits
+    briefly until uvicorn has noticed, so it does not log the unfinished response as an
+    application error.
+    """
+    cycle = getattr(scope.get(SERVER_SEND_KEY), "__self__", None)
+    transport: Any = getattr(cycle, "transport", None)
+    if transport is None or not hasattr(transport, "close"):
+        return False
+    if reset:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Linger on with a zero timeout: closing sends RST instead of FIN.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()  # FIN after what was already written
+    for _ in range(200):
+        if getattr(cycle, "disconnected", True):
+            break
+        await asyncio.sleep(0.005)
+    return True
+
+
+class FaultMiddleware:
+    """Pure ASGI middleware injecting the faults a ``FaultConfig`` draws.
+
+    ``kind_of`` classifies request paths (see :func:`request_kind`); ``on_fault`` is told
+    the name of each injected fault (the app's statistics use it).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        config: FaultConfig,
+        *,
+        kind_of: Callable[[str], str] = request_kind,
+        on_fault: Callable[[str], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.kind_of = kind_of
+        self.on_fault = on_fault
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault(SERVER_SEND_KEY, send)
+        headers: list[tuple[bytes, bytes]] = list(scope.get("headers", []))
+        has_range = any(name.lower() == b"range" for name, _ in headers)
+        fault = self.config.decide(
+            self.kind_of(scope["path"]), scope["path"], method=scope["method"], has_range=has_range
+        )
+        if fault is None:
+            await self.app(scope, receive, send)
+            return
+        if self.on_fault is not None:
+            self.on_fault(fault)
+        if fault in ("500", "503", "429"):
+            await self._error(int(fault), send)
+        elif fault == "reset":
+            if not await close_connection(scope, reset=True):
+                raise InjectedFault("injected fault: connection reset")
+        elif fault == "ignore_range":
+            stripped = [(n, v) for n, v in headers if n.lower() not in (b"range", b"if-range")]
+            await self.app({**scope, "headers": stripped}, receive, send)
+        else:
+            await self.app(scope, receive, self._cutting_send(scope, send, fault))
+
+    async def _error(self, status: int, send: Send) -> None:
+        body = json.dumps({"detail": f"injected fault: {status} {_STATUS_TEXT[status]}"}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        if status in (429, 503):
+            headers.append((b"retry-after", str(self.config.retry_after).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def _cutting_send(self, scope: Scope, send: Send, fault: Fault) -> Send:
+        """A ``send`` that truncates or stalls the body at the cut point."""
+        state: dict[str, Any] = {"cut": None, "sent": 0, "done": False}
+        config = self.config
+
+        async def cut_send(message: Message) -> None:
+            if state["done"]:
+                return  # the connection is gone; swallow the rest of the body
+            if message["type"] == "http.response.start":
+                length = _content_length(message.get("headers", []))
+                if length is not None:
+                    state["cut"] = min(int(length * config.cut_fraction), max(length - 1, 0))
+                if fault == "stall" and (not length or scope["method"] == "HEAD"):
+                    await asyncio.sleep(config.stall_seconds)
+                if fault == "truncate" and not length:
+                    state["done"] = True
+                    if not await close_connection(scope, reset=True):
+                        raise InjectedFault("injected fault: connection reset")
+                    return
+                await send(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            body: bytes = message.get("body", b"")
+            cut = state["cut"]
+            if cut is None:
+                cut = state["cut"] = len(body) // 2  # no Content-Length: cut this chunk
+            sent: int = state["sent"]
+            if sent + len(body) <= cut or sent > cut:
+                state["sent"] = sent + len(body)
+                await send(message)
+                return
+            head, tail = body[: cut - sent], body[cut - sent :]
+            if head:
+                await send({"type": "http.response.body", "body": head, "more_body": True})
+            state["sent"] = sent + len(body)
+            if fault == "truncate":
+                state["done"] = True
+                if not await close_connection(scope, reset=False):
+                    raise InjectedFault("injected fault: body truncated")
+                return
+            await asyncio.sleep(config.stall_seconds)
+            await send({**message, "body": tail})
+
+        return cast(Send, cut_send)
