@@ -155,9 +155,13 @@ def asset_extension(href: str) -> str:
     no suffix, when the suffix is longer than :data:`MAX_EXTENSION_CHARS` or has characters
     other than ASCII letters, digits, ``_`` and ``-`` (the reference aborts the whole listing
     instead), and for ``.part`` (our download suffix). Only the last suffix counts:
-    ``x.tif.aux.xml`` → ``.xml``, ``x.tar.gz`` → ``.gz``, ``x.tiff`` → ``.tiff``.
+    ``x.tif.aux.xml`` → ``.xml``, ``x.tar.gz`` → ``.gz``, ``x.tiff`` → ``.tiff``. Never
+    raises: an href ``urlsplit`` refuses (``http://[::1/x.tif``) is cut at ``#`` and ``?``.
     """
-    path = urlsplit(href).path
+    try:
+        path = urlsplit(href).path
+    except ValueError:  # e.g. "Invalid IPv6 URL" for an unbalanced "[": cut it by hand
+        path = href.split("#", 1)[0].split("?", 1)[0]
     segment = unquote(path.rsplit("/", 1)[-1], errors="replace")
     dot = segment.rfind(".")
     if dot <= 0:  # no dot, or a hidden name like ".env": no extension (as pathlib says)
