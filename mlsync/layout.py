@@ -14,6 +14,10 @@ The layout is the reference client's (§3.3 of the API notes), so a tree it made
 Ids, keys and hrefs come from a downloaded catalog, i.e. from strangers: every component is
 checked by :func:`safe_component` and every relative path built here has a fixed number of
 components, none of them ``..``. :func:`resolve_inside` is the last guard before a write.
+Nor may a folder built from an id take the name of one of our own files: a collection id
+cannot be ``catalog.json``, the asset database (or its ``-wal``, ``-shm``, ``-journal``),
+``err_report.csv`` or ``.mlsync-*``, and an item id cannot be ``_common`` or
+``collection.json`` (compared case-insensitively, as macOS and Windows would).
 
 Unlike the reference client we never abort on an href without an extension, never let an id
 such as ``../..`` leave the output directory, and take the extension from the last suffix of
@@ -44,6 +48,7 @@ __all__ = [
     "ERR_REPORT_NAME",
     "MAX_COMPONENT_BYTES",
     "MAX_EXTENSION_CHARS",
+    "OWN_PREFIX",
     "PART_SUFFIX",
     "archive_path",
     "asset_extension",
@@ -71,6 +76,19 @@ ASSET_DB_NAME = "mlhub_stac_assets.db"
 ERR_REPORT_NAME = "err_report.csv"
 PART_SUFFIX = ".part"
 """Suffix of a file being downloaded (it is renamed to its final name once verified)."""
+OWN_PREFIX = ".mlsync-"
+"""Prefix of mlsync's own files in the dataset dir (run lock, temporary files)."""
+
+_DATASET_FILES = frozenset(
+    name.casefold()
+    for name in (
+        CATALOG_JSON,
+        ERR_REPORT_NAME,
+        ASSET_DB_NAME,
+        *(ASSET_DB_NAME + suffix for suffix in ("-wal", "-shm", "-journal")),
+    )
+)
+"""Files of the dataset dir itself: no collection folder may take their name."""
 
 MAX_COMPONENT_BYTES = 200
 """Longest id or key accepted, in UTF-8 bytes.
@@ -200,10 +218,29 @@ def _refuse_if_same(name: str, reserved: str, what: str, value: str) -> None:
         raise _refuse(what, value, f"the file name {name!r} would overwrite {reserved!r}")
 
 
+def _collection(collection_id: str) -> str:
+    """A collection id checked as a folder of the dataset dir: safe, and not one of its files."""
+    collection = safe_component(collection_id, what="collection id")
+    folded = collection.casefold()
+    if folded in _DATASET_FILES or folded.startswith(OWN_PREFIX):
+        raise _refuse(
+            "collection id", collection_id, "its folder would take the name of a dataset file"
+        )
+    return collection
+
+
+def _item(item_id: str) -> str:
+    """An item id checked as a folder of a collection: safe, not ``_common`` or its JSON."""
+    item = safe_component(item_id, what="item id")
+    _refuse_if_same(item, COMMON_DIR, "item id", item_id)
+    _refuse_if_same(item, COLLECTION_JSON, "item id", item_id)
+    return item
+
+
 def item_json_path(collection_id: str, item_id: str) -> str:
     """``{collection_id}/{item_id}/{item_id}.json``: where the archive puts an item's JSON."""
-    collection = safe_component(collection_id, what="collection id")
-    item = safe_component(item_id, what="item id")
+    collection = _collection(collection_id)
+    item = _item(item_id)
     return f"{collection}/{item}/{item}.json"
 
 
@@ -211,11 +248,12 @@ def item_asset_path(collection_id: str, item_id: str, asset_key: str, href: str)
     """``{collection_id}/{item_id}/{asset_key}{ext}``, next to the item's JSON.
 
     Also refused: an item id equal to ``_common`` (its assets would mix with the collection's
-    common assets) and a file name equal to the item's own ``{item_id}.json``.
+    common assets) or ``collection.json``, a collection id equal to a file of the dataset dir
+    (``catalog.json``, the asset database, ``err_report.csv``, ``.mlsync-*``) and a file name
+    equal to the item's own ``{item_id}.json``.
     """
-    collection = safe_component(collection_id, what="collection id")
-    item = safe_component(item_id, what="item id")
-    _refuse_if_same(item, COMMON_DIR, "item id", item_id)
+    collection = _collection(collection_id)
+    item = _item(item_id)
     name = _file_name(asset_key, href)
     _refuse_if_same(name, f"{item}.json", "asset key", asset_key)
     return f"{collection}/{item}/{name}"
@@ -229,7 +267,7 @@ def common_asset_path(
     Pass ``disambiguator=href_digest(href)`` when the collection has several common hrefs under
     one key, so they do not overwrite each other. It must be 1-16 lowercase hex digits.
     """
-    collection = safe_component(collection_id, what="collection id")
+    collection = _collection(collection_id)
     tag = ""
     if disambiguator is not None:
         if not _DISAMBIGUATOR_RE.fullmatch(disambiguator):
@@ -248,7 +286,7 @@ def collection_asset_path(collection_id: str, asset_key: str, href: str) -> str:
     Refused: a file name equal to ``collection.json``, ``{collection_id}.json`` or ``_common``.
     A name equal to an item's directory cannot be seen from here; that write fails on its own.
     """
-    collection = safe_component(collection_id, what="collection id")
+    collection = _collection(collection_id)
     name = _file_name(asset_key, href)
     for reserved in (COLLECTION_JSON, f"{collection}.json", COMMON_DIR):
         _refuse_if_same(name, reserved, "asset key", asset_key)
