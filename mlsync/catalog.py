@@ -33,8 +33,8 @@ Decisions, for a caller that must know them:
   ``/x`` or ``//host/x`` are joined to ``base_url``. Without one, a relative href becomes
   the percent-decoded POSIX path relative to the dataset directory (no scheme, no query;
   :func:`is_local_href` tells it from a URL) and ``//host/x`` is skipped with a warning.
-  An href naming a folder (``sub/``, ``..``) or the document itself (``?x``) is skipped
-  with a warning.
+  An href naming a folder (``sub/``, ``..``) or the document itself (``?x``), or one that
+  is not a valid URL (``http://[::1/x``), is skipped with a warning.
 * **Time.** ``properties.datetime``, ``start_datetime`` and ``end_datetime`` are parsed with
   :meth:`datetime.fromisoformat`, else with ``dateutil.parser.parse`` if the text has a
   4-digit year (missing date parts come from 1970-01-01, so the result never depends on
@@ -62,7 +62,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 from dateutil import parser as _dateutil_parser
 
@@ -263,12 +263,14 @@ def _parse_assets(
         if type(href) is not str or not href:
             problems.add(f"asset {_shown(key)} skipped: no href ({_shown(href)})")
             continue
-        if not href.startswith(_URL_PREFIXES):
-            try:
+        try:
+            if not href.startswith(_URL_PREFIXES):
                 href = _resolve_href(href, rel_name, base_url)
-            except _Skip as exc:
-                problems.add(f"asset {_shown(key)} skipped: {exc}")
-                continue
+            elif not href.isascii() or "[" in href or "]" in href:
+                _split(href)  # only such URLs can make urlsplit raise
+        except _Skip as exc:
+            problems.add(f"asset {_shown(key)} skipped: {exc}")
+            continue
         size = asset.get("file:size")
         if size is not None:
             size = _parse_size(size, key, problems)
@@ -433,7 +435,7 @@ def _resolve_href(href: str, rel_name: str, base_url: str | None) -> str:
     """
     if "\x00" in href or "\\" in href:
         raise UnsafePathError(f"unsafe href {_shown(href)}: it contains NUL or a backslash")
-    parts = urlsplit(href)
+    parts = _split(href)
     if parts.scheme:
         if len(parts.scheme) == 1:
             raise UnsafePathError(f"unsafe href {_shown(href)}: it is a Windows drive path")
@@ -471,6 +473,13 @@ def _resolve_href(href: str, rel_name: str, base_url: str | None) -> str:
         return "/".join(local for local, _ in stack)
     query = f"?{parts.query}" if parts.query else ""
     return _dir_url(base_url) + "/".join(segment for _, segment in stack) + query
+
+
+def _split(href: str) -> SplitResult:
+    try:
+        return urlsplit(href)
+    except ValueError as exc:  # "Invalid IPv6 URL", a netloc that NFKC changes...
+        raise _Skip(f"the href {_shown(href)} is not a valid URL ({exc})") from None
 
 
 def _dir_url(base_url: str) -> str:

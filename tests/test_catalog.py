@@ -487,6 +487,17 @@ def test_hrefs_naming_a_folder_are_skipped(href: str, base_url: str | None) -> N
     assert "names a folder" in entry.warnings[0]
 
 
+@pytest.mark.parametrize("base_url", [None, "http://hub/ds/"])
+@pytest.mark.parametrize(
+    "href", ["http://[::1/x.tif", "https://h]/x.tif", "s3://[b/k", "//[x/y", "http://h\uff03x@y/z"]
+)
+def test_invalid_urls_are_skipped(href: str, base_url: str | None) -> None:
+    assets = {"a": {"href": href}, "b": {"href": "https://[::1]/ok.tif"}}
+    entry = parse(item(assets=assets), base_url=base_url)
+    assert [a.asset_key for a in entry.assets] == ["b"]
+    assert "not a valid URL" in entry.warnings[0]
+
+
 def test_scheme_relative_href_without_base_is_skipped() -> None:
     entry = parse(item(assets={"a": {"href": "//cdn/x.tif"}}))
     assert entry.assets == []
@@ -557,7 +568,10 @@ scalars = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=30)
     | st.sampled_from(
-        ["2020-01-01T00:00:00Z", "2020-01-01", "../x", "/etc/x", "C:x", "//h/x", "s3://b/k", SHA]
+        [
+            *("2020-01-01T00:00:00Z", "2020-01-01", "../x", "/etc/x", "C:x", "//h/x", "s3://b/k"),
+            *("http://[::1/x", "//[h/x", "https://h\uff03@x/", SHA),
+        ]
     )
 )
 json_values = st.recursive(
