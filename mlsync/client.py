@@ -71,13 +71,41 @@ def _as_list(value: str | Sequence[str] | None) -> list[str] | None:
     return [value] if isinstance(value, str) else list(value)
 
 
+_LISTING_HINTS = {
+    "Model": "list_models() shows what is available",
+    "Collection": "list_collections() shows what is available",
+    "Item": "list_collection_items() shows what is available",
+}
+
+
 def _not_found(kind: str, name: str, exc: EntityDoesNotExist) -> EntityDoesNotExist:
+    hint = _LISTING_HINTS.get(kind, "`mlsync datasets list` shows what is available")
     return EntityDoesNotExist(
-        f'{kind} "{name}" does not exist on {exc.url or "the hub"}; '
-        "`mlsync datasets list` shows what is available",
+        f'{kind} "{name}" does not exist on {exc.url or "the hub"}; {hint}',
         status=404,
         url=exc.url,
     )
+
+
+def _segment(what: str, value: str) -> str:
+    """``value`` as one URL path segment, refusing what would address another resource.
+
+    An empty id would ask for the listing (``datasets/`` redirects to ``datasets``) and a
+    dot segment would be resolved away by the URL join (``datasets/..`` is the landing
+    page): either would return some other JSON as if it were the entity.
+    """
+    if not value.strip():
+        raise EntityDoesNotExist(f"{what} is empty; pass the id of an existing one")
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def _doi_path(doi: str) -> str:
+    """A DOI keeps its slashes in the path; each part is quoted like an id."""
+    if not doi.strip():
+        raise EntityDoesNotExist("dataset DOI is empty; pass a DOI such as 10.34911/rdnt.9r6ekg")
+    parts = [quote(part, safe="") for part in doi.split("/")]
+    return "/".join(p.replace(".", "%2E") if p in (".", "..") else p for p in parts)
 
 
 def list_datasets(
@@ -98,11 +126,10 @@ def list_datasets(
 
 
 def get_dataset_by_id(dataset_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
+    path = f"datasets/{_segment('dataset id', dataset_id)}"
     with _Borrowed(options) as session:
         try:
-            body = session.get_json(
-                f"datasets/{quote(dataset_id, safe='')}", what=f"dataset {dataset_id!r}"
-            )
+            body = session.get_json(path, what=f"dataset {dataset_id!r}")
         except EntityDoesNotExist as exc:
             raise _not_found("Dataset", dataset_id, exc) from None
     return dict(expect_shape(body, dict, f"dataset {dataset_id!r}"))
@@ -110,11 +137,10 @@ def get_dataset_by_id(dataset_id: str, **options: Unpack[SessionOptions]) -> dic
 
 def get_dataset_by_doi(dataset_doi: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
     """DOIs keep their slashes in the path (``datasets/doi/10.6084/m9.figshare...``)."""
+    path = f"datasets/doi/{_doi_path(dataset_doi)}"
     with _Borrowed(options) as session:
         try:
-            body = session.get_json(
-                f"datasets/doi/{quote(dataset_doi, safe='/')}", what=f"dataset DOI {dataset_doi!r}"
-            )
+            body = session.get_json(path, what=f"dataset DOI {dataset_doi!r}")
         except EntityDoesNotExist as exc:
             raise _not_found("Dataset with DOI", dataset_doi, exc) from None
     return dict(expect_shape(body, dict, f"dataset DOI {dataset_doi!r}"))
@@ -129,11 +155,10 @@ def get_dataset(id_or_doi: str, **options: Unpack[SessionOptions]) -> dict[str, 
 
 def get_catalog_info(dataset_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
     """``stac_catalog_size`` and ``estimated_dataset_size`` of a dataset, in bytes."""
+    path = f"catalog/{_segment('dataset id', dataset_id)}/info"
     with _Borrowed(options) as session:
         try:
-            body = session.get_json(
-                f"catalog/{quote(dataset_id, safe='')}/info", what=f"catalog info of {dataset_id!r}"
-            )
+            body = session.get_json(path, what=f"catalog info of {dataset_id!r}")
         except EntityDoesNotExist as exc:
             raise _not_found("Catalog of dataset", dataset_id, exc) from None
     return dict(expect_shape(body, dict, f"catalog info of {dataset_id!r}"))
@@ -147,12 +172,10 @@ def list_collections(**options: Unpack[SessionOptions]) -> list[dict[str, Any]]:
 
 
 def get_collection(collection_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
+    path = f"collections/{_segment('collection id', collection_id)}"
     with _Borrowed(options) as session:
         try:
-            body = session.get_json(
-                f"collections/{quote(collection_id, safe='')}",
-                what=f"collection {collection_id!r}",
-            )
+            body = session.get_json(path, what=f"collection {collection_id!r}")
         except EntityDoesNotExist as exc:
             raise _not_found("Collection", collection_id, exc) from None
     return dict(expect_shape(body, dict, f"collection {collection_id!r}"))
@@ -173,13 +196,16 @@ def list_collection_items(
     if extensions:
         params["extensions"] = list(extensions)
     label = f"items of collection {collection_id!r}"
+    first_page = f"collections/{_segment('collection id', collection_id)}/items"
     yielded = 0
     with _Borrowed(options) as session:
-        url: str | None = f"collections/{quote(collection_id, safe='')}/items"
+        url: str | None = first_page
         page_params: Mapping[str, Any] | None = params
         while url is not None:
             try:
-                page = expect_shape(session.get_json(url, params=page_params, what=label), dict, label)
+                page = expect_shape(
+                    session.get_json(url, params=page_params, what=label), dict, label
+                )
             except EntityDoesNotExist as exc:
                 raise _not_found("Collection", collection_id, exc) from None
             for feature in expect_shape(page.get("features", []), list, label):
@@ -198,12 +224,13 @@ def get_collection_item(
     collection_id: str, item_id: str, **options: Unpack[SessionOptions]
 ) -> dict[str, Any]:
     label = f"item {item_id!r} of collection {collection_id!r}"
+    path = (
+        f"collections/{_segment('collection id', collection_id)}"
+        f"/items/{_segment('item id', item_id)}"
+    )
     with _Borrowed(options) as session:
         try:
-            body = session.get_json(
-                f"collections/{quote(collection_id, safe='')}/items/{quote(item_id, safe='')}",
-                what=label,
-            )
+            body = session.get_json(path, what=label)
         except EntityDoesNotExist as exc:
             raise _not_found("Item", f"{collection_id}/{item_id}", exc) from None
     return dict(expect_shape(body, dict, label))
@@ -212,12 +239,10 @@ def get_collection_item(
 def get_collection_archive_info(
     collection_id: str, **options: Unpack[SessionOptions]
 ) -> dict[str, Any]:
+    path = f"archive/{_segment('collection id', collection_id)}/info"
     with _Borrowed(options) as session:
         try:
-            body = session.get_json(
-                f"archive/{quote(collection_id, safe='')}/info",
-                what=f"archive info of {collection_id!r}",
-            )
+            body = session.get_json(path, what=f"archive info of {collection_id!r}")
         except EntityDoesNotExist as exc:
             raise _not_found("Archive of collection", collection_id, exc) from None
     return dict(expect_shape(body, dict, f"archive info of {collection_id!r}"))
@@ -230,9 +255,10 @@ def list_models(**options: Unpack[SessionOptions]) -> list[dict[str, Any]]:
 
 
 def get_model_by_id(model_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
+    path = f"models/{_segment('model id', model_id)}"
     with _Borrowed(options) as session:
         try:
-            body = session.get_json(f"models/{quote(model_id, safe='')}", what=f"model {model_id!r}")
+            body = session.get_json(path, what=f"model {model_id!r}")
         except EntityDoesNotExist as exc:
             raise _not_found("Model", model_id, exc) from None
     return dict(expect_shape(body, dict, f"model {model_id!r}"))
