@@ -201,7 +201,7 @@ def list_collection_items(
     with _Borrowed(options) as session:
         url: str | None = first_page
         page_params: Mapping[str, Any] | None = params
-        while url is not None:
+        while url is not None and (limit is None or yielded < limit):
             try:
                 page = expect_shape(
                     session.get_json(url, params=page_params, what=label), dict, label
@@ -209,10 +209,10 @@ def list_collection_items(
             except EntityDoesNotExist as exc:
                 raise _not_found("Collection", collection_id, exc) from None
             for feature in expect_shape(page.get("features", []), list, label):
-                if limit is not None and yielded >= limit:
-                    return
                 yield feature
                 yielded += 1
+                if limit is not None and yielded >= limit:
+                    return  # do not fetch a page only to discard it
             url = next(
                 (link.get("href") for link in page.get("links", []) if link.get("rel") == "next"),
                 None,
