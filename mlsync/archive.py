@@ -9,8 +9,9 @@ checked *before* any byte of it is written, and one refused member stops the ext
   each component must pass :func:`mlsync.layout.safe_component` (255-byte limit);
 * the real path (symlinks already on disk resolved) must stay inside ``dest_dir/{dataset_id}``;
 * ``tarfile.data_filter`` runs on each member as a second line of defence;
-* resource limits: :data:`MAX_MEMBER_BYTES` per member, :data:`MAX_MEMBERS` members and
-  :data:`MAX_TOTAL_BYTES` in all (a catalog is JSON; these stop decompression bombs).
+* resource limits: :data:`MAX_MEMBER_BYTES` per member and per pax or GNU long-name header
+  (tarfile reads those into memory), :data:`MAX_MEMBERS` members and :data:`MAX_TOTAL_BYTES`
+  in all, padding included (a catalog is JSON; these stop decompression bombs).
 
 Only ``*.json`` files are written: a catalog archive is STAC JSON, and any other file in it
 could pre-seed an asset path with bytes that never came from the asset's href. Other regular
@@ -25,7 +26,11 @@ the new archive no longer has are not removed (extract into a fresh directory fo
 
 The archive is decompressed with :mod:`gzip` rather than tarfile's ``r|gz`` stream: gzip
 checks the CRC and length at the end, so a truncated or corrupt download is reported as such
-instead of ending quietly at the last complete member.
+instead of ending quietly at the last complete member. The tar inside must be whole too:
+tarfile takes a garbled or missing header after the first member for the end of the archive,
+so every member behind it would be silently lost; here only the end-of-archive marker (a
+block of zeros) ends it, and only zero padding may follow it (anything else, such as a second
+archive appended to the first, is refused).
 """
 
 from __future__ import annotations
@@ -63,6 +68,18 @@ MAX_TOTAL_BYTES = 64 * 1024**3
 """Most bytes written in all: a catalog larger than 64 GiB is taken for a decompression bomb."""
 
 _NAME_MAX_BYTES = 255
+_META_TYPES = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)
+"""Header types whose body tarfile reads into memory (pax headers, GNU long names)."""
+_EOF_HEADER_ERROR: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
+"""What ``TarInfo.frombuf`` raises for a zero block (undocumented, missing from typeshed)."""
 _COPY_CHUNK = 1024 * 1024
 _VERIFIED_CACHE = 16_384
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -76,6 +93,70 @@ class ExtractStats:
     files: int
     bytes: int
     skipped: int = 0
+
+
+class _BrokenArchive(Exception):
+    """A header that tarfile would take for the end of the archive, or would read unbounded.
+
+    Deliberately not a ``tarfile.HeaderError``: tarfile must not swallow it.
+    """
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Reads headers like ``TarInfo`` does, except that
+
+    * a garbled, truncated or missing header after the first member is an error (tarfile
+      ends the archive there quietly: the members after it would be silently lost);
+      only a block of zeros, the real end-of-archive marker, ends it;
+    * a pax or GNU long-name header larger than :attr:`max_header_bytes` is refused before
+      tarfile reads its body into memory.
+    """
+
+    max_header_bytes = MAX_MEMBER_BYTES
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
+        # TarInfo.fromtarfile, with checks between reading the header and reading its body.
+        buf = tarfile_.fileobj.read(tarfile.BLOCKSIZE)
+        try:
+            obj = cls.frombuf(buf, tarfile_.encoding, tarfile_.errors)
+        except _EOF_HEADER_ERROR:
+            raise  # a zero block: the end of the archive
+        except tarfile.HeaderError as exc:
+            if not buf:
+                why = "the tar data ends without an end-of-archive marker (truncated)"
+            elif len(buf) < tarfile.BLOCKSIZE:
+                why = "the tar data ends in the middle of a header (truncated)"
+            else:
+                why = f"invalid tar header ({exc or type(exc).__name__})"
+            raise _BrokenArchive(why) from None
+        if obj.type in _META_TYPES and not 0 <= obj.size <= cls.max_header_bytes:
+            raise _BrokenArchive(
+                f"a {obj.size:,}-byte extended header, more than the "
+                f"{cls.max_header_bytes:,}-byte limit"
+            )
+        obj.offset = tarfile_.fileobj.tell() - tarfile.BLOCKSIZE
+        return obj._proc_member(tarfile_)  # type: ignore[attr-defined,no-any-return]
+
+
+def _open_stream(gz: gzip.GzipFile, max_header_bytes: int) -> tarfile.TarFile:
+    """``tarfile.open(mode="r|")`` with :class:`_StrictTarInfo` (it reads the first header)."""
+    info_type = type("_Info", (_StrictTarInfo,), {"max_header_bytes": max_header_bytes})
+    try:
+        return tarfile.open(fileobj=gz, mode="r|", encoding="utf-8", tarinfo=info_type)
+    except RecursionError:
+        raise _BrokenArchive(_TOO_MANY_HEADERS) from None
+
+
+def _next_member(tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+    try:
+        return tar.next()
+    except RecursionError:
+        raise _BrokenArchive(_TOO_MANY_HEADERS) from None
+
+
+# tarfile reads a chain of pax / long-name headers recursively.
+_TOO_MANY_HEADERS = "too many extended headers in a row"
 
 
 class _Extractor:
@@ -208,8 +289,8 @@ def extract_catalog(
         raise CatalogError(f"cannot open the catalog archive {archive}: {exc}") from exc
     try:
         gz = gzip.GzipFile(fileobj=raw, mode="rb")
-        with tarfile.open(fileobj=gz, mode="r|", encoding="utf-8") as tar:
-            while (member := tar.next()) is not None:
+        with _open_stream(gz, max_member_bytes) as tar:
+            while (member := _next_member(tar)) is not None:
                 # tarfile keeps every TarInfo it reads (≈0.5 KiB each); we need none of them.
                 tar.members.clear()  # type: ignore[attr-defined]  # (undocumented list)
                 members += 1
@@ -224,6 +305,8 @@ def extract_catalog(
                     _check_filter(ex, member)
                     ex.ensure_dir(rel, member.name)
                 elif member.isreg():
+                    if member.size < 0:
+                        raise _BrokenArchive(f"member {member.name!r} has a negative size")
                     if len(parts) < 2:
                         raise ex.refuse(member.name, "is a file where the dataset folder goes")
                     if member.size > max_member_bytes:
@@ -263,9 +346,22 @@ def extract_catalog(
                     raise ex.refuse(member.name, f"is a {_kind(member)}, not a file or directory")
                 if progress is not None:
                     progress(members, raw.tell())
-        # Read to the end so gzip checks the CRC and length of the whole stream.
-        while gz.read(_COPY_CHUNK):
-            pass
+            # Read to the end, so gzip checks the CRC and length of the whole stream. After
+            # the end-of-archive marker a tar has only zero padding; anything else would be
+            # members (a second archive appended) this extraction silently ignored.
+            while chunk := tar.fileobj.read(_COPY_CHUNK):
+                unpacked += len(chunk)
+                if chunk.count(0) != len(chunk):
+                    raise _BrokenArchive("it has data after the end of the tar archive")
+                if unpacked > max_total_bytes:
+                    raise CatalogError(
+                        f"catalog archive {archive.name} unpacks to more than "
+                        f"{max_total_bytes:,} bytes; refusing it as a likely decompression bomb"
+                    )
+    except _BrokenArchive as exc:
+        raise CatalogError(
+            f"catalog archive {archive} is corrupt: {exc}; delete it and re-run"
+        ) from None
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise CatalogError(
             f"catalog archive {archive} is corrupt or truncated: {exc or type(exc).__name__}; "
