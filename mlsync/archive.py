@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import logging
+import math
 import os
 import secrets
 import stat
@@ -47,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlsync.errors import CatalogError, UnsafePathError
+from mlsync.errors import CatalogError, LocalWriteError, UnsafePathError
 from mlsync.layout import resolve_inside, safe_component
 
 __all__ = [
@@ -68,6 +69,7 @@ MAX_TOTAL_BYTES = 64 * 1024**3
 """Most bytes written in all: a catalog larger than 64 GiB is taken for a decompression bomb."""
 
 _NAME_MAX_BYTES = 255
+_MAX_MTIME = 253402300799.0  # 9999-12-31T23:59:59Z; a later (or NaN) mtime is not applied
 _META_TYPES = frozenset(
     {
         tarfile.XHDTYPE,
@@ -230,28 +232,43 @@ class _Extractor:
                     raise self.refuse(name, f"needs {path!r} to be a directory") from None
             elif not stat.S_ISDIR(st.st_mode):
                 raise self.refuse(name, f"needs {path!r} to be a directory, it is a file") from None
+        except OSError as exc:
+            raise _write_error(path, exc) from exc
         if len(self.verified) >= _VERIFIED_CACHE:  # keep memory flat on huge catalogs
             self.verified.clear()
         self.verified.add(rel)
 
-    def write_file(self, rel: str, data: bytes, mtime: float) -> None:
-        """Write to a temporary name in the target directory, then rename it into place."""
+    def write_file(self, rel: str, data: bytes, mtime: float, name: str) -> None:
+        """Write to a temporary name in the target directory, then rename it into place.
+
+        ``mtime`` (the member's) is applied when it is a plausible time (finite, 1970-9999).
+        """
         final = os.path.join(self.dest_dir, rel)
         self.tmp_count += 1
         tmp = os.path.join(os.path.dirname(final), f"{self.tmp_prefix}{self.tmp_count}.tmp")
-        fd = os.open(tmp, _TMP_FLAGS, 0o666)
+        try:
+            fd = os.open(tmp, _TMP_FLAGS, 0o666)
+        except OSError as exc:
+            raise _write_error(tmp, exc) from exc
         try:
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                os.utime(fd, (mtime, mtime))
+                if math.isfinite(mtime) and 0 <= mtime <= _MAX_MTIME:
+                    os.utime(fd, (mtime, mtime))
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-        except BaseException:
+        except IsADirectoryError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            raise self.refuse(name, f"is a file where {final!r} is a directory") from None
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise _write_error(final, exc) from exc
             raise
 
 
@@ -276,8 +293,9 @@ def extract_catalog(
     called after each member; the byte count is of the compressed archive, so it can be shown
     against the archive's size on disk.
 
-    Raises :class:`UnsafePathError` for a refused member (see the module doc) and
-    :class:`CatalogError` for a corrupt or truncated archive or an exceeded limit.
+    Raises :class:`UnsafePathError` for a refused member (see the module doc),
+    :class:`CatalogError` for a corrupt or truncated archive or an exceeded limit, and
+    :class:`~mlsync.errors.LocalWriteError` when a file cannot be written (disk full...).
     """
     safe_component(dataset_id, what="dataset id")
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +355,7 @@ def extract_catalog(
                         data = source.read()
                         if len(data) != member.size:
                             raise tarfile.ReadError("unexpected end of data")
-                        ex.write_file(rel, data, float(member.mtime))
+                        ex.write_file(rel, data, float(member.mtime), member.name)
                         files += 1
                         written += len(data)
                         if on_member is not None:
@@ -370,6 +388,13 @@ def extract_catalog(
     finally:
         raw.close()
     return ExtractStats(members=members, files=files, bytes=written, skipped=skipped)
+
+
+def _write_error(path: str, exc: OSError) -> LocalWriteError:
+    return LocalWriteError(
+        f"cannot write the catalog file {path}: {exc.strerror or exc}; check the output "
+        "directory (space, permissions) and re-run"
+    )
 
 
 def _check_filter(ex: _Extractor, member: tarfile.TarInfo) -> None:
