@@ -45,7 +45,10 @@ class AppOptions(TypedDict, total=False):
 def _bind(host: str, port: int) -> socket.socket:
     """A bound TCP socket; raises OSError naming the address (uvicorn would sys.exit)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on accepted sockets whose
+    # proto says TCP, and without it every keep-alive response waits ~40 ms (Nagle versus
+    # delayed ACK) between its header and body writes.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -97,6 +100,11 @@ class RunningHub:
         """A snapshot of the request counters (see ``HubStats.snapshot``)."""
         snapshot: dict[str, Any] = self.app.state.stats.snapshot()
         return snapshot
+
+    def stop_soon(self) -> None:
+        """Ask the server to stop without waiting (``running_hub`` joins it on exit);
+        lets several hubs shut down in parallel."""
+        self.server.should_exit = True
 
     def reset_stats(self) -> None:
         """Zero the counters and restart fault injection from its seed."""
