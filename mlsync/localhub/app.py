@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
+import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -214,7 +215,7 @@ class _HubMiddleware:
                 )
                 return
             await self.app(scope, receive, counting_send)
-        except BaseException:
+        except Exception:
             if not started:
                 stats.status(500)
             raise
@@ -304,18 +305,30 @@ class _FileSlice(Response):
             if self.preloaded is not None:
                 await send({"type": "http.response.body", "body": self.preloaded})
                 return
-            await anyio.to_thread.run_sync(self.handle.seek, self.start)
-            remaining = self.length
-            while remaining > 0:
-                chunk = await anyio.to_thread.run_sync(self.handle.read, min(CHUNK_SIZE, remaining))
-                if not chunk:
-                    raise OSError(f"{self.handle.name}: file shrank while it was being sent")
-                remaining -= len(chunk)
-                await send(
-                    {"type": "http.response.body", "body": chunk, "more_body": remaining > 0}
-                )
+            async with anyio.create_task_group() as group:
+                # uvicorn drops what is sent after the client went away without telling
+                # the app; stop reading the file as soon as the disconnect arrives.
+                group.start_soon(self._cancel_on_disconnect, receive, group.cancel_scope)
+                await self._stream(send)
+                group.cancel_scope.cancel()
         finally:
             self.handle.close()
+
+    @staticmethod
+    async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    async def _stream(self, send: Send) -> None:
+        await anyio.to_thread.run_sync(self.handle.seek, self.start)
+        remaining = self.length
+        while remaining > 0:
+            chunk = await anyio.to_thread.run_sync(self.handle.read, min(CHUNK_SIZE, remaining))
+            if not chunk:
+                raise OSError(f"{self.handle.name}: file shrank while it was being sent")
+            remaining -= len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
 
 
 def _http_date(timestamp: float) -> str:

@@ -93,6 +93,10 @@ def request_kind(path: str) -> str:
     return KIND_API
 
 
+class _BodyCut(Exception):
+    """Unwinds the app once a truncated response's connection has been closed."""
+
+
 class InjectedFault(ConnectionAbortedError):
     """Raised to break a response when the server's transport cannot be reached."""
 
@@ -301,7 +305,16 @@ class FaultMiddleware:
             stripped = [(n, v) for n, v in headers if n.lower() not in (b"range", b"if-range")]
             await self.app({**scope, "headers": stripped}, receive, send)
         else:
-            await self.app(scope, receive, self._cutting_send(scope, send, fault))
+            # _BodyCut: the connection is closed, so stop producing the rest of the body.
+            # It may arrive inside an exception group from a task group in the app.
+            try:
+                await self.app(scope, receive, self._cutting_send(scope, send, fault))
+            except _BodyCut:
+                pass
+            except BaseExceptionGroup as group:
+                _, rest = group.split(_BodyCut)
+                if rest is not None:
+                    raise rest from None
 
     async def _error(self, status: int, send: Send) -> None:
         body = json.dumps({"detail": f"injected fault: {status} {_STATUS_TEXT[status]}"}).encode()
@@ -321,7 +334,7 @@ class FaultMiddleware:
 
         async def cut_send(message: Message) -> None:
             if state["done"]:
-                return  # the connection is gone; swallow the rest of the body
+                return  # the connection is gone (only reached when the app ignores _BodyCut)
             if message["type"] == "http.response.start":
                 length = _content_length(message.get("headers", []))
                 if length is not None:
@@ -355,7 +368,7 @@ class FaultMiddleware:
                 state["done"] = True
                 if not await close_connection(scope, reset=False):
                     raise InjectedFault("injected fault: body truncated")
-                return
+                raise _BodyCut
             await asyncio.sleep(config.stall_seconds)
             await send({**message, "body": tail})
 
