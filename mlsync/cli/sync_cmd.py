@@ -425,6 +425,12 @@ def run_apply(args: argparse.Namespace) -> int:
             "Run `mlsync plan --out FILE` again and apply the new plan"
         )
     console = stderr_console()
+    if saved is not None:
+        # A saved plan is carried out whole or not at all: check every dataset before the
+        # first transfer (the gate checks each again under its run lock).
+        with ProgressRenderer(console, quiet=args.quiet or args.json) as renderer:
+            current = _saved_plan(project, _make_plans(project, args, renderer))
+        check_fresh(saved, current, source=saved_path)
     gate = _ApplyGate(project, saved, saved_path, args.prune, None if args.json else console)
     results: list[DatasetResult] = []
     failures: list[DownloadFailed] = []
