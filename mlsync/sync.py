@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mlsync import archive as archive_mod
 from mlsync import catalog as catalog_mod
 from mlsync import layout, planner
-from mlsync.assetdb import AssetDB, AssetPredicate, ItemPredicate
+from mlsync.assetdb import AssetDB, AssetPredicate, FileUpdate, ItemPredicate
 from mlsync.errors import CatalogError, DownloadFailed, FrozenLockError, UnsafePathError
 from mlsync.events import EventSink, Notice, Task, ignore
 from mlsync.executor import ExecutionReport, Executor, write_error_report
@@ -29,7 +29,7 @@ from mlsync.filters import DownloadFilter, asset_selected, build_filter, item_se
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
 from mlsync.lockfile import CatalogPin, LockEntry, compare, describe_differences
-from mlsync.records import ActionKind, PlannedAction
+from mlsync.records import ActionKind, DesiredAsset, FileState, LocalFile, PlannedAction
 from mlsync.runlock import RunLock
 from mlsync.transfer import FileTransfer
 
@@ -83,6 +83,9 @@ class DatasetPlan:
     dataset_dir: Path
     catalog: CatalogStatus
     plan: planner.Plan
+    adopted: list[FileUpdate] = field(default_factory=list, repr=False)
+    """Files the plan found complete on disk but not recorded as such (a run killed between
+    renaming them into place and committing): apply records them before it transfers."""
 
     @property
     def dataset_id(self) -> str:
@@ -334,12 +337,14 @@ class DatasetSync:
 
     # --- plan and apply -------------------------------------------------------------------
 
-    def _build_plan(self, db: AssetDB, dataset_dir: Path) -> planner.Plan:
-        """Selected assets against the database and the disk, streamed through the planner."""
+    def _build_plan(self, db: AssetDB, dataset_dir: Path) -> tuple[planner.Plan, list[FileUpdate]]:
+        """Selected assets against the database and the disk, streamed through the planner;
+        also the up-to-date files the database does not record as complete yet."""
         f = self.target.filter
         builder = planner.PlanBuilder(self.target.name)
+        adopted: list[FileUpdate] = []
         if self.target.catalog_only:
-            return builder.build()
+            return builder.build(), adopted
         item_pred: ItemPredicate | None = None
         if f.time is not None or f.bbox is not None or f.intersects is not None:
             item_pred = partial(item_selected, f)
@@ -348,9 +353,12 @@ class DatasetSync:
         )
         with db.select(item_pred, asset_pred) as selection:
             for desired, local in selection.iter_with_state(dataset_dir):
-                builder.add(planner.classify(desired, local))
+                action = planner.classify(desired, local)
+                builder.add(action)
+                if action.kind is ActionKind.UP_TO_DATE and local.state is not FileState.COMPLETE:
+                    adopted.append(_adoption(desired, local))
             builder.extend(planner.orphans(selection.iter_orphaned()))
-        return builder.build()
+        return builder.build(), adopted
 
     def _plan_locked(
         self, db: AssetDB, dataset: dict[str, Any], dataset_dir: Path, frozen: LockEntry | None
@@ -361,9 +369,8 @@ class DatasetSync:
             status = self.ingest(status, db, dataset_dir)
         elif status.fetched or not (dataset_dir / layout.CATALOG_JSON).is_file():
             archive_mod.extract_catalog(status.archive, self.target.output_dir, dataset_id)
-        return DatasetPlan(
-            self.target, dataset, dataset_dir, status, self._build_plan(db, dataset_dir)
-        )
+        plan, adopted = self._build_plan(db, dataset_dir)
+        return DatasetPlan(self.target, dataset, dataset_dir, status, plan, adopted)
 
     @contextmanager
     def _locked(self, command: str) -> Iterator[tuple[AssetDB, dict[str, Any], Path]]:
@@ -403,6 +410,8 @@ class DatasetSync:
                 )
             if before_execute is not None:
                 before_execute(dataset_plan)
+            if dataset_plan.adopted:
+                db.apply_updates(dataset_plan.adopted)
             return self._execute(db, dataset_plan, prune)
 
     def _execute(self, db: AssetDB, dataset_plan: DatasetPlan, prune: bool) -> DatasetResult:
@@ -457,6 +466,18 @@ class DatasetSync:
 
 
 _TRANSFER_KINDS = frozenset({ActionKind.ADD, ActionKind.RESUME, ActionKind.REPLACE})
+
+
+def _adoption(desired: DesiredAsset, local: LocalFile) -> FileUpdate:
+    """Record an up-to-date file as complete, as the planner judged it (by its size)."""
+    assert local.disk_size is not None and local.disk_mtime_ns is not None
+    return FileUpdate(
+        desired.rel_path,
+        FileState.COMPLETE,
+        size=local.disk_size,
+        mtime_ns=local.disk_mtime_ns,
+        checksum=desired.checksum or local.recorded_checksum,
+    )
 
 
 def _common_path(collection_id: str, asset_key: str, href: str, collides: bool) -> str:
