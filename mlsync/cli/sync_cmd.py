@@ -22,7 +22,13 @@ from mlsync.cli.render import (
     stderr_console,
     stdout_console,
 )
-from mlsync.errors import DownloadFailed, FrozenLockError, MLSyncError, StalePlanError
+from mlsync.errors import (
+    DownloadFailed,
+    FrozenLockError,
+    ManifestError,
+    MLSyncError,
+    StalePlanError,
+)
 from mlsync.executor import default_workers
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession
@@ -150,7 +156,16 @@ def load_project(manifest_arg: str, only: list[str] | None = None) -> Project:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    project = load_project(args.manifest)
+    try:
+        project = load_project(args.manifest)
+    except ManifestError as exc:
+        if not args.json:
+            raise
+        # --json promises one document on stdout, for an invalid manifest too.
+        problems = str(exc).splitlines()
+        print_json("validate", {"valid": False, "manifest": args.manifest, "errors": problems})
+        stderr_console().print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_ERROR
     rows = [_target_summary(t) for t in project.targets]
     if args.json:
         print_json("validate", {"valid": True, "manifest": str(project.path), "datasets": rows})
