@@ -1,0 +1,1235 @@
+"""mlsync benchmarks against the local hub, measured side by side with peers (``make bench``).
+
+Three cases, each generated once with the sample generator and cached under ``bench/work/``:
+
+* (a) many small assets, (b) few large assets: ``mlsync apply`` (the CLI, a subprocess),
+  the reference client ``radiant-mlhub==0.5.5`` (its own venv, ``bench/work/ref-venv``) and a
+  plain ``curl --parallel`` fetch of the same URLs (the loopback limit), alternating, repeated;
+  then the no-op re-run of each client on its synced tree, with the request counts.
+* (c) a catalog-only dataset of a million assets: ``mlsync plan`` on a fresh tree (catalog
+  fetch + ingest), on the ingested tree, and on a synced tree, with peak RSS.
+
+The API is always served by the local hub in its own process (``mlsync hub serve``), so the
+client process is measured alone; asset files come from nginx (``--asset-base-url``) when it
+is installed, else from the hub itself (the output says which). Every process started here is
+stopped on exit, Ctrl-C or SIGTERM included. See ``bench/README.md`` for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+WORK = BENCH_DIR / "work"
+RESULTS = BENCH_DIR / "results"
+PYTHON = sys.executable
+
+API_KEY = "mlsync-bench-key"
+"""The hub is started with this key, so both clients authenticate as they would for real."""
+REFERENCE_SPEC = "radiant-mlhub==0.5.5"
+LOOPBACK_PARALLEL = 16
+SEED = 0
+DATA_FORMAT = 1
+"""Bump when what a cached dataset holds changes (the cache key includes it)."""
+UNUSED_ASSET_BASE = "http://127.0.0.1:9/bench-assets"
+"""Asset base of the catalog-only case: never fetched, fixed so its archive stays cached."""
+STARTUP_TIMEOUT = 60.0
+ARCHIVE_BUILD_TIMEOUT = 3600.0
+MB = 1_000_000
+
+TARGETS = {
+    "a_assets_per_s_vs_reference": 3.0,
+    "b_mb_per_s_vs_loopback": 0.9,
+    "noop_speedup_vs_reference": 20.0,
+    "c_ingest_assets_per_s": 50_000.0,
+    "c_plan_synced_seconds": 10.0,
+    "c_peak_rss_mb": 300.0,
+}
+
+
+# --- cases --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One generated dataset: a single source collection, ``items × assets_per_item`` assets."""
+
+    key: str
+    title: str
+    dataset_id: str
+    items: int
+    assets_per_item: int
+    asset_size: int
+    write_files: bool
+
+    @property
+    def assets(self) -> int:
+        return self.items * self.assets_per_item
+
+    @property
+    def total_bytes(self) -> int:
+        return self.assets * self.asset_size
+
+    @property
+    def cache_name(self) -> str:
+        files = "files" if self.write_files else "catalog"
+        return (
+            f"{self.dataset_id}-i{self.items}-k{self.assets_per_item}-s{self.asset_size}"
+            f"-seed{SEED}-{files}-v{DATA_FORMAT}"
+        )
+
+
+def cases(quick: bool) -> dict[str, Case]:
+    if quick:
+        return {
+            "a": Case("a", "1,000 assets × 4 KiB", "bench_small", 250, 4, 4096, True),
+            "b": Case("b", "20 assets × 2 MiB", "bench_large", 5, 4, 2 << 20, True),
+            "c": Case("c", "50,000-asset catalog", "bench_catalog", 12_500, 4, 4096, False),
+        }
+    return {
+        "a": Case("a", "10,000 assets × 4 KiB", "bench_small", 2_500, 4, 4096, True),
+        "b": Case("b", "200 assets × 2 MiB", "bench_large", 50, 4, 2 << 20, True),
+        "c": Case("c", "1,000,000-asset catalog", "bench_catalog", 250_000, 4, 4096, False),
+    }
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def ensure_data(case: Case) -> Path:
+    """The hub ROOT holding the case's dataset, generated once and reused by later runs."""
+    from mlsync.localhub.sample import make_sample
+
+    root = WORK / "data" / case.cache_name
+    marker = root / ".complete.json"
+    if marker.is_file():
+        return root
+    tmp = root.with_name(f".{root.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+    say(f"  generating {case.title} ({case.cache_name}) …")
+    summary = make_sample(
+        tmp,
+        case.dataset_id,
+        items=case.items,
+        assets_per_item=case.assets_per_item,
+        asset_size=case.asset_size,
+        seed=SEED,
+        write_files=case.write_files,
+        collections=("source",),
+    )
+    (tmp / ".complete.json").write_text(
+        json.dumps(
+            {
+                "assets": summary.assets,
+                "bytes": summary.bytes,
+                "items": summary.items,
+                "seconds": summary.seconds,
+                "generated_at": time.time(),
+            }
+        )
+    )
+    os.replace(tmp, root)
+    say(f"  generated {summary.assets:,} assets in {summary.seconds:.1f} s")
+    return root
+
+
+def data_generation_id(root: Path) -> str:
+    return str(json.loads((root / ".complete.json").read_text())["generated_at"])
+
+
+def asset_files(root: Path, case: Case) -> list[str]:
+    """Asset paths relative to the dataset folder (``files/…``), sorted."""
+    base = root / case.dataset_id
+    found: list[str] = []
+    for dirpath, _dirs, names in os.walk(base / "files"):
+        rel_dir = os.path.relpath(dirpath, base)
+        found.extend(f"{rel_dir}/{name}" for name in names)
+    return sorted(found)
+
+
+# --- processes ----------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the benchmark itself dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM, wait, then SIGKILL the process group this script created for it."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: pgid == pid
+    proc.wait(timeout)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_service(
+    stack: contextlib.ExitStack, name: str, cmd: Sequence[str], log: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    handle = stack.enter_context(open(log, "wb"))  # noqa: SIM115 - closed by the stack
+    proc = subprocess.Popen(
+        list(cmd),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
+    stack.callback(stop_process, proc)
+    return proc
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_for_http(
+    url: str, proc: subprocess.Popen[bytes], log: Path, what: str, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f} s:\n{_tail(log)}")
+        time.sleep(0.1)
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLHUB_")}
+    home = WORK / "mlhub-home"  # no profile file: nothing of the user's leaks in
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(
+        MLHUB_HOME=str(home),
+        MLHUB_API_KEY=API_KEY,
+        PYTHONDONTWRITEBYTECODE="1",
+        NO_COLOR="1",
+        COLUMNS="120",
+    )
+    return env
+
+
+@dataclass
+class Hub:
+    url: str
+    log: Path
+
+    def _call(self, path: str, method: str = "GET", timeout: float = 30.0) -> Any:
+        request = urllib.request.Request(f"{self.url}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self._call("__mlsync__/stats")
+        return stats
+
+    def reset(self) -> None:
+        self._call("__mlsync__/stats/reset", method="POST")
+
+    def catalog_info(self, dataset_id: str, timeout: float) -> dict[str, Any]:
+        """Also makes the hub build (or load) its catalog archive before anything is timed."""
+        info: dict[str, Any] = self._call(
+            f"catalog/{dataset_id}/info?key={API_KEY}", timeout=timeout
+        )
+        return info
+
+
+def start_hub(stack: contextlib.ExitStack, root: Path, asset_base: str | None, logs: Path) -> Hub:
+    port = free_port()
+    cmd = [PYTHON, "-m", "mlsync", "-q", "hub", "serve", str(root), "--port", str(port)]
+    cmd += ["--api-key", API_KEY]
+    if asset_base:
+        cmd += ["--asset-base-url", asset_base]
+    log = logs / f"hub-{port}.log"
+    proc = start_service(stack, "hub", cmd, log, base_env())
+    url = f"http://127.0.0.1:{port}/"
+    wait_for_http(f"{url}__mlsync__/health", proc, log, "the local hub", STARTUP_TIMEOUT)
+    return Hub(url, log)
+
+
+@dataclass
+class Nginx:
+    base_url: str
+    access_log: Path
+    version: str
+
+    def offset(self) -> int:
+        try:
+            return self.access_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def requests_since(self, offset: int) -> dict[str, Any]:
+        """Requests logged since ``offset``: total, by method, by status, body bytes."""
+        methods: dict[str, int] = {}
+        statuses: dict[str, int] = {}
+        total = sent = 0
+        with open(self.access_log, "rb") as handle:
+            handle.seek(offset)
+            for line in handle:
+                parts = line.split()
+                if len(parts) != 3:
+                    continue
+                total += 1
+                method, status = parts[0].decode(), parts[1].decode()
+                methods[method] = methods.get(method, 0) + 1
+                statuses[status] = statuses.get(status, 0) + 1
+                sent += int(parts[2]) if parts[2].isdigit() else 0
+        return {"requests": total, "by_method": methods, "by_status": statuses, "bytes": sent}
+
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    log_format bench '$request_method $status $body_bytes_sent';
+    access_log {dir}/access.log bench;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 120;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    types {{ image/tiff tif tiff; application/geo+json geojson; application/json json; }}
+    client_body_temp_path {dir}/tmp/client;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        root {root};
+        location / {{ try_files $uri =404; }}
+    }}
+}}
+"""
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+def start_nginx(
+    stack: contextlib.ExitStack, binary: str, root: Path, probe_rel: str, logs: Path
+) -> Nginx:
+    """nginx on 127.0.0.1 serving ROOT, so ``{base}/{dataset_id}/files/…`` is the file."""
+    port = free_port()
+    conf_dir = WORK / "nginx" / str(port)
+    shutil.rmtree(conf_dir, ignore_errors=True)
+    (conf_dir / "tmp").mkdir(parents=True)
+    conf = conf_dir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=conf_dir, port=port, root=root))
+    version = subprocess.run([binary, "-v"], capture_output=True, text=True).stderr.strip()
+    log = logs / f"nginx-{port}.log"
+    cmd = [binary, "-p", str(conf_dir), "-c", str(conf), "-e", str(conf_dir / "error.log")]
+    proc = start_service(stack, "nginx", cmd, log, dict(os.environ))
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/{probe_rel}", proc, conf_dir / "error.log", "nginx", STARTUP_TIMEOUT)
+    return Nginx(base, conf_dir / "access.log", version)
+
+
+# --- measured runs ------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    exit_code: int
+    wall: float
+    peak_rss_kib: int
+    user: float
+    system: float
+    stdout: str
+    stderr_tail: str
+
+
+def run_measured(
+    cmd: Sequence[str], *, env: dict[str, str], cwd: Path, logs: Path, label: str
+) -> Measured:
+    """Run a command to completion; wall time and the child's own rusage (``wait4``).
+
+    ``wait4`` gives this child's peak RSS and CPU time alone, which is what GNU time reports;
+    ``getrusage(RUSAGE_CHILDREN)`` would give the maximum over every child so far.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    out_path = logs / f"{label}.out"
+    err_path = logs / f"{label}.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            _pid, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(
+        exit_code=proc.returncode,
+        wall=wall,
+        peak_rss_kib=int(usage.ru_maxrss),
+        user=usage.ru_utime,
+        system=usage.ru_stime,
+        stdout=out_path.read_text(errors="replace"),
+        stderr_tail=_tail(err_path, 8),
+    )
+
+
+@dataclass
+class Run:
+    tool: str
+    case: str
+    phase: str
+    rep: int
+    wall: float
+    exit_code: int
+    peak_rss_mb: float
+    cpu_seconds: float
+    assets: int | None = None
+    bytes: int | None = None
+    ok: bool = True
+    problem: str | None = None
+    api_requests: int | None = None
+    asset_requests: int | None = None
+    asset_requests_by_method: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def tree_totals(folder: Path, suffix: str) -> tuple[int, int]:
+    """Files named ``*{suffix}`` under ``folder`` and their total size."""
+    count = total = 0
+    for dirpath, _dirs, names in os.walk(folder):
+        for name in names:
+            if name.endswith(suffix):
+                count += 1
+                total += os.stat(os.path.join(dirpath, name)).st_size
+    return count, total
+
+
+class Servers:
+    """The hub (API, and assets when nginx is absent) and nginx; request accounting."""
+
+    def __init__(self, hub: Hub, nginx: Nginx | None) -> None:
+        self.hub = hub
+        self.nginx = nginx
+
+    def mark(self) -> int:
+        self.hub.reset()
+        return self.nginx.offset() if self.nginx else 0
+
+    def counts(self, mark: int) -> tuple[int, int, dict[str, int]]:
+        """(API requests, asset requests, asset requests by method) since ``mark``."""
+        stats = self.hub.stats()
+        api = int(stats["by_kind"].get("api", 0)) + int(stats["by_kind"].get("archive", 0))
+        if self.nginx is None:
+            assets = int(stats["by_kind"].get("asset", 0))
+            # The hub counts methods over every kind; with no API split, report the total.
+            return api, assets, {}
+        logged = self.nginx.requests_since(mark)
+        return api, int(logged["requests"]), dict(logged["by_method"])
+
+
+def _rss_mb(kib: int) -> float:
+    return kib * 1024 / MB
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, stamp: str) -> None:
+        self.args = args
+        self.stamp = stamp
+        self.logs = WORK / "logs" / stamp
+        self.runs_dir = WORK / "runs"
+        self.env = base_env()
+        self.ref_python: Path | None = None
+        self.notes: list[str] = []
+
+    # -- tools ----------------------------------------------------------------------------
+
+    def ensure_reference(self) -> Path | None:
+        venv = WORK / "ref-venv"
+        python = venv / "bin" / "python"
+        marker = venv / ".installed"
+        if marker.is_file() and marker.read_text().strip() == REFERENCE_SPEC and python.exists():
+            return python
+        say(f"  installing {REFERENCE_SPEC} into {venv} (its pins conflict with mlsync's) …")
+        shutil.rmtree(venv, ignore_errors=True)
+        try:
+            subprocess.run([PYTHON, "-m", "venv", str(venv)], check=True)
+            subprocess.run(
+                [
+                    str(python),
+                    *("-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
+                    REFERENCE_SPEC,
+                ],
+                check=True,
+            )
+        except (subprocess.CalledProcessError, OSError) as exc:
+            self.notes.append(f"reference client not installed ({exc}); its runs are skipped")
+            return None
+        marker.write_text(REFERENCE_SPEC + "\n")
+        return python
+
+    def startup(self) -> dict[str, Any]:
+        """Interpreter start + imports of each client, median of 3: the floor of any run."""
+        commands = {"mlsync": [PYTHON, "-m", "mlsync", "--version"]}
+        if self.ref_python:
+            commands["reference"] = [
+                str(self.ref_python),
+                "-c",
+                "from radiant_mlhub import Dataset",
+            ]
+        out: dict[str, Any] = {}
+        for tool, cmd in commands.items():
+            walls = []
+            for n in range(3):
+                m = run_measured(
+                    cmd, env=self.env, cwd=WORK, logs=self.logs, label=f"startup-{tool}-{n}"
+                )
+                walls.append(m.wall)
+            out[tool] = stats_of(walls)
+        return out
+
+    def reference_driver(self) -> Path:
+        driver = WORK / "ref_download.py"
+        driver.write_text(
+            "import sys\n"
+            "from radiant_mlhub import Dataset\n"
+            "Dataset.fetch_by_id(sys.argv[1]).download(output_dir=sys.argv[2])\n"
+        )
+        return driver
+
+    def write_manifest(self, folder: Path, hub: Hub, case: Case) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = folder / "mlsync.yaml"
+        manifest.write_text(
+            "version: 1\n"
+            f"hub:\n  root_url: {hub.url}\n"
+            "output_dir: out\n"
+            f"datasets:\n  - id: {case.dataset_id}\n    name: bench\n"
+        )
+        return manifest
+
+    # -- one run of one tool ------------------------------------------------------------------
+
+    def _finish(
+        self,
+        run: Run,
+        servers: Servers,
+        mark: int,
+        measured: Measured,
+        expect: tuple[int, int] | None,
+        tree: Path | None,
+        suffix: str,
+    ) -> Run:
+        run.api_requests, run.asset_requests, run.asset_requests_by_method = servers.counts(mark)
+        if measured.exit_code != 0:
+            run.ok = False
+            run.problem = f"exit {measured.exit_code}: {measured.stderr_tail[-400:]}"
+        if expect is not None and tree is not None:
+            count, total = tree_totals(tree, suffix)
+            run.assets, run.bytes = count, total
+            if (count, total) != expect and run.ok:
+                run.ok = False
+                run.problem = f"tree has {count:,} files / {total:,} bytes, expected {expect}"
+        if not run.ok:
+            say(f"    !! {run.tool} {run.phase} r{run.rep}: {run.problem}")
+        return run
+
+    def _base_run(self, tool: str, case: Case, phase: str, rep: int, m: Measured) -> Run:
+        return Run(
+            tool=tool,
+            case=case.key,
+            phase=phase,
+            rep=rep,
+            wall=m.wall,
+            exit_code=m.exit_code,
+            peak_rss_mb=_rss_mb(m.peak_rss_kib),
+            cpu_seconds=m.user + m.system,
+        )
+
+    def run_mlsync_apply(
+        self, servers: Servers, case: Case, folder: Path, phase: str, rep: int
+    ) -> Run:
+        manifest = self.write_manifest(folder, servers.hub, case)
+        mark = servers.mark()
+        m = run_measured(
+            [PYTHON, "-m", "mlsync", "-q", "apply", str(manifest), "--json"],
+            env=self.env,
+            cwd=folder,
+            logs=self.logs,
+            label=f"{case.key}-mlsync-{phase}-r{rep}",
+        )
+        run = self._base_run("mlsync", case, phase, rep, m)
+        with contextlib.suppress(ValueError, KeyError):
+            doc = json.loads(m.stdout)
+            run.extra = {
+                "transferred": doc["transferred"],
+                "transferred_bytes": doc["transferred_bytes"],
+                "up_to_date": doc["up_to_date"],
+                "executor_seconds": doc["datasets"][0]["elapsed_seconds"],
+            }
+        expect = (case.assets, case.total_bytes)
+        run = self._finish(run, servers, mark, m, expect, folder / "out" / case.dataset_id, ".tif")
+        if phase == "noop" and run.extra.get("transferred", 0) != 0 and run.ok:
+            run.ok, run.problem = False, f"no-op transferred {run.extra['transferred']} assets"
+        return run
+
+    def run_reference(
+        self, servers: Servers, case: Case, folder: Path, phase: str, rep: int
+    ) -> Run:
+        assert self.ref_python is not None
+        folder.mkdir(parents=True, exist_ok=True)
+        env = dict(self.env, MLHUB_ROOT_URL=servers.hub.url)
+        mark = servers.mark()
+        m = run_measured(
+            [
+                str(self.ref_python),
+                str(self.reference_driver()),
+                case.dataset_id,
+                str(folder / "out"),
+            ],
+            env=env,
+            cwd=folder,
+            logs=self.logs,
+            label=f"{case.key}-reference-{phase}-r{rep}",
+        )
+        run = self._base_run("reference", case, phase, rep, m)
+        expect = (case.assets, case.total_bytes)
+        return self._finish(run, servers, mark, m, expect, folder / "out" / case.dataset_id, ".tif")
+
+    def run_curl(
+        self, servers: Servers, case: Case, folder: Path, urls: list[tuple[str, str]], rep: int
+    ) -> Run:
+        folder.mkdir(parents=True, exist_ok=True)
+        config = folder / "curl.cfg"
+        out = folder / "out"
+        with open(config, "w") as handle:
+            for url, rel in urls:
+                handle.write(f'url = "{url}"\noutput = "{out / rel}"\n')
+        mark = servers.mark()
+        m = run_measured(
+            [
+                *("curl", "--parallel", "--parallel-max", str(LOOPBACK_PARALLEL)),
+                *("--silent", "--show-error", "--fail", "--create-dirs", "--config", str(config)),
+            ],
+            env=self.env,
+            cwd=folder,
+            logs=self.logs,
+            label=f"{case.key}-curl-fresh-r{rep}",
+        )
+        run = self._base_run("loopback", case, "fresh", rep, m)
+        return self._finish(run, servers, mark, m, (case.assets, case.total_bytes), out, ".tif")
+
+    # -- cases ----------------------------------------------------------------------------------
+
+    def transfer_case(self, case: Case, stack: contextlib.ExitStack) -> dict[str, Any]:
+        """(a)/(b): fresh downloads alternating between the tools, then no-op re-runs."""
+        root = ensure_data(case)
+        rels = asset_files(root, case)
+        if len(rels) != case.assets:
+            raise RuntimeError(f"{root}: {len(rels)} asset files, expected {case.assets}")
+        nginx: Nginx | None = None
+        binary = None if self.args.skip_nginx else find_nginx()
+        if binary is not None:
+            nginx = start_nginx(stack, binary, root, f"{case.dataset_id}/{rels[0]}", self.logs)
+            served_by = (
+                f"nginx ({nginx.version.removeprefix('nginx version: ')}) at {nginx.base_url}"
+            )
+        else:
+            why = "--skip-nginx" if self.args.skip_nginx else "nginx is not installed"
+            served_by = f"the local hub itself ({why})"
+            self.notes.append(f"case {case.key}: assets served by the local hub ({why})")
+        hub = start_hub(stack, root, nginx.base_url if nginx else None, self.logs)
+        servers = Servers(hub, nginx)
+        say(f"  API: local hub at {hub.url}; assets: {served_by}")
+        hub.catalog_info(case.dataset_id, ARCHIVE_BUILD_TIMEOUT)
+        asset_base = nginx.base_url if nginx else f"{hub.url}data"
+        urls = [
+            (f"{asset_base}/{case.dataset_id}/{rel}", f"{case.dataset_id}/{rel.split('/', 1)[1]}")
+            for rel in rels
+        ]
+        case_dir = self.runs_dir / case.key
+        shutil.rmtree(case_dir, ignore_errors=True)
+
+        # Warm-up, not measured: server page cache, interpreter imports.
+        warm = self.run_curl(servers, case, case_dir / "warmup", urls, 0)
+        if not warm.ok:
+            raise RuntimeError(f"warm-up fetch failed: {warm.problem}")
+        shutil.rmtree(case_dir / "warmup")
+        subprocess.run([PYTHON, "-c", "import mlsync.cli.main"], check=True, env=self.env)
+        if self.ref_python:
+            subprocess.run([str(self.ref_python), "-c", "import radiant_mlhub"], check=True)
+
+        tools: list[str] = ["mlsync", "loopback"] + (["reference"] if self.ref_python else [])
+        runs: list[Run] = []
+        repeat = self.args.repeat
+        for rep in range(1, repeat + 1):
+            order = tools[(rep - 1) % len(tools) :] + tools[: (rep - 1) % len(tools)]
+            for tool in order:
+                folder = case_dir / f"{tool}-r{rep}"
+                if tool == "mlsync":
+                    run = self.run_mlsync_apply(servers, case, folder, "fresh", rep)
+                elif tool == "reference":
+                    run = self.run_reference(servers, case, folder, "fresh", rep)
+                else:
+                    run = self.run_curl(servers, case, folder, urls, rep)
+                runs.append(run)
+                say(f"    {_describe(run)}")
+                if rep != repeat or tool == "loopback":
+                    shutil.rmtree(folder, ignore_errors=True)
+
+        noop_tools = [t for t in tools if t != "loopback"]
+        for rep in range(1, repeat + 1):
+            order = (
+                noop_tools[(rep - 1) % len(noop_tools) :]
+                + noop_tools[: (rep - 1) % len(noop_tools)]
+            )
+            for tool in order:
+                folder = case_dir / f"{tool}-r{repeat}"
+                if tool == "mlsync":
+                    run = self.run_mlsync_apply(servers, case, folder, "noop", rep)
+                else:
+                    run = self.run_reference(servers, case, folder, "noop", rep)
+                runs.append(run)
+                say(f"    {_describe(run)}")
+        if not self.args.keep:
+            shutil.rmtree(case_dir, ignore_errors=True)
+        return {
+            "case": asdict(case) | {"assets": case.assets, "bytes": case.total_bytes},
+            "assets_served_by": "nginx" if nginx else "hub",
+            "nginx_version": nginx.version if nginx else None,
+            "runs": [asdict(r) for r in runs],
+            "summary": summarise_transfer(runs, case),
+        }
+
+    def catalog_case(self, case: Case, stack: contextlib.ExitStack) -> dict[str, Any]:
+        """(c): ``mlsync plan`` on a fresh tree (fetch + ingest), on the ingested tree, synced."""
+        root = ensure_data(case)
+        hub = start_hub(stack, root, UNUSED_ASSET_BASE, self.logs)
+        servers = Servers(hub, None)
+        say(f"  API: local hub at {hub.url} (catalog only: no asset is fetched)")
+        started = time.perf_counter()
+        info = hub.catalog_info(case.dataset_id, ARCHIVE_BUILD_TIMEOUT)
+        say(
+            f"  hub catalog archive ready: {info['stac_catalog_size'] / MB:,.1f} MB "
+            f"({time.perf_counter() - started:.1f} s; built once, then cached)"
+        )
+        case_dir = self.runs_dir / case.key
+        shutil.rmtree(case_dir, ignore_errors=True)
+        subprocess.run([PYTHON, "-c", "import mlsync.cli.main"], check=True, env=self.env)
+        runs: list[Run] = []
+        repeat = self.args.repeat
+        for rep in range(1, repeat + 1):
+            folder = case_dir / f"ingest-r{rep}"
+            runs.append(self.run_plan(servers, case, folder, "ingest", rep, "add"))
+            say(f"    {_describe(runs[-1])}")
+            if rep != repeat:
+                shutil.rmtree(folder, ignore_errors=True)
+        ingested = case_dir / f"ingest-r{repeat}"
+        for rep in range(1, repeat + 1):
+            runs.append(self.run_plan(servers, case, ingested, "plan_ingested", rep, "add"))
+            say(f"    {_describe(runs[-1])}")
+        shutil.rmtree(ingested, ignore_errors=True)
+        synced = self.ensure_synced_tree(servers, case, root)
+        for rep in range(1, repeat + 1):
+            runs.append(self.run_plan(servers, case, synced, "plan_synced", rep, "none"))
+            say(f"    {_describe(runs[-1])}")
+        if not self.args.keep:
+            shutil.rmtree(case_dir, ignore_errors=True)
+        return {
+            "case": asdict(case) | {"assets": case.assets},
+            "hub_archive": info,
+            "runs": [asdict(r) for r in runs],
+            "summary": summarise_catalog(runs, case),
+        }
+
+    def run_plan(
+        self, servers: Servers, case: Case, folder: Path, phase: str, rep: int, expect: str
+    ) -> Run:
+        manifest = self.write_manifest(folder, servers.hub, case)
+        mark = servers.mark()
+        m = run_measured(
+            [PYTHON, "-m", "mlsync", "-q", "plan", str(manifest)],
+            env=self.env,
+            cwd=folder,
+            logs=self.logs,
+            label=f"{case.key}-mlsync-{phase}-r{rep}",
+        )
+        run = self._base_run("mlsync", case, phase, rep, m)
+        run = self._finish(run, servers, mark, m, None, None, "")
+        summary = next(
+            (ln for ln in m.stdout.splitlines() if ln.startswith(("Plan:", "No changes"))), ""
+        )
+        run.extra["summary"] = summary
+        run.assets = case.assets
+        wanted = (
+            f"Plan: {case.assets:,} to add"
+            if expect == "add"
+            else f"No changes. {case.assets:,} assets up to date."
+        )
+        if run.ok and not summary.startswith(wanted):
+            run.ok, run.problem = False, f"plan said {summary!r}, expected {wanted!r}"
+            say(f"    !! {run.problem}")
+        return run
+
+    def ensure_synced_tree(self, servers: Servers, case: Case, root: Path) -> Path:
+        """A tree as ``apply`` would leave it (sparse files + their state), made once, cached.
+
+        Downloading a million assets over loopback would take most of an hour; the plan of a
+        synced tree only needs the files on disk and their rows in the asset database, which
+        the database's own API records exactly as the executor does.
+        """
+        from mlsync.assetdb import AssetDB
+        from mlsync.layout import ASSET_DB_NAME
+
+        folder = WORK / "synced" / case.cache_name
+        marker = folder / ".synced.json"
+        token = data_generation_id(root)
+        if marker.is_file() and json.loads(marker.read_text()).get("data") == token:
+            return folder
+        shutil.rmtree(folder, ignore_errors=True)
+        say("  building a synced tree for the plan-of-synced-tree runs (once, cached) …")
+        started = time.perf_counter()
+        run = self.run_plan(servers, case, folder, "synced_setup", 0, "add")
+        if not run.ok:
+            raise RuntimeError(f"could not ingest the catalog for the synced tree: {run.problem}")
+        dataset_dir = folder / "out" / case.dataset_id
+        made_dirs: set[str] = set()
+        with AssetDB.open(dataset_dir / ASSET_DB_NAME) as db:
+            desired = list(db.iter_desired(None, None))
+            for n, asset in enumerate(desired, 1):
+                path = os.path.join(dataset_dir, asset.rel_path)
+                parent = os.path.dirname(path)
+                if parent not in made_dirs:
+                    os.makedirs(parent, exist_ok=True)
+                    made_dirs.add(parent)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.ftruncate(fd, asset.size or 0)  # sparse: no blocks written
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                db.record_complete(asset.rel_path, st.st_size, st.st_mtime_ns, asset.checksum)
+                if n % 50_000 == 0:
+                    db.commit()
+            db.commit()
+        marker.write_text(json.dumps({"data": token, "assets": len(desired)}))
+        say(f"  synced tree ready: {len(desired):,} files in {time.perf_counter() - started:.0f} s")
+        return folder
+
+
+# --- summaries ----------------------------------------------------------------------------
+
+
+def stats_of(values: Sequence[float]) -> dict[str, float | int]:
+    if not values:
+        return {"n": 0}
+    median = statistics.median(values)
+    return {
+        "n": len(values),
+        "median": median,
+        "min": min(values),
+        "max": max(values),
+        "spread_pct": 100.0 * (max(values) - min(values)) / median if median else 0.0,
+    }
+
+
+def _group(runs: Sequence[Run], tool: str, phase: str) -> list[Run]:
+    return [r for r in runs if r.tool == tool and r.phase == phase and r.ok]
+
+
+def summarise_transfer(runs: Sequence[Run], case: Case) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tool in ("mlsync", "reference", "loopback"):
+        fresh = _group(runs, tool, "fresh")
+        if not fresh:
+            continue
+        walls = [r.wall for r in fresh]
+        wall = stats_of(walls)
+        entry: dict[str, Any] = {
+            "fresh_wall_s": wall,
+            "assets_per_s": case.assets / float(wall["median"]),
+            "mb_per_s": case.total_bytes / MB / float(wall["median"]),
+            "peak_rss_mb": max(r.peak_rss_mb for r in fresh),
+            "cpu_s_median": statistics.median(r.cpu_seconds for r in fresh),
+            "fresh_asset_requests": [r.asset_requests for r in fresh],
+            "fresh_api_requests": [r.api_requests for r in fresh],
+        }
+        noop = _group(runs, tool, "noop")
+        if noop:
+            entry["noop_wall_s"] = stats_of([r.wall for r in noop])
+            entry["noop_asset_requests"] = [r.asset_requests for r in noop]
+            entry["noop_asset_requests_by_method"] = [r.asset_requests_by_method for r in noop]
+            entry["noop_api_requests"] = [r.api_requests for r in noop]
+            entry["noop_peak_rss_mb"] = max(r.peak_rss_mb for r in noop)
+        out[tool] = entry
+    out["failed_runs"] = sum(1 for r in runs if not r.ok)
+    ratios: dict[str, float] = {}
+    ml, ref, loop = out.get("mlsync"), out.get("reference"), out.get("loopback")
+    if ml and ref:
+        ratios["assets_per_s_vs_reference"] = ml["assets_per_s"] / ref["assets_per_s"]
+        ratios["mb_per_s_vs_reference"] = ml["mb_per_s"] / ref["mb_per_s"]
+        if "noop_wall_s" in ml and "noop_wall_s" in ref:
+            ratios["noop_speedup_vs_reference"] = float(ref["noop_wall_s"]["median"]) / float(
+                ml["noop_wall_s"]["median"]
+            )
+    if ml and loop:
+        ratios["mb_per_s_vs_loopback"] = ml["mb_per_s"] / loop["mb_per_s"]
+        ratios["assets_per_s_vs_loopback"] = ml["assets_per_s"] / loop["assets_per_s"]
+    out["ratios"] = ratios
+    return out
+
+
+def summarise_catalog(runs: Sequence[Run], case: Case) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for phase in ("ingest", "plan_ingested", "plan_synced"):
+        group = _group(runs, "mlsync", phase)
+        if not group:
+            continue
+        wall = stats_of([r.wall for r in group])
+        out[phase] = {
+            "wall_s": wall,
+            "assets_per_s": case.assets / float(wall["median"]),
+            "peak_rss_mb": max(r.peak_rss_mb for r in group),
+            "cpu_s_median": statistics.median(r.cpu_seconds for r in group),
+            "api_requests": [r.api_requests for r in group],
+        }
+    out["failed_runs"] = sum(1 for r in runs if not r.ok)
+    return out
+
+
+def _describe(run: Run) -> str:
+    state = "ok" if run.ok else "FAILED"
+    requests = ""
+    if run.asset_requests is not None:
+        requests = f", {run.api_requests} API + {run.asset_requests:,} asset requests"
+    return (
+        f"{run.tool:<9} {run.phase:<13} r{run.rep}: {run.wall:7.2f} s, "
+        f"peak RSS {run.peak_rss_mb:6.1f} MB{requests} [{state}]"
+    )
+
+
+def targets_report(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target with its measured value and whether it was met (None: not measured)."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, text: str, value: float | None, met: bool | None) -> None:
+        rows.append({"target": name, "description": text, "value": value, "met": met})
+
+    a = results.get("a", {}).get("summary", {})
+    b = results.get("b", {}).get("summary", {})
+    c = results.get("c", {}).get("summary", {})
+    value = a.get("ratios", {}).get("assets_per_s_vs_reference")
+    add(
+        "a_assets_per_s_vs_reference",
+        "(a) small assets: mlsync assets/s ≥ 3× reference",
+        value,
+        None if value is None else value >= TARGETS["a_assets_per_s_vs_reference"],
+    )
+    value = b.get("ratios", {}).get("mb_per_s_vs_loopback")
+    add(
+        "b_mb_per_s_vs_loopback",
+        "(b) large assets: mlsync MB/s ≥ 90 % of loopback",
+        value,
+        None if value is None else value >= TARGETS["b_mb_per_s_vs_loopback"],
+    )
+    for key, summary in (("a", a), ("b", b)):
+        value = summary.get("ratios", {}).get("noop_speedup_vs_reference")
+        noop_assets = summary.get("mlsync", {}).get("noop_asset_requests")
+        zero = None if noop_assets is None else all(n == 0 for n in noop_assets)
+        add(
+            f"{key}_noop_speedup_vs_reference",
+            f"({key}) no-op re-apply ≥ 20× faster than reference",
+            value,
+            None if value is None else value >= TARGETS["noop_speedup_vs_reference"],
+        )
+        add(
+            f"{key}_noop_zero_asset_requests",
+            f"({key}) no-op re-apply: 0 asset requests",
+            None,
+            zero,
+        )
+    ingest = c.get("ingest")
+    add(
+        "c_ingest_assets_per_s",
+        "(c) catalog ingest ≥ 50,000 assets/s",
+        ingest["assets_per_s"] if ingest else None,
+        None if not ingest else ingest["assets_per_s"] >= TARGETS["c_ingest_assets_per_s"],
+    )
+    synced = c.get("plan_synced")
+    median = float(synced["wall_s"]["median"]) if synced else None
+    add(
+        "c_plan_synced_seconds",
+        "(c) plan of the synced tree < 10 s",
+        median,
+        None if median is None else median < TARGETS["c_plan_synced_seconds"],
+    )
+    peaks = [
+        p["peak_rss_mb"]
+        for p in (c.get(k) for k in ("ingest", "plan_ingested", "plan_synced"))
+        if p
+    ]
+    peak = max(peaks) if peaks else None
+    add(
+        "c_peak_rss_mb",
+        "(c) peak RSS < 300 MB (ingest and plans)",
+        peak,
+        None if peak is None else peak < TARGETS["c_peak_rss_mb"],
+    )
+    return rows
+
+
+def _fmt_wall(s: dict[str, Any] | None) -> str:
+    if not s or not s.get("n"):
+        return "-"
+    return f"{s['median']:.2f} s ({s['min']:.2f}–{s['max']:.2f}, ±{s['spread_pct'] / 2:.0f} %)"
+
+
+def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: list[str]) -> None:
+    say("")
+    for key in ("a", "b"):
+        if key not in results:
+            continue
+        res = results[key]
+        s = res["summary"]
+        say(f"== ({key}) {res['case']['title']} — assets served by {res['assets_served_by']}")
+        header = (
+            f"  {'tool':<10} {'fresh wall: median (min–max)':<34} {'assets/s':>10} {'MB/s':>8} "
+            f"{'RSS MB':>7}   {'no-op wall: median (min–max)':<34} {'no-op reqs (API/asset)':>22}"
+        )
+        say(header)
+        for tool in ("mlsync", "reference", "loopback"):
+            if tool not in s:
+                continue
+            t = s[tool]
+            noop = t.get("noop_wall_s")
+            reqs = "-"
+            if noop:
+                reqs = f"{max(t['noop_api_requests'])}/{max(t['noop_asset_requests']):,}"
+            say(
+                f"  {tool:<10} {_fmt_wall(t['fresh_wall_s']):<34} {t['assets_per_s']:>10,.0f} "
+                f"{t['mb_per_s']:>8,.1f} {t['peak_rss_mb']:>7.0f}   "
+                f"{_fmt_wall(noop):<34} {reqs:>22}"
+            )
+        for name, value in s["ratios"].items():
+            say(f"  ratio {name:<30} {value:8.2f}")
+        if s["failed_runs"]:
+            say(f"  !! {s['failed_runs']} run(s) failed; see the JSON and bench/work/logs/")
+        say("")
+    if "c" in results:
+        res = results["c"]
+        s = res["summary"]
+        archive_mb = res["hub_archive"]["stac_catalog_size"] / MB
+        say(f"== (c) {res['case']['title']} — mlsync plan (hub archive {archive_mb:,.1f} MB)")
+        say(f"  {'phase':<34} {'wall: median (min–max)':<34} {'assets/s':>10} {'peak RSS MB':>12}")
+        labels = {
+            "ingest": "fresh tree (fetch + ingest + plan)",
+            "plan_ingested": "ingested tree, nothing on disk",
+            "plan_synced": "synced tree (no changes)",
+        }
+        for phase, label in labels.items():
+            if phase in s:
+                p = s[phase]
+                say(
+                    f"  {label:<34} {_fmt_wall(p['wall_s']):<34} {p['assets_per_s']:>10,.0f} "
+                    f"{p['peak_rss_mb']:>12.0f}"
+                )
+        if s["failed_runs"]:
+            say(f"  !! {s['failed_runs']} run(s) failed; see the JSON and bench/work/logs/")
+        say("")
+    say("== targets")
+    for row in targets:
+        mark = {True: "MET ", False: "MISS", None: "n/a "}[row["met"]]
+        value = "" if row["value"] is None else f"{row['value']:,.2f}"
+        say(f"  [{mark}] {row['description']:<52} {value:>12}")
+    for note in notes:
+        say(f"  note: {note}")
+
+
+def environment(ref_python: Path | None) -> dict[str, Any]:
+    def output(cmd: Sequence[str]) -> str | None:
+        try:
+            done = subprocess.run(list(cmd), capture_output=True, text=True, cwd=REPO, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        text = (done.stdout or done.stderr).strip()
+        return text.splitlines()[0] if text else None
+
+    import mlsync
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "mlsync": mlsync.__version__,
+        "git_commit": output(["git", "rev-parse", "HEAD"]),
+        "git_dirty": bool(output(["git", "status", "--porcelain", "--untracked-files=no"])),
+        "curl": output(["curl", "--version"]),
+        "nginx": output([find_nginx() or "nginx", "-v"]),
+        "reference": REFERENCE_SPEC if ref_python else None,
+        "mlsync_default_workers": _default_workers(),
+        "reference_workers": min(32, (os.cpu_count() or 1) + 4),
+        "loopback_parallel": LOOPBACK_PARALLEL,
+    }
+
+
+def _default_workers() -> int:
+    from mlsync.executor import default_workers
+
+    return default_workers()
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", description="mlsync benchmarks (see bench/README.md)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, metavar="N", help="runs per measurement")
+    parser.add_argument("--quick", action="store_true", help="smaller datasets: a smoke run")
+    parser.add_argument("--skip-reference", action="store_true", help="no radiant-mlhub runs")
+    parser.add_argument("--skip-nginx", action="store_true", help="assets from the hub itself")
+    parser.add_argument("--only", default="a,b,c", help="cases to run, e.g. a,b (default: all)")
+    parser.add_argument("--keep", action="store_true", help="keep the run folders in bench/work")
+    args = parser.parse_args(argv)
+    args.only = [c.strip() for c in args.only.split(",") if c.strip()]
+    unknown = set(args.only) - {"a", "b", "c"}
+    if unknown or not args.only:
+        parser.error(f"--only takes a comma list of a, b, c (got {', '.join(sorted(unknown))})")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, stamp)
+    selected = {k: v for k, v in cases(args.quick).items() if k in args.only}
+    say(
+        f"mlsync bench {stamp}: cases {', '.join(selected)}, {args.repeat} run(s) each"
+        + (" (quick)" if args.quick else "")
+    )
+    if shutil.which("curl") is None and ({"a", "b"} & set(selected)):
+        bench.notes.append("curl not found: no loopback-limit runs")
+    results: dict[str, Any] = {}
+    startup: dict[str, Any] = {}
+    interrupted = False
+    try:
+        if {"a", "b"} & set(selected) and not args.skip_reference:
+            bench.ref_python = bench.ensure_reference()
+        startup = bench.startup()
+        say(
+            "startup (interpreter + imports, median): "
+            + ", ".join(f"{tool} {float(s['median']):.2f} s" for tool, s in startup.items())
+        )
+        for key, case in selected.items():
+            say(f"\n-- case ({key}): {case.title}")
+            step: Callable[[Case, contextlib.ExitStack], dict[str, Any]]
+            step = bench.catalog_case if key == "c" else bench.transfer_case
+            with contextlib.ExitStack() as stack:  # stops this case's hub and nginx
+                results[key] = step(case, stack)
+    except KeyboardInterrupt:
+        interrupted = True
+        say("\ninterrupted: servers stopped; partial results follow")
+    targets = targets_report(results)
+    document = {
+        "format_version": 1,
+        "timestamp": stamp,
+        "quick": args.quick,
+        "repeat": args.repeat,
+        "interrupted": interrupted,
+        "environment": environment(bench.ref_python),
+        "startup_s": startup,
+        "targets": targets,
+        "notes": bench.notes,
+        "results": results,
+    }
+    out = RESULTS / f"{stamp}.json"
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    if results:
+        print_report(results, targets, bench.notes)
+    say(f"\nresults: {out.relative_to(REPO)}; logs: {bench.logs.relative_to(REPO)}")
+    if interrupted:
+        return 130
+    failed = sum(r["summary"]["failed_runs"] for r in results.values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
