@@ -248,12 +248,13 @@ def test_names_that_would_overwrite_our_own_files(
 )
 def test_collection_ids_that_are_dataset_files(collection_id: str) -> None:
     # A collection folder there would block the catalog, the database or the run lock.
-    for build in (
+    builds: list[Callable[[], str]] = [
         lambda: item_asset_path(collection_id, "item", "k", "x.tif"),
         lambda: item_json_path(collection_id, "item"),
         lambda: common_asset_path(collection_id, "readme", "x.md"),
         lambda: collection_asset_path(collection_id, "k", "x.png"),
-    ):
+    ]
+    for build in builds:
         with pytest.raises(UnsafePathError, match="dataset"):
             build()
 

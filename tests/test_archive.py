@@ -1,0 +1,492 @@
+"""Catalog archive extraction: hostile members refused, nothing written outside, limits kept."""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from mlsync.archive import ExtractStats, extract_catalog
+from mlsync.errors import CatalogError, LocalWriteError, UnsafePathError
+
+DS = "ds"
+Member = tuple[tarfile.TarInfo, bytes | None]
+
+
+def reg(name: str, data: bytes = b"{}", **attrs: object) -> Member:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 1_600_000_000
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def special(name: str, kind: bytes, linkname: str = "") -> Member:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info, None
+
+
+def directory(name: str) -> Member:
+    return special(name, tarfile.DIRTYPE)
+
+
+def tar_bytes(
+    members: Iterable[Member], *, fmt: int = tarfile.PAX_FORMAT, encoding: str = "utf-8"
+) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding=encoding) as tar:
+        for info, data in members:
+            tar.addfile(info, None if data is None else io.BytesIO(data))
+    return buf.getvalue()
+
+
+CATALOG = json.dumps({"type": "Catalog", "id": DS}).encode()
+ITEM = json.dumps({"type": "Feature", "id": "i1", "collection": "col", "assets": {}}).encode()
+
+
+def good_members() -> list[Member]:
+    return [
+        directory(f"{DS}/"),
+        reg(f"{DS}/catalog.json", CATALOG),
+        directory(f"{DS}/col"),
+        reg(f"{DS}/col/collection.json", b'{"type": "Collection", "id": "col"}'),
+        reg(f"{DS}/col/i1/i1.json", ITEM),  # its folder has no member of its own
+    ]
+
+
+class Tree:
+    """A work dir: the archive, the output dir, and a victim file an attack would overwrite."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.archive = root / f"{DS}.tar.gz"
+        self.out = root / "out"
+        self.victim = root / "victim.txt"
+        self.victim.write_text("precious")
+        self.outside = root / "outside"
+        self.outside.mkdir()
+        self.out.mkdir()
+
+    def write(self, raw_tar: bytes) -> Path:
+        self.archive.write_bytes(gzip.compress(raw_tar))
+        return self.archive
+
+    def snapshot(self) -> dict[str, tuple[str, int, int]]:
+        """Every path outside ``out/ds`` (links not followed) with its type, size and mtime."""
+        found: dict[str, tuple[str, int, int]] = {}
+        dataset = self.out / DS
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            for name in dirnames + filenames:
+                path = Path(dirpath, name)
+                if path == dataset or dataset in path.parents:
+                    continue
+                st = path.lstat()
+                kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+                # A directory's entries are listed here; its own mtime changes when out/ds appears.
+                if kind == "dir":
+                    found[str(path.relative_to(self.root))] = (kind, 0, 0)
+                else:
+                    found[str(path.relative_to(self.root))] = (kind, st.st_size, st.st_mtime_ns)
+        return found
+
+    def extract(self, **kwargs: object) -> ExtractStats:
+        return extract_catalog(self.archive, self.out, DS, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    return Tree(tmp_path)
+
+
+def refused(
+    tree: Tree,
+    members: list[Member],
+    error: type[Exception] = UnsafePathError,
+    match: str | None = None,
+) -> str:
+    """Extract an archive that must be refused; check nothing outside ``out/ds`` changed."""
+    tree.write(tar_bytes(members))
+    before = tree.snapshot()
+    with pytest.raises(error, match=match) as info:
+        tree.extract()
+    assert tree.snapshot() == before
+    assert tree.victim.read_text() == "precious"
+    assert list(tree.outside.iterdir()) == []
+    leftovers = list((tree.out / DS).rglob(".mlsync-*")) if (tree.out / DS).exists() else []
+    assert leftovers == []
+    return str(info.value)
+
+
+# --- the normal case -----------------------------------------------------------------------------
+
+
+def test_normal_archive(tree: Tree) -> None:
+    tree.write(tar_bytes([*good_members(), reg(f"{DS}/col/i1/thumb.png", b"PNG")]))
+    seen: list[tuple[str, bytes]] = []
+    progress: list[tuple[int, int]] = []
+    before = tree.snapshot()
+    stats = tree.extract(
+        on_member=lambda name, data: seen.append((name, data)),
+        progress=lambda n, b: progress.append((n, b)),
+    )
+    assert stats == ExtractStats(members=6, files=3, bytes=len(CATALOG) + 35 + len(ITEM), skipped=1)
+    assert [name for name, _ in seen] == ["catalog.json", "col/collection.json", "col/i1/i1.json"]
+    assert seen[0][1] == CATALOG
+    dataset = tree.out / DS
+    assert (dataset / "catalog.json").read_bytes() == CATALOG
+    assert (dataset / "col/i1/i1.json").read_bytes() == ITEM
+    assert os.stat(dataset / "col/i1/i1.json").st_mtime == 1_600_000_000
+    assert not (dataset / "col/i1/thumb.png").exists()  # only JSON is written
+    assert [n for n, _ in progress] == [1, 2, 3, 4, 5, 6]
+    assert all(b > 0 for _, b in progress)
+    assert tree.snapshot() == before  # only out/ds is new
+    assert not list(dataset.rglob(".mlsync-*"))
+
+
+def test_reextraction_rewrites_files(tree: Tree) -> None:
+    tree.write(tar_bytes(good_members()))
+    tree.extract()
+    tree.write(tar_bytes([reg(f"{DS}/catalog.json", b'{"v": 2}')]))
+    tree.extract()
+    assert (tree.out / DS / "catalog.json").read_bytes() == b'{"v": 2}'
+    assert (tree.out / DS / "col/i1/i1.json").read_bytes() == ITEM  # not removed
+
+
+def test_names_are_normalised(tree: Tree) -> None:
+    tree.write(tar_bytes([reg(f"./{DS}//col/./a.json"), directory(f"{DS}/x/")]))
+    names: list[str] = []
+    tree.extract(on_member=lambda name, data: names.append(name))
+    assert names == ["col/a.json"]
+    assert (tree.out / DS / "x").is_dir()
+
+
+def test_on_member_error_stops_the_extraction(tree: Tree) -> None:
+    tree.write(tar_bytes(good_members()))
+
+    def boom(name: str, data: bytes) -> None:
+        raise KeyError(name)
+
+    with pytest.raises(KeyError, match=r"catalog\.json"):
+        tree.extract(on_member=boom)
+    assert not (tree.out / DS / "col").exists()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_formats(tree: Tree, fmt: int) -> None:
+    # ustar: a 155-character prefix plus a 100-character name; GNU and pax: no limit.
+    last = "j" * (90 if fmt == tarfile.USTAR_FORMAT else 240)
+    long_name = f"{DS}/col/{'i' * 100}/{last}.json"
+    tree.write(tar_bytes([reg(f"{DS}/catalog.json"), reg(long_name)], fmt=fmt))
+    assert tree.extract().files == 2
+    assert (tree.out / long_name).is_file()
+
+
+def test_localhub_archive_round_trip(tmp_path: Path) -> None:
+    from mlsync.localhub.archive import build_archive
+
+    catalog = tmp_path / "root" / DS / "catalog"
+    (catalog / "col" / "i1").mkdir(parents=True)
+    (catalog / "catalog.json").write_bytes(CATALOG)
+    item = {"type": "Feature", "id": "i1", "assets": {"a": {"href": "../../../a.tif"}}}
+    (catalog / "col" / "i1" / "i1.json").write_text(json.dumps(item))
+    archive = tmp_path / f"{DS}.tar.gz"
+    build_archive(DS, tmp_path / "root" / DS, "http://hub/blob", archive)
+    seen: dict[str, bytes] = {}
+    stats = extract_catalog(
+        archive, tmp_path / "out", DS, on_member=lambda n, d: seen.__setitem__(n, d)
+    )
+    assert stats.files == 2
+    assert json.loads(seen["col/i1/i1.json"])["assets"]["a"]["href"] == "http://hub/blob/ds/a.tif"
+
+
+# --- hostile members: refused, nothing outside touched -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        f"{DS}/../victim.txt",
+        f"{DS}/col/../../victim.txt",
+        "../victim.txt",
+        f"{DS}/a\\..\\..\\victim.txt",
+        f"{DS}/C:victim.json",
+        f"{DS}/col/CON.json",
+        f"{DS}/col/trailing.json.",
+        f"{DS}/col/bad\nname.json",
+        f"{DS}/{'x' * 256}.json",
+    ],
+)
+def test_unsafe_names(tree: Tree, name: str) -> None:
+    refused(tree, [reg(f"{DS}/catalog.json"), reg(name, b"pwned")])
+
+
+def test_absolute_member(tree: Tree) -> None:
+    message = refused(tree, [reg(str(tree.victim), b"pwned")], match="absolute")
+    assert "victim.txt" in message
+
+
+def test_windows_absolute_member(tree: Tree) -> None:
+    refused(tree, [reg("C:/Windows/x.json")], match="absolute")
+
+
+@pytest.mark.parametrize("name", ["other/x.json", f"{DS}x/x.json", f"{DS}.json", "x.json"])
+def test_members_outside_the_dataset_folder(tree: Tree, name: str) -> None:
+    refused(tree, [reg(f"{DS}/catalog.json"), reg(name)], match=f"not under {DS}/")
+
+
+def test_file_where_the_dataset_folder_goes(tree: Tree) -> None:
+    refused(tree, [reg(DS)], match="dataset folder")
+
+
+def test_non_utf8_name(tree: Tree) -> None:
+    raw = tar_bytes([reg(f"{DS}/caf\u00e9.json")], fmt=tarfile.GNU_FORMAT, encoding="latin-1")
+    tree.write(raw)
+    with pytest.raises(UnsafePathError, match="surrogate"):
+        tree.extract()
+
+
+@pytest.mark.parametrize(
+    ("member", "kind"),
+    [
+        (special(f"{DS}/col", tarfile.SYMTYPE, "../outside"), "symbolic link"),
+        (special(f"{DS}/evil.json", tarfile.SYMTYPE, "/etc/passwd"), "symbolic link"),
+        (special(f"{DS}/inside.json", tarfile.SYMTYPE, "catalog.json"), "symbolic link"),
+        (special(f"{DS}/hard.json", tarfile.LNKTYPE, f"{DS}/catalog.json"), "hard link"),
+        (special(f"{DS}/hard2.json", tarfile.LNKTYPE, "victim.txt"), "hard link"),
+        (special(f"{DS}/fifo", tarfile.FIFOTYPE), "FIFO"),
+        (special(f"{DS}/dev", tarfile.CHRTYPE), "device"),
+        (special(f"{DS}/blk", tarfile.BLKTYPE), "device"),
+    ],
+)
+def test_links_devices_and_fifos(tree: Tree, member: Member, kind: str) -> None:
+    # The symlink member comes before a member that would write through it.
+    members = [reg(f"{DS}/catalog.json"), member, reg(f"{DS}/col/x.json", b"pwned")]
+    message = refused(tree, members, match=kind)
+    assert "refusing to extract" in message
+
+
+def test_symlink_on_disk_pointing_outside(tree: Tree) -> None:
+    (tree.out / DS).mkdir()
+    (tree.out / DS / "col").symlink_to(tree.outside)
+    refused(tree, [reg(f"{DS}/col/i1/i1.json", b"pwned")], match="outside|symbolic link")
+    refused(tree, [directory(f"{DS}/col/sub")], match="outside|symbolic link")
+
+
+def test_dataset_folder_symlinked_outside(tree: Tree) -> None:
+    (tree.out / DS).symlink_to(tree.outside)
+    refused(tree, [reg(f"{DS}/catalog.json", b"pwned")], match="outside|symbolic link")
+
+
+def test_symlinks_on_disk_that_stay_inside_are_followed(tree: Tree) -> None:
+    real = tree.out / "real"
+    (real / "col").mkdir(parents=True)
+    (tree.out / DS).symlink_to(real)
+    (real / "alias").symlink_to(real / "col")
+    tree.write(tar_bytes([reg(f"{DS}/catalog.json"), reg(f"{DS}/alias/x.json")]))
+    assert tree.extract().files == 2
+    assert (real / "col" / "x.json").is_file()
+
+
+def test_file_symlink_at_the_target_pointing_outside(tree: Tree) -> None:
+    (tree.out / DS).mkdir()
+    (tree.out / DS / "catalog.json").symlink_to(tree.victim)
+    refused(tree, [reg(f"{DS}/catalog.json", b"pwned")], match="outside")
+
+
+def test_file_symlink_at_the_target_inside_is_replaced_not_followed(tree: Tree) -> None:
+    (tree.out / DS).mkdir()
+    other = tree.out / DS / "other.json"
+    other.write_text("kept")
+    (tree.out / DS / "catalog.json").symlink_to(other)
+    tree.write(tar_bytes([reg(f"{DS}/catalog.json", b"new")]))
+    tree.extract()
+    assert other.read_text() == "kept"
+    target = tree.out / DS / "catalog.json"
+    assert not target.is_symlink() and target.read_bytes() == b"new"
+
+
+def test_file_over_a_directory(tree: Tree) -> None:
+    refused(tree, [directory(f"{DS}/a.json"), reg(f"{DS}/a.json")], match="is a directory")
+
+
+def test_directory_over_a_file(tree: Tree) -> None:
+    refused(tree, [reg(f"{DS}/a.json"), reg(f"{DS}/a.json/b.json")], match="it is a file")
+
+
+# --- corrupt and truncated archives --------------------------------------------------------------
+
+
+def corrupt(tree: Tree, payload: bytes, match: str | None = None) -> str:
+    tree.archive.write_bytes(payload)
+    before = tree.snapshot()
+    with pytest.raises(CatalogError, match=match) as info:
+        tree.extract()
+    assert not isinstance(info.value, UnsafePathError)
+    assert tree.snapshot() == before
+    return str(info.value)
+
+
+def big_members() -> list[Member]:
+    # Incompressible enough that a cut in the gzip stream lands inside a member.
+    return [reg(f"{DS}/c/{n}/{n}.json", os.urandom(3000)) for n in range(20)]
+
+
+def test_truncated_gzip(tree: Tree) -> None:
+    full = gzip.compress(tar_bytes(big_members()))
+    for cut in (10, len(full) // 2, len(full) - 4):
+        corrupt(tree, full[:cut], match="corrupt or truncated")
+
+
+def test_corrupt_gzip_data_and_crc(tree: Tree) -> None:
+    full = bytearray(gzip.compress(tar_bytes(big_members())))
+    middle = bytearray(full)
+    middle[len(middle) // 2] ^= 0xFF
+    corrupt(tree, bytes(middle), match="corrupt")
+    bad_crc = bytearray(full)
+    bad_crc[-8] ^= 0xFF
+    corrupt(tree, bytes(bad_crc), match="CRC")
+
+
+def test_not_gzip_and_empty(tree: Tree) -> None:
+    corrupt(tree, tar_bytes(good_members()), match="corrupt")
+    corrupt(tree, b"", match="corrupt")
+    corrupt(tree, gzip.compress(b""), match="corrupt")
+    corrupt(tree, gzip.compress(b"not a tar archive at all" * 100), match="corrupt")
+
+
+def test_missing_archive(tree: Tree) -> None:
+    with pytest.raises(CatalogError, match="cannot open"):
+        tree.extract()
+
+
+def test_garbled_header_after_the_first_member(tree: Tree) -> None:
+    raw = bytearray(tar_bytes(good_members(), fmt=tarfile.GNU_FORMAT))
+    offset = raw.find(f"{DS}/col/i1/i1.json".encode())
+    assert offset % 512 == 0
+    raw[offset + 148 : offset + 156] = b"0000000\x00"  # wrong header checksum
+    message = corrupt(tree, gzip.compress(bytes(raw)), match="invalid tar header")
+    assert "delete it" in message
+
+
+def test_tar_cut_inside_a_complete_gzip(tree: Tree) -> None:
+    raw = tar_bytes(good_members())
+    end = len(raw.rstrip(b"\x00"))
+    end += -end % 512  # cut at a block boundary, before the end-of-archive marker
+    corrupt(tree, gzip.compress(raw[:end]), match="end-of-archive marker")
+    corrupt(tree, gzip.compress(raw[: end - 700]), match="corrupt|truncated")
+
+
+def test_data_after_the_end_of_the_tar(tree: Tree) -> None:
+    first = tar_bytes([reg(f"{DS}/catalog.json")])
+    second = tar_bytes([reg(f"{DS}/col/i1/i1.json", b"hidden")])
+    corrupt(tree, gzip.compress(first + second), match="data after the end")
+    corrupt(tree, gzip.compress(first + b"garbage"), match="data after the end")
+    tree.archive.write_bytes(gzip.compress(first + bytes(100_000)))  # zeros are padding
+    assert tree.extract().files == 1
+
+
+def test_hostile_mtime_is_ignored(tree: Tree) -> None:
+    for mtime in ("1e300", "-1e300", "nan", "inf"):
+        info, data = reg(f"{DS}/catalog.json")
+        info.pax_headers = {"mtime": mtime}
+        tree.write(tar_bytes([(info, data)]))
+        assert tree.extract().files == 1
+
+
+def test_negative_size(tree: Tree) -> None:
+    info, _ = reg(f"{DS}/x.json", b"")
+    info.pax_headers = {"size": "-4096"}
+    tree.write(tar_bytes([(info, b""), reg(f"{DS}/catalog.json")]))
+    with pytest.raises(CatalogError, match="negative size"):
+        tree.extract()
+
+
+def test_chain_of_long_name_headers(tree: Tree) -> None:
+    chain = bytearray()
+    name = f"{DS}/catalog.json".encode() + b"\x00"
+    for _ in range(3000):
+        header = tarfile.TarInfo("././@LongLink")
+        header.type = tarfile.GNUTYPE_LONGNAME
+        header.size = len(name)
+        chain += header.tobuf(tarfile.GNU_FORMAT) + name + bytes(-len(name) % 512)
+    chain += tar_bytes([reg(f"{DS}/catalog.json")], fmt=tarfile.GNU_FORMAT)
+    corrupt(tree, gzip.compress(bytes(chain)), match="extended headers")
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+
+def test_member_size_limit(tree: Tree) -> None:
+    tree.write(tar_bytes([reg(f"{DS}/catalog.json", b"x" * 100)]))
+    assert tree.extract(max_member_bytes=100).files == 1
+    with pytest.raises(CatalogError, match="limit"):
+        tree.extract(max_member_bytes=99)
+
+
+def test_member_size_limit_applies_to_skipped_files(tree: Tree) -> None:
+    tree.write(tar_bytes([reg(f"{DS}/big.bin", b"x" * 100)]))
+    with pytest.raises(CatalogError, match="limit"):
+        tree.extract(max_member_bytes=99)
+
+
+def test_extended_header_limit(tree: Tree) -> None:
+    info, data = reg(f"{DS}/catalog.json")
+    info.pax_headers = {"comment": "x" * 5000}
+    tree.write(tar_bytes([(info, data)]))
+    with pytest.raises(CatalogError, match="extended header"):
+        tree.extract(max_member_bytes=1000)
+    assert tree.extract(max_member_bytes=10_000).files == 1
+
+
+def test_member_count_limit(tree: Tree) -> None:
+    tree.write(tar_bytes(good_members()))  # 5 members
+    assert tree.extract(max_members=5).members == 5
+    with pytest.raises(CatalogError, match="more than 4 members"):
+        tree.extract(max_members=4)
+
+
+def test_total_size_limit(tree: Tree) -> None:
+    members = [reg(f"{DS}/{n}.json", b"x" * 1000) for n in range(5)]
+    tree.write(tar_bytes(members))
+    with pytest.raises(CatalogError, match="decompression bomb"):
+        tree.extract(max_total_bytes=4500)
+    # The zero padding after the tar counts too (tarfile pads to 10 KiB records).
+    assert tree.extract(max_total_bytes=20_000).bytes == 5000
+
+
+def test_total_limit_counts_trailing_zeros(tree: Tree) -> None:
+    tree.archive.write_bytes(gzip.compress(tar_bytes([reg(f"{DS}/a.json")]) + bytes(1 << 20)))
+    with pytest.raises(CatalogError, match="decompression bomb"):
+        tree.extract(max_total_bytes=500_000)
+
+
+def test_unsafe_dataset_id(tree: Tree) -> None:
+    tree.write(tar_bytes(good_members()))
+    for bad in ("..", "a/b", ""):
+        with pytest.raises(UnsafePathError):
+            extract_catalog(tree.archive, tree.out, bad)
+
+
+def test_write_failure_is_a_local_write_error(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree.write(tar_bytes(good_members()))
+
+    def disk_full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("mlsync.archive.os.write", disk_full)  # os.write, briefly
+    try:
+        with pytest.raises(LocalWriteError, match="No space left"):
+            tree.extract()
+    finally:
+        monkeypatch.undo()
+    assert not list((tree.out / DS).rglob(".mlsync-*"))  # the temporary file is gone
