@@ -184,7 +184,7 @@ class DatasetSync:
             if changed:
                 raise FrozenLockError(
                     f"dataset {self.target.name!r}: the hub's catalog no longer matches "
-                    f"mlsync.lock ({'; '.join(changed)}); run `mlsync plan` without --frozen "
+                    f"the lock file ({'; '.join(changed)}); run `mlsync plan` without --frozen "
                     "to review and update the lock"
                 )
         recorded = {
@@ -232,7 +232,7 @@ class DatasetSync:
         if frozen is not None and frozen.catalog.sha256 != sha:
             raise FrozenLockError(
                 f"dataset {self.target.name!r}: the catalog archive's sha256 is {sha[:12]}…, "
-                f"mlsync.lock pins {frozen.catalog.sha256[:12]}…; run `mlsync plan` without "
+                f"the lock file pins {frozen.catalog.sha256[:12]}…; run `mlsync plan` without "
                 "--frozen to review and update the lock"
             )
         return CatalogStatus(
