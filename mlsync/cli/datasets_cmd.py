@@ -7,6 +7,7 @@ import getpass
 import sys
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from mlsync import client
@@ -26,6 +27,11 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
         "--api-key",
         help="API key (prefer MLHUB_API_KEY or a profile: arguments end up in shell history)",
     )
+
+
+def _plain(value: Any) -> str:
+    """Hub data and user input as literal text: ``[x]`` in a title is not rich markup."""
+    return escape(str(value))
 
 
 def session_from_args(args: argparse.Namespace) -> HubSession:
@@ -74,10 +80,10 @@ def run_list(args: argparse.Namespace) -> int:
     table.add_column("tags")
     for dataset in found:
         table.add_row(
-            str(dataset.get("id", "")),
-            str(dataset.get("title", "")),
-            str(dataset.get("doi") or ""),
-            ", ".join(str(t) for t in dataset.get("tags") or []),
+            _plain(dataset.get("id", "")),
+            _plain(dataset.get("title", "")),
+            _plain(dataset.get("doi") or ""),
+            _plain(", ".join(str(t) for t in dataset.get("tags") or [])),
         )
     stdout_console().print(table)
     return EXIT_OK
@@ -91,7 +97,7 @@ def run_show(args: argparse.Namespace) -> int:
         print_json("dataset", {"dataset": dataset, "catalog_info": info})
         return EXIT_OK
     console = stdout_console()
-    console.print(f"[bold]{dataset['id']}[/]: {dataset.get('title', '')}")
+    console.print(f"[bold]{_plain(dataset['id'])}[/]: {_plain(dataset.get('title', ''))}")
     meta = Table.grid(padding=(0, 2))
     meta.add_column(style="dim")
     meta.add_column()
@@ -105,7 +111,7 @@ def run_show(args: argparse.Namespace) -> int:
     ]
     for name, value in rows:
         if value:
-            meta.add_row(name, str(value))
+            meta.add_row(name, _plain(value))
     console.print(meta)
     collections = Table(title="collections", title_justify="left")
     collections.add_column("id", style="bold")
@@ -113,9 +119,9 @@ def run_show(args: argparse.Namespace) -> int:
     collections.add_column("license")
     for entry in dataset.get("collections") or []:
         collections.add_row(
-            str(entry.get("id")),
-            ", ".join(entry.get("types") or []),
-            str(entry.get("license") or ""),
+            _plain(entry.get("id")),
+            _plain(", ".join(str(t) for t in entry.get("types") or [])),
+            _plain(entry.get("license") or ""),
         )
     console.print(collections)
     return EXIT_OK
@@ -140,5 +146,7 @@ def run_configure(args: argparse.Namespace) -> int:
             console.print("kept the existing key")
             return 1
     path = write_profile(key, profile=args.profile, root_url=args.root_url)
-    console.print(f"Wrote profile [bold]{args.profile}[/] to {path} (readable by you only)")
+    console.print(
+        f"Wrote profile [bold]{_plain(args.profile)}[/] to {_plain(path)} (readable by you only)"
+    )
     return EXIT_OK
