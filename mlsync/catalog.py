@@ -87,6 +87,7 @@ _SHOWN_CHARS: Final = 60
 _URL_PREFIXES: Final = ("https://", "http://")
 _QUOTE_SAFE: Final = ":@!$&'()*+,;=-._~"  # as the local hub's asset_url, without "/"
 _YEAR_RE: Final = re.compile(r"\d{4}")
+_SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # RFC 3986
 _DATEUTIL_DEFAULT: Final = datetime(1970, 1, 1)  # naive: a value without zone stays naive
 
 
@@ -145,8 +146,8 @@ def _shown(value: object) -> str:
 
 def is_local_href(href: str) -> bool:
     """True for an href that :func:`parse_stac_object` resolved to a path inside the dataset
-    (no ``base_url``), False for a URL (anything with a scheme)."""
-    return "://" not in href and not href.startswith("//")
+    (no ``base_url``), False for a URL: one with a scheme (``https:``, ``s3:``) or ``//``."""
+    return _SCHEME_RE.match(href) is None and not href.startswith("//")
 
 
 def parse_stac_object(
@@ -470,7 +471,10 @@ def _resolve_href(href: str, rel_name: str, base_url: str | None) -> str:
     if name in ("", ".", ".."):
         raise _Skip(f"the href {_shown(href)} names a folder or the document, not a file")
     if base_url is None:
-        return "/".join(local for local, _ in stack)
+        path = "/".join(local for local, _ in stack)
+        if _SCHEME_RE.match(path):  # "ab:c.tif" would read as a URL with the scheme "ab"
+            raise _Skip(f"the href {_shown(href)} resolves to a path that reads as a URL")
+        return path
     query = f"?{parts.query}" if parts.query else ""
     return _dir_url(base_url) + "/".join(segment for _, segment in stack) + query
 

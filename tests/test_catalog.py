@@ -498,6 +498,20 @@ def test_invalid_urls_are_skipped(href: str, base_url: str | None) -> None:
     assert "not a valid URL" in entry.warnings[0]
 
 
+def test_is_local_href() -> None:
+    for url in ("https://h/x", "s3://b/k", "mailto:x@y", "urn:x:y", "//h/x", "file:///x"):
+        assert not is_local_href(url)
+    for path in ("x.tif", "col/item/x.tif", "col/item/a:b.tif", "col/item/x://y"):
+        assert is_local_href(path)
+
+
+def test_local_path_that_would_read_as_a_url_is_skipped() -> None:
+    entry = parse(item(assets={"a": {"href": "../../ab:c.tif"}}))
+    assert entry.assets == [] and "reads as a URL" in entry.warnings[0]
+    assert one_href("./ab:c.tif") == "col/item-1/ab:c.tif"
+    assert one_href("../../ab:c.tif", base_url="http://hub/ds/") == "http://hub/ds/ab:c.tif"
+
+
 def test_scheme_relative_href_without_base_is_skipped() -> None:
     entry = parse(item(assets={"a": {"href": "//cdn/x.tif"}}))
     assert entry.assets == []
@@ -559,7 +573,7 @@ def test_document_name_outside_the_dataset_raises() -> None:
 
 # --- hostile input, by property -----------------------------------------------------------------
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 scalars = (
     st.none()
