@@ -29,7 +29,14 @@ from mlsync.filters import DownloadFilter, asset_selected, build_filter, item_se
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
 from mlsync.lockfile import CatalogPin, LockEntry, compare, describe_differences
-from mlsync.records import ActionKind, DesiredAsset, FileState, LocalFile, PlannedAction
+from mlsync.records import (
+    ActionKind,
+    AssetRecord,
+    DesiredAsset,
+    FileState,
+    LocalFile,
+    PlannedAction,
+)
 from mlsync.runlock import RunLock
 from mlsync.transfer import FileTransfer
 
@@ -45,7 +52,7 @@ META_ARCHIVE_ETAG = "archive.etag"
 META_ARCHIVE_LAST_MODIFIED = "archive.last_modified"
 META_PART_ETAG = "archive.part_etag"
 META_INGESTED_SHA = "catalog.ingested_sha256"
-MAX_REFUSAL_NOTICES = 5
+MAX_PROBLEM_NOTICES = 5
 
 
 @dataclass(frozen=True)
@@ -270,41 +277,35 @@ class DatasetSync:
         catalog_json = dataset_dir / layout.CATALOG_JSON
         if db.get_meta(META_INGESTED_SHA) == status.sha256 and catalog_json.is_file():
             return status
-        refused = 0
+        problems = _ProblemNotices(self._notice)
         ingest = db.begin_ingest()
 
         def on_member(name: str, data: bytes) -> None:
-            nonlocal refused
             try:
                 entry = catalog_mod.parse_stac_object(data, rel_name=name, base_url=None)
             except UnsafePathError as exc:
-                refused += 1
-                if refused <= MAX_REFUSAL_NOTICES:
-                    self._notice("warning", f"refused {name}: {exc}")
+                problems.add(f"refused {name}: {exc}")
                 return
             if entry is None:
                 return
             for warning in entry.warnings:
-                self._notice("warning", warning)
-            collection_id = entry.collection_id
-            if collection_id is None:
+                problems.add(warning)
+            if entry.collection_id is None:
                 return
-            if entry.item is not None:
-                rows = []
-                for record in entry.assets:
-                    try:
-                        rel = layout.item_asset_path(
-                            record.collection_id, entry.item.item_id, record.asset_key, record.href
-                        )
-                    except UnsafePathError as exc:
-                        refused += 1
-                        if refused <= MAX_REFUSAL_NOTICES:
-                            self._notice("warning", f"refused an asset of {name}: {exc}")
-                        continue
-                    rows.append((record, rel))
-                ingest.add_item(entry.item, rows)
-            elif entry.assets:
-                ingest.add_collection_assets(entry.assets)
+            if entry.item is None:
+                ingest.add_collection_assets(self._fetchable(entry.assets, name, problems))
+                return
+            rows = []
+            for record in self._fetchable(entry.assets, name, problems):
+                try:
+                    rel = layout.item_asset_path(
+                        record.collection_id, entry.item.item_id, record.asset_key, record.href
+                    )
+                except UnsafePathError as exc:
+                    problems.add(f"refused an asset of {name}: {exc}")
+                    continue
+                rows.append((record, rel))
+            ingest.add_item(entry.item, rows)
 
         try:
             with Task(self.sink, self.target.name, "unarchive and index", None, "items") as task:
@@ -319,11 +320,11 @@ class DatasetSync:
         except BaseException:
             ingest.abort()
             raise
-        if refused:
+        if problems.count > MAX_PROBLEM_NOTICES:
             self._notice(
                 "warning",
-                f"{refused} catalog entr{'y was' if refused == 1 else 'ies were'} refused "
-                "(unsafe ids, keys or hrefs); they will not be downloaded",
+                f"{problems.count:,} catalog problems in all (the first {MAX_PROBLEM_NOTICES} "
+                "are shown); the assets concerned will not be downloaded",
             )
         if not catalog_json.is_file():
             raise CatalogError(
@@ -334,6 +335,19 @@ class DatasetSync:
         db.commit()
         log.info("%s: %s assets in stac catalog", status.dataset_id, f"{stats.assets:,}")
         return replace(status, ingested=True)
+
+    @staticmethod
+    def _fetchable(
+        records: Sequence[AssetRecord], name: str, problems: _ProblemNotices
+    ) -> list[AssetRecord]:
+        """Assets with a URL: a relative href in an archive has no server to fetch it from."""
+        kept = []
+        for record in records:
+            if catalog_mod.is_local_href(record.href):
+                problems.add(f"skipped asset {record.asset_key!r} of {name}: relative href")
+            else:
+                kept.append(record)
+        return kept
 
     # --- plan and apply -------------------------------------------------------------------
 
@@ -478,6 +492,20 @@ def _adoption(desired: DesiredAsset, local: LocalFile) -> FileUpdate:
         mtime_ns=local.disk_mtime_ns,
         checksum=desired.checksum or local.recorded_checksum,
     )
+
+
+class _ProblemNotices:
+    """Counts what an ingest refused or skipped; shows the first few, so a hostile or broken
+    catalog of a million items cannot flood the terminal."""
+
+    def __init__(self, notice: Callable[[str, str], None]) -> None:
+        self._notice = notice
+        self.count = 0
+
+    def add(self, text: str) -> None:
+        self.count += 1
+        if self.count <= MAX_PROBLEM_NOTICES:
+            self._notice("warning", text)
 
 
 def _common_path(collection_id: str, asset_key: str, href: str, collides: bool) -> str:
