@@ -8,10 +8,10 @@ Keeping these free of I/O is what lets filters and planning be property-tested.
 
 from __future__ import annotations
 
+import datetime as _dt
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-import datetime as _dt
 from typing import Any
 
 BBox = tuple[float, float, float, float]

@@ -236,9 +236,7 @@ def _within(base: str, path: str) -> bool:
     return os.path.commonpath([base, real]) == base
 
 
-def build_archive(
-    dataset_id: str, dataset_dir: Path, asset_base: str, dest: Path
-) -> ArchiveInfo:
+def build_archive(dataset_id: str, dataset_dir: Path, asset_base: str, dest: Path) -> ArchiveInfo:
     """Write ``dest`` (a tar.gz of ``dataset_dir/catalog``) and return its numbers.
 
     Writes straight to ``dest``; callers that need atomicity pass a temporary name.
@@ -256,54 +254,55 @@ def build_archive(
             filename="", mode="wb", compresslevel=COMPRESS_LEVEL, fileobj=hashing, mtime=0
         )
         coalescer = _Coalescer(gz)
-        tar = tarfile.open(fileobj=coalescer, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
-        for rel, entry in _walk(str(catalog_dir)):
-            if entry.is_symlink() and not _within(base_real, entry.path):
-                log.warning("%s: symlink leads out of the dataset; left out", entry.path)
-                continue
-            try:
-                st = entry.stat()
-                with open(entry.path, "rb") as fh:
-                    data = fh.read()
-            except OSError as exc:
-                log.warning("%s: cannot read (%s); left out of the archive", entry.path, exc)
-                continue
-            newest = max(newest, st.st_mtime)
-            if rel.endswith(".json"):
-                collection = rel.split("/", 1)[0] if "/" in rel else None
-                json_dir = posixpath.dirname(f"catalog/{rel}")
+        with tarfile.open(  # type: ignore[call-overload]
+            fileobj=coalescer, mode="w", format=tarfile.PAX_FORMAT
+        ) as tar:
+            for rel, entry in _walk(str(catalog_dir)):
+                if entry.is_symlink() and not _within(base_real, entry.path):
+                    log.warning("%s: symlink leads out of the dataset; left out", entry.path)
+                    continue
                 try:
-                    obj = json.loads(data)
-                except ValueError as exc:
-                    log.warning("%s: not JSON (%s); archived unchanged", entry.path, exc)
-                    obj = None
-                if isinstance(obj, dict):
-                    found = rewrite_assets(obj, json_dir, dataset_id, asset_base)
-                    if found:
-                        data = json.dumps(obj, separators=(",", ":")).encode()
-                    for href, size, local in found:
-                        assets += 1
-                        key = hash(href)
-                        if key in seen:
-                            continue
-                        seen.add(key)
-                        if size is None and local is not None:
-                            try:
-                                size = os.stat(dataset_dir / local).st_size
-                            except OSError:
-                                size = 0
-                        estimated += size or 0
-                        if collection is not None:
-                            collection_sizes[collection] = (
-                                collection_sizes.get(collection, 0) + (size or 0)
-                            )
-            info = tarfile.TarInfo(f"{dataset_id}/{rel}")
-            info.size = len(data)
-            info.mtime = int(st.st_mtime)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-            members += 1
-        tar.close()
+                    st = entry.stat()
+                    with open(entry.path, "rb") as fh:
+                        data = fh.read()
+                except OSError as exc:
+                    log.warning("%s: cannot read (%s); left out of the archive", entry.path, exc)
+                    continue
+                newest = max(newest, st.st_mtime)
+                if rel.endswith(".json"):
+                    collection = rel.split("/", 1)[0] if "/" in rel else None
+                    json_dir = posixpath.dirname(f"catalog/{rel}")
+                    try:
+                        obj = json.loads(data)
+                    except ValueError as exc:
+                        log.warning("%s: not JSON (%s); archived unchanged", entry.path, exc)
+                        obj = None
+                    if isinstance(obj, dict):
+                        found = rewrite_assets(obj, json_dir, dataset_id, asset_base)
+                        if found:
+                            data = json.dumps(obj, separators=(",", ":")).encode()
+                        for href, size, local in found:
+                            assets += 1
+                            key = hash(href)
+                            if key in seen:
+                                continue
+                            seen.add(key)
+                            if size is None and local is not None:
+                                try:
+                                    size = os.stat(dataset_dir / local).st_size
+                                except OSError:
+                                    size = 0
+                            estimated += size or 0
+                            if collection is not None:
+                                collection_sizes[collection] = collection_sizes.get(
+                                    collection, 0
+                                ) + (size or 0)
+                info = tarfile.TarInfo(f"{dataset_id}/{rel}")
+                info.size = len(data)
+                info.mtime = int(st.st_mtime)
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+                members += 1
         coalescer.flush()
         gz.close()
         raw.flush()

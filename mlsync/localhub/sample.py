@@ -199,7 +199,9 @@ def _collection_json(
         {"rel": "parent", "href": "../catalog.json", "type": JSON_TYPE},
         {"rel": "license", "href": "https://creativecommons.org/licenses/by/4.0/"},
     ]
-    links.extend({"rel": "item", "href": f"./{iid}/{iid}.json", "type": JSON_TYPE} for iid in item_ids)
+    links.extend(
+        {"rel": "item", "href": f"./{iid}/{iid}.json", "type": JSON_TYPE} for iid in item_ids
+    )
     return {
         "type": "Collection",
         "id": collection_id,
@@ -401,9 +403,7 @@ def make_sample(
                     "label:type": "vector",
                     "label:properties": ["class"],
                     "label:description": "Flood extent polygons",
-                    "label:classes": [
-                        {"name": "class", "classes": ["flood", "permanent_water"]}
-                    ],
+                    "label:classes": [{"name": "class", "classes": ["flood", "permanent_water"]}],
                     "label:tasks": ["segmentation"],
                 },
                 "links": links,
@@ -474,7 +474,9 @@ def make_sample(
         "tools_applications": None,
         "tutorials": None,
     }
-    _write(os.path.join(base, "dataset.json"), json.dumps(dataset, sort_keys=True, indent=2).encode())
+    _write(
+        os.path.join(base, "dataset.json"), json.dumps(dataset, sort_keys=True, indent=2).encode()
+    )
 
     return SampleSummary(
         dataset_id=dataset_id,
