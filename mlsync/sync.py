@@ -22,7 +22,13 @@ from mlsync import archive as archive_mod
 from mlsync import catalog as catalog_mod
 from mlsync import layout, planner
 from mlsync.assetdb import AssetDB, AssetPredicate, FileUpdate, ItemPredicate
-from mlsync.errors import CatalogError, DownloadFailed, FrozenLockError, UnsafePathError
+from mlsync.errors import (
+    CatalogError,
+    DownloadFailed,
+    FrozenLockError,
+    LocalWriteError,
+    UnsafePathError,
+)
 from mlsync.events import EventSink, Notice, Task, ignore
 from mlsync.executor import ExecutionReport, Executor, write_error_report
 from mlsync.filters import DownloadFilter, asset_selected, build_filter, item_selected
@@ -391,7 +397,7 @@ class DatasetSync:
         """Resolve the dataset, then hold its run lock and database for one plan or apply."""
         dataset = self.resolve_dataset()
         dataset_dir = layout.dataset_dir(self.target.output_dir, str(dataset["id"]))
-        dataset_dir.mkdir(parents=True, exist_ok=True)
+        _make_dir(dataset_dir)
         with (
             RunLock.for_dataset(dataset_dir, command=command),
             AssetDB.open(dataset_dir / layout.ASSET_DB_NAME) as db,
@@ -508,6 +514,16 @@ class _ProblemNotices:
             self._notice("warning", text)
 
 
+def _make_dir(path: Path) -> None:
+    """``mkdir -p``; an output directory that cannot be made is an error, not a traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalWriteError(
+            f"cannot create the directory {path}: {exc.strerror or exc}; check output_dir"
+        ) from exc
+
+
 def _common_path(collection_id: str, asset_key: str, href: str, collides: bool) -> str:
     return layout.common_asset_path(
         collection_id, asset_key, href, disambiguator=layout.href_digest(href) if collides else None
@@ -532,7 +548,7 @@ def download_dataset(
 ) -> DatasetResult:
     """``Dataset.download``: the guide's arguments, mlsync's planner and executor."""
     if output_dir.exists() and not output_dir.is_dir():
-        raise CatalogError(f"output_dir {output_dir} exists and is not a directory")
+        raise LocalWriteError(f"output_dir {output_dir} exists and is not a directory")
     target = SyncTarget(
         name=dataset.id,
         ref=dataset.id,
@@ -546,7 +562,7 @@ def download_dataset(
         ),
         catalog_only=catalog_only,
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(output_dir)
     settings = resolve_settings(api_key=api_key, profile=profile, root_url=root_url)
     with HubSession(settings) as session:
         return DatasetSync(session, target, sink=on_event or ignore, workers=workers).apply(
