@@ -227,11 +227,6 @@ def test_show_unknown_dataset(hub_env: RunningHub, cli: CliRun, target: str, mes
     assert hub_env.stats["requests"] == 1  # a 404 is not retried
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mlsync/cli/main.py prints error messages as rich markup, so '[x]' in a message "
-    "(a profile section, an id typed by the user) is swallowed as a style tag",
-)
 def test_error_messages_are_printed_literally(
     hub_env: RunningHub, cli: CliRun, mlhub_home: Path
 ) -> None:

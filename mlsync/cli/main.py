@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from rich.markup import escape
 
 from mlsync import __version__
 from mlsync.cli import datasets_cmd, hub_cmd, sync_cmd
@@ -21,6 +24,23 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def _logging_configured(verbosity: int, quiet: bool) -> Iterator[None]:
+    """Our handler and levels for one command; restored after, so in-process callers (tests,
+    notebooks) keep their own logging set-up."""
+    root = logging.getLogger()
+    touched = [root, logging.getLogger("mlsync"), logging.getLogger("urllib3")]
+    saved_levels = [logger.level for logger in touched]
+    saved_handlers = root.handlers[:]
+    _configure_logging(verbosity, quiet)
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved_handlers
+        for logger, level in zip(touched, saved_levels, strict=True):
+            logger.setLevel(level)
 
 
 def _configure_logging(verbosity: int, quiet: bool) -> None:
@@ -60,10 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_ERROR
-    _configure_logging(args.verbose, args.quiet)
     console = stderr_console()
     try:
-        code: int = args.func(args)
+        with _logging_configured(args.verbose, args.quiet):
+            code: int = args.func(args)
     except KeyboardInterrupt:
         console.print(
             "[yellow]interrupted[/]: nothing half-written was kept as complete; "
@@ -71,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERRUPTED
     except MLSyncError as exc:
-        console.print(f"[bold red]error:[/] {redact(str(exc))}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False)
         return EXIT_ERROR
     return code
 
