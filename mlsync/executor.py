@@ -294,9 +294,7 @@ class Executor:
                 result.action.rel_path, result.failure.error, result.failure.attempts
             )
             self.sink(
-                AssetFinished(
-                    self.dataset, result.action.rel_path, False, 0, result.failure.error
-                )
+                AssetFinished(self.dataset, result.action.rel_path, False, 0, result.failure.error)
             )
         return result.fatal
 

@@ -28,9 +28,7 @@ class _SessionHolder:
     _profile: str | None
     _root_url: str | None
 
-    def _init_session(
-        self, api_key: str | None, profile: str | None, root_url: str | None
-    ) -> None:
+    def _init_session(self, api_key: str | None, profile: str | None, root_url: str | None) -> None:
         self._api_key, self._profile, self._root_url = api_key, profile, root_url
 
     def _session(self) -> HubSession:

@@ -146,7 +146,9 @@ class FileTransfer:
             stat = self.dest.stat()
         except OSError as exc:
             raise _disk_error(exc, self.dest) from None
-        return TransferOutcome(stat.st_size, stat.st_mtime_ns, self.attempts, self.resumed_from or 0)
+        return TransferOutcome(
+            stat.st_size, stat.st_mtime_ns, self.attempts, self.resumed_from or 0
+        )
 
     def _part_size(self) -> int:
         try:

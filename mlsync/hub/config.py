@@ -101,7 +101,11 @@ def resolve_settings(
     profile_name = profile_name or DEFAULT_PROFILE
 
     section: Mapping[str, str] | None = None
-    if profile_name != ANONYMOUS_PROFILE and parser is not None and parser.has_section(profile_name):
+    if (
+        profile_name != ANONYMOUS_PROFILE
+        and parser is not None
+        and parser.has_section(profile_name)
+    ):
         section = parser[profile_name]
 
     key: str | None
@@ -180,7 +184,9 @@ def write_profile(
     return path
 
 
-def existing_key(profile: str = DEFAULT_PROFILE, environ: Mapping[str, str] | None = None) -> str | None:
+def existing_key(
+    profile: str = DEFAULT_PROFILE, environ: Mapping[str, str] | None = None
+) -> str | None:
     path = profiles_path(environ)
     if not path.is_file():
         return None

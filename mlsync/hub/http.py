@@ -373,8 +373,9 @@ class HubSession:
                 )
             else:
                 hint = f"no API key was sent; {KEY_HINT}"
+            reason = f"{status}: {detail}" if detail else str(status)
             raise AuthenticationError(
-                f"{label}: authentication failed ({status}{': ' + detail if detail else ''}); {hint}",
+                f"{label}: authentication failed ({reason}); {hint}",
                 status=status,
                 url=shown,
             )
@@ -395,7 +396,11 @@ class HubSession:
         """A streamed GET of an API resource (the catalog archive), key added, no retries."""
         url = self.url(path)
         return open_stream(
-            self._http, url, offset=offset, timeouts=self.timeouts, params=self._params_for(url, None)
+            self._http,
+            url,
+            offset=offset,
+            timeouts=self.timeouts,
+            params=self._params_for(url, None),
         )
 
     def get_json(
@@ -424,7 +429,9 @@ def decode_json(response: requests.Response, label: str) -> Any:
         return response.json()
     except ValueError:
         excerpt = response.text[:80].strip().replace("\n", " ")
-        kind = "HTML" if "html" in content_type or excerpt.lower().startswith("<") else "invalid JSON"
+        kind = (
+            "HTML" if "html" in content_type or excerpt.lower().startswith("<") else "invalid JSON"
+        )
         raise HubResponseError(
             f"{label}: the hub answered {kind} instead of JSON ({redact(excerpt)!r}); "
             "is the root URL pointing at an MLHub API?",
