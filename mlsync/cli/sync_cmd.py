@@ -324,7 +324,7 @@ def _hidden_counts(actions: Sequence[PlannedAction]) -> dict[ActionKind, int]:
 def _actions_table(actions: Sequence[PlannedAction]) -> Table:
     table = Table(show_header=True, box=None, padding=(0, 1), pad_edge=False)
     table.add_column("", width=1)
-    table.add_column("path")
+    table.add_column("path", overflow="fold")
     table.add_column("size", justify="right")
     table.add_column("why", style="dim")
     for action in _shown_actions(actions):
