@@ -96,9 +96,12 @@ class DatasetPlan:
     dataset_dir: Path
     catalog: CatalogStatus
     plan: planner.Plan
-    adopted: list[FileUpdate] = field(default_factory=list, repr=False)
-    """Files the plan found complete on disk but not recorded as such (a run killed between
-    renaming them into place and committing): apply records them before it transfers."""
+    reconcile: list[FileUpdate] = field(default_factory=list, repr=False)
+    """Database rows the disk contradicts, which apply corrects before it transfers: files
+    up to date on disk but not recorded as complete (a run killed between renaming them into
+    place and committing) are recorded; records of complete files that are gone are dropped
+    (else a run killed after the new file lands leaves the old record, and the next run
+    takes the new file for a local modification and downloads it again)."""
 
     @property
     def dataset_id(self) -> str:
@@ -359,12 +362,12 @@ class DatasetSync:
 
     def _build_plan(self, db: AssetDB, dataset_dir: Path) -> tuple[planner.Plan, list[FileUpdate]]:
         """Selected assets against the database and the disk, streamed through the planner;
-        also the up-to-date files the database does not record as complete yet."""
+        also the database rows the disk contradicts (see ``DatasetPlan.reconcile``)."""
         f = self.target.filter
         builder = planner.PlanBuilder(self.target.name)
-        adopted: list[FileUpdate] = []
+        reconcile: list[FileUpdate] = []
         if self.target.catalog_only:
-            return builder.build(), adopted
+            return builder.build(), reconcile
         item_pred: ItemPredicate | None = None
         if f.time is not None or f.bbox is not None or f.intersects is not None:
             item_pred = partial(item_selected, f)
@@ -375,10 +378,13 @@ class DatasetSync:
             for desired, local in selection.iter_with_state(dataset_dir):
                 action = planner.classify(desired, local)
                 builder.add(action)
-                if action.kind is ActionKind.UP_TO_DATE and local.state is not FileState.COMPLETE:
-                    adopted.append(_adoption(desired, local))
+                if local.state is FileState.COMPLETE:
+                    if local.disk_size is None:
+                        reconcile.append(FileUpdate(desired.rel_path, FileState.MISSING))
+                elif action.kind is ActionKind.UP_TO_DATE:
+                    reconcile.append(_adoption(desired, local))
             builder.extend(planner.orphans(selection.iter_orphaned()))
-        return builder.build(), adopted
+        return builder.build(), reconcile
 
     def _plan_locked(
         self, db: AssetDB, dataset: dict[str, Any], dataset_dir: Path, frozen: LockEntry | None
@@ -389,8 +395,8 @@ class DatasetSync:
             status = self.ingest(status, db, dataset_dir)
         elif status.fetched or not (dataset_dir / layout.CATALOG_JSON).is_file():
             archive_mod.extract_catalog(status.archive, self.target.output_dir, dataset_id)
-        plan, adopted = self._build_plan(db, dataset_dir)
-        return DatasetPlan(self.target, dataset, dataset_dir, status, plan, adopted)
+        plan, reconcile = self._build_plan(db, dataset_dir)
+        return DatasetPlan(self.target, dataset, dataset_dir, status, plan, reconcile)
 
     @contextmanager
     def _locked(self, command: str) -> Iterator[tuple[AssetDB, dict[str, Any], Path]]:
@@ -430,8 +436,8 @@ class DatasetSync:
                 )
             if before_execute is not None:
                 before_execute(dataset_plan)
-            if dataset_plan.adopted:
-                db.apply_updates(dataset_plan.adopted)
+            if dataset_plan.reconcile:
+                db.apply_updates(dataset_plan.reconcile)
             return self._execute(db, dataset_plan, prune)
 
     def _execute(self, db: AssetDB, dataset_plan: DatasetPlan, prune: bool) -> DatasetResult:
