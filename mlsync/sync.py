@@ -1,92 +1,51 @@
 """The pipeline behind ``plan``, ``apply`` and ``Dataset.download``, for one dataset.
 
-refresh catalog (one HEAD; the archive is fetched only when it changed) → extract and ingest
-into the asset database (only when the archive's sha256 changed) → select with the filters →
-classify against the database and the disk (pure planner) → execute transfers → record.
-A re-run on a synced tree therefore makes one metadata request and no asset request.
+refresh the catalog from the dataset's source (:mod:`mlsync.sources`: the MLHub API's
+archive, a static STAC catalog or a STAC API search; each fetches only what changed and
+re-ingests the asset database only when the resolved content's sha256 changed) → select with
+the filters → classify against the database and the disk (pure planner) → execute transfers
+→ record. A re-run on a synced tree therefore makes no asset request.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlsync import archive as archive_mod
-from mlsync import catalog as catalog_mod
 from mlsync import layout, planner
 from mlsync.assetdb import AssetDB, AssetPredicate, FileUpdate, ItemPredicate
 from mlsync.errors import (
-    CatalogError,
     DownloadFailed,
     FrozenLockError,
     LocalWriteError,
     UnsafePathError,
 )
-from mlsync.events import EventSink, Notice, Task, ignore
+from mlsync.events import EventSink, Notice, ignore
 from mlsync.executor import ExecutionReport, Executor, write_error_report
-from mlsync.filters import DownloadFilter, asset_selected, build_filter, item_selected
+from mlsync.filters import asset_selected, build_filter, item_selected
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
-from mlsync.lockfile import CatalogPin, LockEntry, compare, describe_differences
+from mlsync.lockfile import LockEntry, compare, describe_differences
 from mlsync.records import (
     ActionKind,
-    AssetRecord,
     DesiredAsset,
     FileState,
     LocalFile,
     PlannedAction,
 )
 from mlsync.runlock import RunLock
-from mlsync.transfer import FileTransfer
+from mlsync.sources import CatalogSource, CatalogStatus, SourceSpec, SyncTarget, make_source
 
 if TYPE_CHECKING:
     from mlsync.models import Dataset
 
 log = logging.getLogger("mlsync.sync")
-
-META_ARCHIVE_SIZE = "archive.size"
-META_ARCHIVE_MTIME = "archive.mtime_ns"
-META_ARCHIVE_SHA = "archive.sha256"
-META_ARCHIVE_ETAG = "archive.etag"
-META_ARCHIVE_LAST_MODIFIED = "archive.last_modified"
-META_PART_ETAG = "archive.part_etag"
-META_INGESTED_SHA = "catalog.ingested_sha256"
-MAX_PROBLEM_NOTICES = 5
-
-
-@dataclass(frozen=True)
-class SyncTarget:
-    """One dataset of a manifest (or of a ``download()`` call), fully resolved."""
-
-    name: str
-    ref: str
-    output_dir: Path
-    filter: DownloadFilter = field(default_factory=DownloadFilter)
-    catalog_only: bool = False
-
-
-@dataclass(frozen=True)
-class CatalogStatus:
-    dataset_id: str
-    archive: Path
-    size: int
-    sha256: str
-    etag: str | None
-    last_modified: str | None
-    fetched: bool
-    ingested: bool
-
-    def pin(self) -> CatalogPin:
-        return CatalogPin(
-            size=self.size, sha256=self.sha256, etag=self.etag, last_modified=self.last_modified
-        )
 
 
 @dataclass
@@ -134,14 +93,6 @@ class DatasetResult:
 DownloadResult = DatasetResult
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class DatasetSync:
     """Plans and applies one dataset against one hub session."""
 
@@ -161,6 +112,9 @@ class DatasetSync:
         self.workers = workers
         self.policy = policy or session.retry
         self.timeouts = timeouts or session.timeouts
+        self.source: CatalogSource = make_source(
+            session, target, sink=sink, policy=self.policy, timeouts=self.timeouts
+        )
 
     # --- catalog --------------------------------------------------------------------------
 
@@ -168,195 +122,8 @@ class DatasetSync:
         self.sink(Notice(level, self.target.name, text))  # type: ignore[arg-type]
 
     def resolve_dataset(self) -> dict[str, Any]:
-        from mlsync import client
-
-        return client.get_dataset(self.target.ref, session=self.session)
-
-    def _remote_archive(self, dataset_id: str) -> tuple[int | None, str | None, str | None]:
-        response = self.session.request(
-            "HEAD", f"catalog/{dataset_id}", what=f"catalog archive of {dataset_id!r}"
-        )
-        response.close()
-        length = response.headers.get("Content-Length")
-        return (
-            int(length) if length and length.isdigit() else None,
-            response.headers.get("ETag"),
-            response.headers.get("Last-Modified"),
-        )
-
-    def refresh_catalog(
-        self, dataset_id: str, db: AssetDB, *, frozen: LockEntry | None = None
-    ) -> CatalogStatus:
-        """Make sure the local archive is the hub's current one, downloading only on change."""
-        archive = layout.archive_path(self.target.output_dir, dataset_id)
-        remote_size, etag, last_modified = self._remote_archive(dataset_id)
-        if frozen is not None:
-            pin = frozen.catalog
-            changed = []
-            if remote_size is not None and pin.size != remote_size:
-                changed.append(f"archive size {pin.size:,} → {remote_size:,} bytes")
-            if etag and pin.etag and pin.etag != etag:
-                changed.append(f"ETag {pin.etag} → {etag}")
-            if changed:
-                raise FrozenLockError(
-                    f"dataset {self.target.name!r}: the hub's catalog no longer matches "
-                    f"the lock file ({'; '.join(changed)}); run `mlsync plan` without --frozen "
-                    "to review and update the lock"
-                )
-        recorded = {
-            "size": db.get_meta(META_ARCHIVE_SIZE),
-            "mtime": db.get_meta(META_ARCHIVE_MTIME),
-            "sha": db.get_meta(META_ARCHIVE_SHA),
-            "etag": db.get_meta(META_ARCHIVE_ETAG),
-        }
-        try:
-            stat = archive.stat()
-        except FileNotFoundError:
-            stat = None
-        unchanged_locally = (
-            stat is not None
-            and recorded["sha"] is not None
-            and recorded["size"] == str(stat.st_size)
-            and recorded["mtime"] == str(stat.st_mtime_ns)
-        )
-        unchanged_remotely = (remote_size is None or str(remote_size) == recorded["size"]) and (
-            not etag or not recorded["etag"] or etag == recorded["etag"]
-        )
-        fetched = False
-        if not (unchanged_locally and unchanged_remotely):
-            if (
-                stat is not None
-                and remote_size is not None
-                and stat.st_size == remote_size
-                and (not etag or etag == recorded["etag"] or recorded["etag"] is None)
-            ):
-                pass  # complete local archive the database does not know yet: keep it
-            else:
-                self._download_archive(dataset_id, archive, remote_size, etag, db)
-                fetched = True
-            stat = archive.stat()
-            sha = _sha256(archive)
-            db.set_meta(META_ARCHIVE_SIZE, str(stat.st_size))
-            db.set_meta(META_ARCHIVE_MTIME, str(stat.st_mtime_ns))
-            db.set_meta(META_ARCHIVE_SHA, sha)
-            db.set_meta(META_ARCHIVE_ETAG, etag or "")
-            db.set_meta(META_ARCHIVE_LAST_MODIFIED, last_modified or "")
-            db.commit()
-        else:
-            sha = str(recorded["sha"])
-        assert stat is not None
-        if frozen is not None and frozen.catalog.sha256 != sha:
-            raise FrozenLockError(
-                f"dataset {self.target.name!r}: the catalog archive's sha256 is {sha[:12]}…, "
-                f"the lock file pins {frozen.catalog.sha256[:12]}…; run `mlsync plan` without "
-                "--frozen to review and update the lock"
-            )
-        return CatalogStatus(
-            dataset_id=dataset_id,
-            archive=archive,
-            size=stat.st_size,
-            sha256=sha,
-            etag=etag or None,
-            last_modified=last_modified or None,
-            fetched=fetched,
-            ingested=False,
-        )
-
-    def _download_archive(
-        self, dataset_id: str, archive: Path, remote_size: int | None, etag: str | None, db: AssetDB
-    ) -> None:
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        part = archive.with_name(archive.name + layout.PART_SUFFIX)
-        if part.exists() and (not etag or db.get_meta(META_PART_ETAG) != etag):
-            part.unlink()  # a part of another version of the archive: never splice the two
-        db.set_meta(META_PART_ETAG, etag or "")
-        db.commit()
-        with Task(self.sink, self.target.name, "fetch stac catalog", remote_size, "bytes") as task:
-            FileTransfer(
-                lambda offset: self.session.open_stream(f"catalog/{dataset_id}", offset=offset),
-                archive,
-                label=f"catalog archive of {dataset_id}",
-                expected_size=remote_size,
-                policy=self.policy,
-                on_bytes=task.advance,
-            ).run()
-
-    def ingest(self, status: CatalogStatus, db: AssetDB, dataset_dir: Path) -> CatalogStatus:
-        """Extract and index the archive when its content changed since the last ingest."""
-        catalog_json = dataset_dir / layout.CATALOG_JSON
-        if db.get_meta(META_INGESTED_SHA) == status.sha256 and catalog_json.is_file():
-            return status
-        problems = _ProblemNotices(self._notice)
-        ingest = db.begin_ingest()
-
-        def on_member(name: str, data: bytes) -> None:
-            try:
-                entry = catalog_mod.parse_stac_object(data, rel_name=name, base_url=None)
-            except UnsafePathError as exc:
-                problems.add(f"refused {name}: {exc}")
-                return
-            if entry is None:
-                return
-            for warning in entry.warnings:
-                problems.add(warning)
-            if entry.collection_id is None:
-                return
-            if entry.item is None:
-                ingest.add_collection_assets(self._fetchable(entry.assets, name, problems))
-                return
-            rows = []
-            for record in self._fetchable(entry.assets, name, problems):
-                try:
-                    rel = layout.item_asset_path(
-                        record.collection_id, entry.item.item_id, record.asset_key, record.href
-                    )
-                except UnsafePathError as exc:
-                    problems.add(f"refused an asset of {name}: {exc}")
-                    continue
-                rows.append((record, rel))
-            ingest.add_item(entry.item, rows)
-
-        try:
-            with Task(self.sink, self.target.name, "unarchive and index", None, "items") as task:
-                archive_mod.extract_catalog(
-                    status.archive,
-                    self.target.output_dir,
-                    status.dataset_id,
-                    on_member=on_member,
-                    progress=lambda members, _bytes: task.advance(1),
-                )
-            stats = ingest.finish(_common_path)
-        except BaseException:
-            ingest.abort()
-            raise
-        if problems.count > MAX_PROBLEM_NOTICES:
-            self._notice(
-                "warning",
-                f"{problems.count:,} catalog problems in all (the first {MAX_PROBLEM_NOTICES} "
-                "are shown); the assets concerned will not be downloaded",
-            )
-        if not catalog_json.is_file():
-            raise CatalogError(
-                f"the catalog archive of {status.dataset_id!r} has no "
-                f"{status.dataset_id}/catalog.json; it is not an MLHub catalog archive"
-            )
-        db.set_meta(META_INGESTED_SHA, status.sha256)
-        db.commit()
-        log.info("%s: %s assets in stac catalog", status.dataset_id, f"{stats.assets:,}")
-        return replace(status, ingested=True)
-
-    @staticmethod
-    def _fetchable(
-        records: Sequence[AssetRecord], name: str, problems: _ProblemNotices
-    ) -> list[AssetRecord]:
-        """Assets with a URL: a relative href in an archive has no server to fetch it from."""
-        kept = []
-        for record in records:
-            if catalog_mod.is_local_href(record.href):
-                problems.add(f"skipped asset {record.asset_key!r} of {name}: relative href")
-            else:
-                kept.append(record)
-        return kept
+        """The dataset's metadata from its source; ``id`` names its directory."""
+        return self.source.resolve()
 
     # --- plan and apply -------------------------------------------------------------------
 
@@ -389,12 +156,7 @@ class DatasetSync:
     def _plan_locked(
         self, db: AssetDB, dataset: dict[str, Any], dataset_dir: Path, frozen: LockEntry | None
     ) -> DatasetPlan:
-        dataset_id = str(dataset["id"])
-        status = self.refresh_catalog(dataset_id, db, frozen=frozen)
-        if not self.target.catalog_only:
-            status = self.ingest(status, db, dataset_dir)
-        elif status.fetched or not (dataset_dir / layout.CATALOG_JSON).is_file():
-            archive_mod.extract_catalog(status.archive, self.target.output_dir, dataset_id)
+        status = self.source.refresh(db, dataset_dir, frozen=frozen)
         plan, reconcile = self._build_plan(db, dataset_dir)
         return DatasetPlan(self.target, dataset, dataset_dir, status, plan, reconcile)
 
@@ -506,20 +268,6 @@ def _adoption(desired: DesiredAsset, local: LocalFile) -> FileUpdate:
     )
 
 
-class _ProblemNotices:
-    """Counts what an ingest refused or skipped; shows the first few, so a hostile or broken
-    catalog of a million items cannot flood the terminal."""
-
-    def __init__(self, notice: Callable[[str, str], None]) -> None:
-        self._notice = notice
-        self.count = 0
-
-    def add(self, text: str) -> None:
-        self.count += 1
-        if self.count <= MAX_PROBLEM_NOTICES:
-            self._notice("warning", text)
-
-
 def _make_dir(path: Path) -> None:
     """``mkdir -p``; an output directory that cannot be made is an error, not a traceback."""
     try:
@@ -528,12 +276,6 @@ def _make_dir(path: Path) -> None:
         raise LocalWriteError(
             f"cannot create the directory {path}: {exc.strerror or exc}; check output_dir"
         ) from exc
-
-
-def _common_path(collection_id: str, asset_key: str, href: str, collides: bool) -> str:
-    return layout.common_asset_path(
-        collection_id, asset_key, href, disambiguator=layout.href_digest(href) if collides else None
-    )
 
 
 def download_dataset(
@@ -577,11 +319,13 @@ def download_dataset(
 
 
 __all__ = [
+    "CatalogSource",
     "CatalogStatus",
     "DatasetPlan",
     "DatasetResult",
     "DatasetSync",
     "DownloadResult",
+    "SourceSpec",
     "SyncTarget",
     "download_dataset",
 ]

@@ -1,0 +1,23 @@
+"""Catalog sources: the MLHub API, static STAC catalogs and STAC API searches (see ``base``)."""
+
+from __future__ import annotations
+
+from mlsync.events import EventSink
+from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
+from mlsync.sources.base import CatalogSource, CatalogStatus, SourceSpec, SyncTarget
+
+__all__ = ["CatalogSource", "CatalogStatus", "SourceSpec", "SyncTarget", "make_source"]
+
+
+def make_source(
+    session: HubSession,
+    target: SyncTarget,
+    *,
+    sink: EventSink,
+    policy: RetryPolicy,
+    timeouts: Timeouts,
+) -> CatalogSource:
+    """The source ``target`` names: its ``source`` spec, else the hub dataset ``target.ref``."""
+    from mlsync.sources.mlhub import MLHubSource
+
+    return MLHubSource(session, target, sink=sink, policy=policy)

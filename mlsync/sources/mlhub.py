@@ -1,0 +1,252 @@
+"""An MLHub API dataset as a catalog source: its catalog archive (``{id}.tar.gz``).
+
+refresh: one HEAD; the archive is downloaded only when its size or ETag changed (resuming a
+``.part`` of the same version), then extracted and ingested only when its sha256 changed.
+A re-plan of a synced tree therefore makes one metadata request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mlsync import archive as archive_mod
+from mlsync import catalog as catalog_mod
+from mlsync import layout
+from mlsync.assetdb import AssetDB
+from mlsync.errors import CatalogError, FrozenLockError, UnsafePathError
+from mlsync.events import EventSink, Notice, Task
+from mlsync.hub.http import HubSession, RetryPolicy
+from mlsync.lockfile import LockEntry
+from mlsync.sources.base import (
+    META_INGESTED_SHA,
+    CatalogStatus,
+    ProblemNotices,
+    SyncTarget,
+    check_frozen_sha,
+    common_path,
+    fetchable,
+)
+from mlsync.transfer import FileTransfer
+
+__all__ = ["MLHubSource"]
+
+log = logging.getLogger("mlsync.sync")
+
+META_ARCHIVE_SIZE = "archive.size"
+META_ARCHIVE_MTIME = "archive.mtime_ns"
+META_ARCHIVE_SHA = "archive.sha256"
+META_ARCHIVE_ETAG = "archive.etag"
+META_ARCHIVE_LAST_MODIFIED = "archive.last_modified"
+META_PART_ETAG = "archive.part_etag"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class MLHubSource:
+    """A dataset of the MLHub API, by id or DOI (``target.ref``)."""
+
+    def __init__(
+        self, session: HubSession, target: SyncTarget, *, sink: EventSink, policy: RetryPolicy
+    ) -> None:
+        self.session = session
+        self.target = target
+        self.sink = sink
+        self.policy = policy
+
+    def _notice(self, level: str, text: str) -> None:
+        self.sink(Notice(level, self.target.name, text))  # type: ignore[arg-type]
+
+    def resolve(self) -> dict[str, Any]:
+        from mlsync import client
+
+        return client.get_dataset(self.target.ref, session=self.session)
+
+    def refresh(
+        self, db: AssetDB, dataset_dir: Path, *, frozen: LockEntry | None = None
+    ) -> CatalogStatus:
+        dataset_id = dataset_dir.name
+        status = self.refresh_catalog(dataset_id, db, frozen=frozen)
+        if not self.target.catalog_only:
+            return self.ingest(status, db, dataset_dir)
+        if status.fetched or not (dataset_dir / layout.CATALOG_JSON).is_file():
+            assert status.archive is not None
+            archive_mod.extract_catalog(status.archive, self.target.output_dir, dataset_id)
+        return status
+
+    # --- the archive ----------------------------------------------------------------------
+
+    def _remote_archive(self, dataset_id: str) -> tuple[int | None, str | None, str | None]:
+        response = self.session.request(
+            "HEAD", f"catalog/{dataset_id}", what=f"catalog archive of {dataset_id!r}"
+        )
+        response.close()
+        length = response.headers.get("Content-Length")
+        return (
+            int(length) if length and length.isdigit() else None,
+            response.headers.get("ETag"),
+            response.headers.get("Last-Modified"),
+        )
+
+    def refresh_catalog(
+        self, dataset_id: str, db: AssetDB, *, frozen: LockEntry | None = None
+    ) -> CatalogStatus:
+        """Make sure the local archive is the hub's current one, downloading only on change."""
+        archive = layout.archive_path(self.target.output_dir, dataset_id)
+        remote_size, etag, last_modified = self._remote_archive(dataset_id)
+        if frozen is not None:
+            pin = frozen.catalog
+            changed = []
+            if remote_size is not None and pin.size != remote_size:
+                changed.append(f"archive size {pin.size:,} → {remote_size:,} bytes")
+            if etag and pin.etag and pin.etag != etag:
+                changed.append(f"ETag {pin.etag} → {etag}")
+            if changed:
+                raise FrozenLockError(
+                    f"dataset {self.target.name!r}: the hub's catalog no longer matches "
+                    f"the lock file ({'; '.join(changed)}); run `mlsync plan` without --frozen "
+                    "to review and update the lock"
+                )
+        recorded = {
+            "size": db.get_meta(META_ARCHIVE_SIZE),
+            "mtime": db.get_meta(META_ARCHIVE_MTIME),
+            "sha": db.get_meta(META_ARCHIVE_SHA),
+            "etag": db.get_meta(META_ARCHIVE_ETAG),
+        }
+        try:
+            stat = archive.stat()
+        except FileNotFoundError:
+            stat = None
+        unchanged_locally = (
+            stat is not None
+            and recorded["sha"] is not None
+            and recorded["size"] == str(stat.st_size)
+            and recorded["mtime"] == str(stat.st_mtime_ns)
+        )
+        unchanged_remotely = (remote_size is None or str(remote_size) == recorded["size"]) and (
+            not etag or not recorded["etag"] or etag == recorded["etag"]
+        )
+        fetched = False
+        if not (unchanged_locally and unchanged_remotely):
+            if (
+                stat is not None
+                and remote_size is not None
+                and stat.st_size == remote_size
+                and (not etag or etag == recorded["etag"] or recorded["etag"] is None)
+            ):
+                pass  # complete local archive the database does not know yet: keep it
+            else:
+                self._download_archive(dataset_id, archive, remote_size, etag, db)
+                fetched = True
+            stat = archive.stat()
+            sha = _sha256(archive)
+            db.set_meta(META_ARCHIVE_SIZE, str(stat.st_size))
+            db.set_meta(META_ARCHIVE_MTIME, str(stat.st_mtime_ns))
+            db.set_meta(META_ARCHIVE_SHA, sha)
+            db.set_meta(META_ARCHIVE_ETAG, etag or "")
+            db.set_meta(META_ARCHIVE_LAST_MODIFIED, last_modified or "")
+            db.commit()
+        else:
+            sha = str(recorded["sha"])
+        assert stat is not None
+        check_frozen_sha(self.target.name, sha, frozen, "catalog archive")
+        return CatalogStatus(
+            dataset_id=dataset_id,
+            archive=archive,
+            size=stat.st_size,
+            sha256=sha,
+            etag=etag or None,
+            last_modified=last_modified or None,
+            fetched=fetched,
+            ingested=False,
+        )
+
+    def _download_archive(
+        self, dataset_id: str, archive: Path, remote_size: int | None, etag: str | None, db: AssetDB
+    ) -> None:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        part = archive.with_name(archive.name + layout.PART_SUFFIX)
+        if part.exists() and (not etag or db.get_meta(META_PART_ETAG) != etag):
+            part.unlink()  # a part of another version of the archive: never splice the two
+        db.set_meta(META_PART_ETAG, etag or "")
+        db.commit()
+        with Task(self.sink, self.target.name, "fetch stac catalog", remote_size, "bytes") as task:
+            FileTransfer(
+                lambda offset: self.session.open_stream(f"catalog/{dataset_id}", offset=offset),
+                archive,
+                label=f"catalog archive of {dataset_id}",
+                expected_size=remote_size,
+                policy=self.policy,
+                on_bytes=task.advance,
+            ).run()
+
+    # --- the ingest -----------------------------------------------------------------------
+
+    def ingest(self, status: CatalogStatus, db: AssetDB, dataset_dir: Path) -> CatalogStatus:
+        """Extract and index the archive when its content changed since the last ingest."""
+        assert status.archive is not None
+        catalog_json = dataset_dir / layout.CATALOG_JSON
+        if db.get_meta(META_INGESTED_SHA) == status.sha256 and catalog_json.is_file():
+            return status
+        problems = ProblemNotices(self._notice)
+        ingest = db.begin_ingest()
+
+        def on_member(name: str, data: bytes) -> None:
+            try:
+                entry = catalog_mod.parse_stac_object(data, rel_name=name, base_url=None)
+            except UnsafePathError as exc:
+                problems.add(f"refused {name}: {exc}")
+                return
+            if entry is None:
+                return
+            for warning in entry.warnings:
+                problems.add(warning)
+            if entry.collection_id is None:
+                return
+            if entry.item is None:
+                ingest.add_collection_assets(fetchable(entry.assets, name, problems))
+                return
+            rows = []
+            for record in fetchable(entry.assets, name, problems):
+                try:
+                    rel = layout.item_asset_path(
+                        record.collection_id, entry.item.item_id, record.asset_key, record.href
+                    )
+                except UnsafePathError as exc:
+                    problems.add(f"refused an asset of {name}: {exc}")
+                    continue
+                rows.append((record, rel))
+            ingest.add_item(entry.item, rows)
+
+        try:
+            with Task(self.sink, self.target.name, "unarchive and index", None, "items") as task:
+                archive_mod.extract_catalog(
+                    status.archive,
+                    self.target.output_dir,
+                    status.dataset_id,
+                    on_member=on_member,
+                    progress=lambda members, _bytes: task.advance(1),
+                )
+            stats = ingest.finish(common_path)
+        except BaseException:
+            ingest.abort()
+            raise
+        problems.summarise()
+        if not catalog_json.is_file():
+            raise CatalogError(
+                f"the catalog archive of {status.dataset_id!r} has no "
+                f"{status.dataset_id}/catalog.json; it is not an MLHub catalog archive"
+            )
+        db.set_meta(META_INGESTED_SHA, status.sha256)
+        db.commit()
+        log.info("%s: %s assets in stac catalog", status.dataset_id, f"{stats.assets:,}")
+        return replace(status, ingested=True)
