@@ -246,13 +246,20 @@ def wait_for_http(
 
 
 def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLHUB_")}
+    """The clients' environment: the bench's key and an empty MLHUB_HOME, bytecode cached.
+
+    An installed package has its bytecode; a checkout run with PYTHONDONTWRITEBYTECODE=1 (set
+    on some machines) recompiles every module on every start, ~0.5 s of mlsync's startup.
+    The cache goes to bench/work/pycache so the checkout itself is not written to.
+    """
+    skip = ("MLHUB_", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     home = WORK / "mlhub-home"  # no profile file: nothing of the user's leaks in
     home.mkdir(parents=True, exist_ok=True)
     env.update(
         MLHUB_HOME=str(home),
         MLHUB_API_KEY=API_KEY,
-        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONPYCACHEPREFIX=str(WORK / "pycache"),
         NO_COLOR="1",
         COLUMNS="120",
     )
@@ -390,6 +397,7 @@ def start_nginx(
 
 @dataclass
 class Measured:
+    load_avg_1m: float
     exit_code: int
     wall: float
     peak_rss_kib: int
@@ -410,6 +418,7 @@ def run_measured(
     logs.mkdir(parents=True, exist_ok=True)
     out_path = logs / f"{label}.out"
     err_path = logs / f"{label}.err"
+    load = os.getloadavg()[0]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -432,6 +441,7 @@ def run_measured(
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     return Measured(
+        load_avg_1m=load,
         exit_code=proc.returncode,
         wall=wall,
         peak_rss_kib=int(usage.ru_maxrss),
@@ -452,6 +462,8 @@ class Run:
     exit_code: int
     peak_rss_mb: float
     cpu_seconds: float
+    load_avg_1m: float = 0.0
+    """The machine's 1-minute load average when the run started (others share it)."""
     assets: int | None = None
     bytes: int | None = None
     ok: bool = True
@@ -509,6 +521,8 @@ class Bench:
         self.env = base_env()
         self.ref_python: Path | None = None
         self.notes: list[str] = []
+        self.runs: list[Run] = []
+        """Every run so far, for the partial results of an interrupted bench."""
 
     # -- tools ----------------------------------------------------------------------------
 
@@ -547,6 +561,7 @@ class Bench:
             ]
         out: dict[str, Any] = {}
         for tool, cmd in commands.items():
+            subprocess.run(cmd, env=self.env, check=True, capture_output=True)  # bytecode
             walls = []
             for n in range(3):
                 m = run_measured(
@@ -600,6 +615,7 @@ class Bench:
                 run.problem = f"tree has {count:,} files / {total:,} bytes, expected {expect}"
         if not run.ok:
             say(f"    !! {run.tool} {run.phase} r{run.rep}: {run.problem}")
+        self.runs.append(run)
         return run
 
     def _base_run(self, tool: str, case: Case, phase: str, rep: int, m: Measured) -> Run:
@@ -612,6 +628,7 @@ class Bench:
             exit_code=m.exit_code,
             peak_rss_mb=_rss_mb(m.peak_rss_kib),
             cpu_seconds=m.user + m.system,
+            load_avg_1m=m.load_avg_1m,
         )
 
     def run_mlsync_apply(
@@ -665,7 +682,13 @@ class Bench:
         return self._finish(run, servers, mark, m, expect, folder / "out" / case.dataset_id, ".tif")
 
     def run_curl(
-        self, servers: Servers, case: Case, folder: Path, urls: list[tuple[str, str]], rep: int
+        self,
+        servers: Servers,
+        case: Case,
+        folder: Path,
+        urls: list[tuple[str, str]],
+        rep: int,
+        phase: str = "fresh",
     ) -> Run:
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / "curl.cfg"
@@ -682,9 +705,9 @@ class Bench:
             env=self.env,
             cwd=folder,
             logs=self.logs,
-            label=f"{case.key}-curl-fresh-r{rep}",
+            label=f"{case.key}-curl-{phase}-r{rep}",
         )
-        run = self._base_run("loopback", case, "fresh", rep, m)
+        run = self._base_run("loopback", case, phase, rep, m)
         return self._finish(run, servers, mark, m, (case.assets, case.total_bytes), out, ".tif")
 
     # -- cases ----------------------------------------------------------------------------------
@@ -719,7 +742,7 @@ class Bench:
         shutil.rmtree(case_dir, ignore_errors=True)
 
         # Warm-up, not measured: server page cache, interpreter imports.
-        warm = self.run_curl(servers, case, case_dir / "warmup", urls, 0)
+        warm = self.run_curl(servers, case, case_dir / "warmup", urls, 0, "warmup")
         if not warm.ok:
             raise RuntimeError(f"warm-up fetch failed: {warm.problem}")
         shutil.rmtree(case_dir / "warmup")
@@ -940,6 +963,7 @@ def summarise_transfer(runs: Sequence[Run], case: Case) -> dict[str, Any]:
             ratios["noop_speedup_vs_reference"] = float(ref["noop_wall_s"]["median"]) / float(
                 ml["noop_wall_s"]["median"]
             )
+        ratios["cpu_s_vs_reference"] = ml["cpu_s_median"] / ref["cpu_s_median"]
     if ml and loop:
         ratios["mb_per_s_vs_loopback"] = ml["mb_per_s"] / loop["mb_per_s"]
         ratios["assets_per_s_vs_loopback"] = ml["assets_per_s"] / loop["assets_per_s"]
@@ -1062,7 +1086,8 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: 
         say(f"== ({key}) {res['case']['title']} — assets served by {res['assets_served_by']}")
         header = (
             f"  {'tool':<10} {'fresh wall: median (min–max)':<34} {'assets/s':>10} {'MB/s':>8} "
-            f"{'RSS MB':>7}   {'no-op wall: median (min–max)':<34} {'no-op reqs (API/asset)':>22}"
+            f"{'RSS MB':>7} {'CPU s':>6}   {'no-op wall: median (min–max)':<34} "
+            f"{'no-op reqs (API/asset)':>22}"
         )
         say(header)
         for tool in ("mlsync", "reference", "loopback"):
@@ -1075,7 +1100,7 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: 
                 reqs = f"{max(t['noop_api_requests'])}/{max(t['noop_asset_requests']):,}"
             say(
                 f"  {tool:<10} {_fmt_wall(t['fresh_wall_s']):<34} {t['assets_per_s']:>10,.0f} "
-                f"{t['mb_per_s']:>8,.1f} {t['peak_rss_mb']:>7.0f}   "
+                f"{t['mb_per_s']:>8,.1f} {t['peak_rss_mb']:>7.0f} {t['cpu_s_median']:>6.1f}   "
                 f"{_fmt_wall(noop):<34} {reqs:>22}"
             )
         for name, value in s["ratios"].items():
@@ -1088,7 +1113,10 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: 
         s = res["summary"]
         archive_mb = res["hub_archive"]["stac_catalog_size"] / MB
         say(f"== (c) {res['case']['title']} — mlsync plan (hub archive {archive_mb:,.1f} MB)")
-        say(f"  {'phase':<34} {'wall: median (min–max)':<34} {'assets/s':>10} {'peak RSS MB':>12}")
+        say(
+            f"  {'phase':<34} {'wall: median (min–max)':<34} {'assets/s':>10} "
+            f"{'peak RSS MB':>12} {'CPU s':>7}"
+        )
         labels = {
             "ingest": "fresh tree (fetch + ingest + plan)",
             "plan_ingested": "ingested tree, nothing on disk",
@@ -1099,7 +1127,7 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: 
                 p = s[phase]
                 say(
                     f"  {label:<34} {_fmt_wall(p['wall_s']):<34} {p['assets_per_s']:>10,.0f} "
-                    f"{p['peak_rss_mb']:>12.0f}"
+                    f"{p['peak_rss_mb']:>12.0f} {p['cpu_s_median']:>7.1f}"
                 )
         if s["failed_runs"]:
             say(f"  !! {s['failed_runs']} run(s) failed; see the JSON and bench/work/logs/")
@@ -1220,6 +1248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notes": bench.notes,
         "results": results,
     }
+    if interrupted:
+        document["partial_runs"] = [asdict(r) for r in bench.runs]
     out = RESULTS / f"{stamp}.json"
     out.write_text(json.dumps(document, indent=2) + "\n")
     if results:
