@@ -73,6 +73,7 @@ __all__ = [
     "MAX_WARNINGS",
     "CatalogEntry",
     "is_local_href",
+    "parse_stac_dict",
     "parse_stac_object",
 ]
 
@@ -171,6 +172,14 @@ def parse_stac_object(
         return _rejected(rel_name, f"not valid JSON ({_shown(str(exc))}); skipped")
     if type(obj) is not dict:
         return None
+    return parse_stac_dict(obj, rel_name=rel_name, base_url=base_url)
+
+
+def parse_stac_dict(
+    obj: dict[str, Any], *, rel_name: str, base_url: str | None = None
+) -> CatalogEntry | None:
+    """:func:`parse_stac_object` for a document already decoded (a STAC source that read
+    the JSON itself, to follow its links or to make its hrefs absolute)."""
     kind = obj.get("type")
     if kind == "Feature":
         return _parse_item(obj, rel_name, base_url)

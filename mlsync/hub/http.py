@@ -10,6 +10,7 @@ string that may reach a person (exception, log line, report) passes through ``re
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import platform
 import random
@@ -452,3 +453,199 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     names: dict[type, str] = {dict: "object", list: "array", str: "string"}
     kinds: Iterable[type] = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+# --- STAC hosts ------------------------------------------------------------------------------
+
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+"""Largest JSON document a STAC source reads (a catalog page, an item, a search page)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One answered request of a :class:`StacSession`: 200 with the body, or 304 without."""
+
+    url: str
+    """The URL that answered (after redirects): relative links resolve against it."""
+    status: int
+    body: bytes
+    etag: str | None
+    last_modified: str | None
+
+
+class StacSession:
+    """HTTP for static STAC catalogs and STAC APIs: retries, timeouts, redaction, no key.
+
+    These hosts are not the hub, so the hub's API key is never sent to them. Retryable
+    failures (connection errors, timeouts, 408/429/5xx with ``Retry-After``, a body cut
+    short) are retried under ``retry``; a body is read whole, up to ``max_bytes``. Safe to
+    use from several threads: each thread gets its own pooled ``requests`` session.
+    """
+
+    def __init__(
+        self,
+        *,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        pool_size: int = 4,
+        max_bytes: int = MAX_DOCUMENT_BYTES,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self.timeouts = timeouts or Timeouts()
+        self.max_bytes = max_bytes
+        self._pool_size = pool_size
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> StacSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+
+    def _http(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = new_requests_session(self._pool_size)
+            session.headers["Accept"] = "application/json, application/geo+json;q=0.9, */*;q=0.5"
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def fetch(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> Fetched:
+        """Send with retries; 200 (body read) or 304 (when ``etag``/``last_modified`` match).
+
+        Raises :class:`EntityDoesNotExist` (404), :class:`AuthenticationError` (401/403),
+        :class:`HubServerError` (retries exhausted), :class:`HubConnectionError` (network)
+        and :class:`MLHubError` (another status; ``status`` tells which).
+        """
+        shown = redact(url)
+        sent = dict(headers or {})
+        if etag:
+            sent["If-None-Match"] = etag
+        if last_modified:
+            sent["If-Modified-Since"] = last_modified
+
+        def attempt() -> Fetched | requests.Response:
+            log.debug("%s %s", method, shown)
+            response = self._http().request(
+                method,
+                url,
+                params=params,
+                json=json_body,
+                headers=sent,
+                stream=True,
+                allow_redirects=True,
+                timeout=self.timeouts.as_tuple(),
+            )
+            log.debug("%s %s -> %d", method, shown, response.status_code)
+            with response:
+                status = response.status_code
+                if status in self.retry.statuses:
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    raise RetryableStatus(status, response.reason or "", url, retry_after)
+                if status >= 400:
+                    response._content = self._read(response, 64 * 1024, shown, cap=True)
+                    return response
+                body = b"" if status == 304 else self._read(response, self.max_bytes, shown)
+                return Fetched(
+                    url=response.url or url,
+                    status=status,
+                    body=body,
+                    etag=response.headers.get("ETag"),
+                    last_modified=response.headers.get("Last-Modified"),
+                )
+
+        try:
+            result = self.retry.retrying(is_retryable=is_retryable, describe=lambda: what)(attempt)
+        except RetryableStatus as exc:
+            raise HubServerError(
+                f"{what}: {shown} kept answering {exc.status} after {self.retry.attempts} "
+                "attempts; the server may be down or rate-limiting, try again later",
+                status=exc.status,
+                url=shown,
+            ) from None
+        except NETWORK_ERRORS as exc:
+            raise HubConnectionError(
+                f"{what}: could not reach {shown} ({describe_network_error(exc)}); check the "
+                "URL and your network",
+                url=shown,
+            ) from None
+        if isinstance(result, Fetched):
+            return result
+        status = result.status_code
+        detail = _detail_of(result)
+        suffix = f": {detail}" if detail else ""
+        if status == 404:
+            raise EntityDoesNotExist(
+                f"{what}: {shown} not found (404){suffix}", status=404, url=shown
+            )
+        if status in (401, 403):
+            raise AuthenticationError(
+                f"{what}: {shown} refused access ({status}){suffix}; mlsync sends no "
+                "credentials to STAC hosts",
+                status=status,
+                url=shown,
+            )
+        raise MLHubError(
+            f"{what}: {shown} answered {status} {result.reason or ''}{suffix}",
+            status=status,
+            url=shown,
+        )
+
+    @staticmethod
+    def _read(response: requests.Response, limit: int, shown: str, *, cap: bool = False) -> bytes:
+        """The body, at most ``limit`` bytes (``cap``: cut there; else refuse a larger one)."""
+        chunks: list[bytes] = []
+        total = 0
+        for chunk in response.iter_content(1 << 16):
+            total += len(chunk)
+            if total > limit:
+                if cap:
+                    chunks.append(chunk[: len(chunk) - (total - limit)])
+                    break
+                raise HubResponseError(
+                    f"{shown} sent more than {limit // 2**20} MiB; a STAC document that large "
+                    "is refused",
+                    status=response.status_code,
+                    url=shown,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def get_json(self, url: str, *, what: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET and decode a JSON document (no conditional request)."""
+        fetched = self.fetch("GET", url, what=what, params=params)
+        return parse_json_document(fetched.body, what, fetched.url)
+
+
+def parse_json_document(body: bytes, what: str, url: str) -> Any:
+    """Decode a STAC document, or say plainly that the server sent something else."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        excerpt = body[:80].decode("utf-8", "replace").strip().replace("\n", " ")
+        kind = "HTML" if excerpt.lower().startswith("<") else "invalid JSON"
+        raise HubResponseError(
+            f"{what}: {redact(url)} sent {kind} instead of JSON ({redact(excerpt)!r})",
+            url=redact(url),
+        ) from None

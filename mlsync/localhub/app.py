@@ -17,6 +17,8 @@ URL space (relative to the API root ``/``):
 * Blobs and files, never keyed (the real ones were public storage; clients drop the key on
   the 303 and never send it to asset hosts): ``blob/catalogs/{id}.tar.gz`` and
   ``data/{dataset_id}/{path}``, the file ``ROOT/{dataset_id}/{path}``.
+* Each dataset as STAC, never keyed (see :mod:`mlsync.localhub.stac`): a static catalog at
+  ``stac/{dataset_id}/catalog.json`` and a STAC API at ``stac-api/{dataset_id}/``.
 * Test control, never keyed, counted or faulted: ``__mlsync__/health``,
   ``__mlsync__/stats`` and ``POST __mlsync__/stats/reset``.
 """
@@ -62,6 +64,7 @@ from mlsync.localhub.faults import (
     FaultMiddleware,
     request_kind,
 )
+from mlsync.localhub.stac import StacEndpoints
 from mlsync.localhub.store import Dataset, HubStore
 
 __all__ = ["HubStats", "create_app", "parse_range"]
@@ -96,6 +99,8 @@ class HubStats:
     """
 
     KINDS: Final = (KIND_API, KIND_ARCHIVE, KIND_ASSET)
+    """Always in the counters; ``stac`` appears once a STAC request came."""
+    LOG_LIMIT: Final = 100_000
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -110,9 +115,12 @@ class HubStats:
             self._methods: dict[str, int] = {}
             self._statuses: dict[str, int] = {}
             self._faults: dict[str, int] = {}
+            self._log: list[tuple[str, str]] = []
 
-    def request(self, kind: str, method: str, has_range: bool) -> None:
+    def request(self, kind: str, method: str, has_range: bool, path: str = "") -> None:
         with self._lock:
+            if len(self._log) < self.LOG_LIMIT:
+                self._log.append((method, path))
             self._requests += 1
             self._by_kind[kind] = self._by_kind.get(kind, 0) + 1
             self._methods[method] = self._methods.get(method, 0) + 1
@@ -131,6 +139,11 @@ class HubStats:
     def fault(self, name: str) -> None:
         with self._lock:
             self._faults[name] = self._faults.get(name, 0) + 1
+
+    def request_log(self) -> list[tuple[str, str]]:
+        """``(method, path)`` of each counted request, oldest first (the first 100,000)."""
+        with self._lock:
+            return list(self._log)
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy: ``requests``, ``by_kind``, ``bytes_sent``, ``bytes_total``,
@@ -195,7 +208,7 @@ class _HubMiddleware:
             return
         method: str = scope["method"]
         stats = self.stats
-        stats.request(kind, method, _header(scope, b"range") is not None)
+        stats.request(kind, method, _header(scope, b"range") is not None, scope["path"])
         started = False
 
         async def counting_send(message: Message) -> None:
@@ -791,6 +804,7 @@ class _Hub:
             Route("/models/{model_id}", self.get_model),
             Route("/blob/catalogs/{dataset_id}.tar.gz", self.catalog_blob),
             Route("/data/{dataset_id}/{path:path}", self.data_file),
+            *StacEndpoints(self.store, self.asset_base).routes(),
             Route("/__mlsync__/health", self.health),
             Route("/__mlsync__/stats", self.get_stats),
             Route("/__mlsync__/stats/reset", self.reset_stats, methods=["POST"]),

@@ -36,6 +36,7 @@ __all__ = [
     "KIND_ARCHIVE",
     "KIND_ASSET",
     "KIND_CONTROL",
+    "KIND_STAC",
     "SERVER_SEND_KEY",
     "Fault",
     "FaultConfig",
@@ -64,13 +65,17 @@ KIND_ARCHIVE: Final = "archive"
 """Catalog archive blobs under ``/blob/`` (the target of the 303)."""
 KIND_ASSET: Final = "asset"
 """Asset files under ``/data/``."""
+KIND_STAC: Final = "stac"
+"""The dataset catalogs served as a static STAC catalog (``/stac/``) and a STAC API
+(``/stac-api/``): public, never keyed."""
 KIND_CONTROL: Final = "control"
 """The test-control endpoints under ``/__mlsync__/``: never faulted, counted or keyed."""
-KINDS: Final = frozenset({KIND_API, KIND_ARCHIVE, KIND_ASSET})
+KINDS: Final = frozenset({KIND_API, KIND_ARCHIVE, KIND_ASSET, KIND_STAC})
 
 DATA_PREFIX: Final = "/data/"
 BLOB_PREFIX: Final = "/blob/"
 CONTROL_PREFIX: Final = "/__mlsync__/"
+STAC_PREFIXES: Final = ("/stac/", "/stac-api/")
 
 SERVER_SEND_KEY: Final = "mlsync.server_send"
 """Scope key holding the server's own ``send`` (whose owner holds the TCP transport)."""
@@ -83,9 +88,11 @@ _STATUS_TEXT: Final = {
 
 
 def request_kind(path: str) -> str:
-    """The kind of a request path: ``asset``, ``archive``, ``control`` or ``api``."""
+    """The kind of a request path: ``asset``, ``archive``, ``stac``, ``control`` or ``api``."""
     if path.startswith(DATA_PREFIX):
         return KIND_ASSET
+    if path.startswith(STAC_PREFIXES):
+        return KIND_STAC
     if path.startswith(BLOB_PREFIX):
         return KIND_ARCHIVE
     if path.startswith(CONTROL_PREFIX):

@@ -101,6 +101,22 @@ class RunningHub:
         snapshot: dict[str, Any] = self.app.state.stats.snapshot()
         return snapshot
 
+    @property
+    def request_log(self) -> list[tuple[str, str]]:
+        """``(method, path)`` of every counted request since the last reset."""
+        log: list[tuple[str, str]] = self.app.state.stats.request_log()
+        return log
+
+    @property
+    def stac_url(self) -> str:
+        """Where the static STAC catalogs are: ``{stac_url}{dataset_id}/catalog.json``."""
+        return f"{self.url}stac/"
+
+    @property
+    def stac_api_url(self) -> str:
+        """Where the STAC APIs are: ``{stac_api_url}{dataset_id}/``."""
+        return f"{self.url}stac-api/"
+
     def stop_soon(self) -> None:
         """Ask the server to stop without waiting (``running_hub`` joins it on exit);
         lets several hubs shut down in parallel."""
