@@ -10,6 +10,13 @@ newline) so that it diffs well under version control::
           "doi": "10.34911/...",
           "id": "demo_dataset",
           "selected": {"assets": 4210, "bytes": 1200000000}
+        },
+        "crops": {
+          "catalog": {"etag": null, "last_modified": null, "sha256": "...", "size": 45678},
+          "doi": null,
+          "id": "crops",
+          "selected": {"assets": 96, "bytes": 49152},
+          "source": "stac:https://example.org/crops/catalog.json"
         }
       },
       "format_version": 1
@@ -76,9 +83,13 @@ class LockEntry:
     catalog: CatalogPin
     selected_assets: int
     selected_bytes: int
+    source: str | None = None
+    """A STAC source's URL (``stac:`` or ``stac_api:`` and the URL); None for a hub dataset."""
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.source is None else {"source": self.source}
         return {
+            **extra,
             "id": self.id,
             "doi": self.doi,
             "catalog": {
@@ -106,6 +117,7 @@ class LockEntry:
             ),
             selected_assets=json_count(selected["assets"]),
             selected_bytes=json_count(selected["bytes"]),
+            source=json_opt_str(data.get("source")),
         )
 
 
@@ -229,6 +241,10 @@ def compare(locked: LockEntry, now: LockEntry) -> list[str]:
         differences.append(f"dataset id changed ({locked.id} → {now.id})")
     if locked.doi != now.doi:
         differences.append(f"DOI changed ({locked.doi or 'none'} → {now.doi or 'none'})")
+    if locked.source != now.source:
+        differences.append(
+            f"source changed ({locked.source or 'the hub'} → {now.source or 'the hub'})"
+        )
     if locked.catalog.sha256 != now.catalog.sha256:
         differences.append(
             f"catalog sha256 changed ({_short(locked.catalog.sha256)} → "

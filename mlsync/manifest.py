@@ -15,6 +15,10 @@ or a profile), and every error names the file, line, column and field so a perso
         datetime: "2019-01-01/2019-06-30"  # instant, "a/b", "../b", or {start:, end:}
         bbox: [-13.278254, 8.447033, -13.231551, 8.493532]   # or intersects:, not both
         intersects: aoi.geojson            # path inside the manifest's dir, or inline GeoJSON
+      - name: crops                        # not on the hub: a static STAC catalog ...
+        source: {stac: "https://example.org/crops/catalog.json"}
+      - name: floods                       # ... or a STAC API search (name is required)
+        source: {stac_api: "https://example.org/stac/v1/", collections: [floods]}
 
 Filters are checked with the same functions that apply them (``mlsync.filters``), so a
 manifest that loads is one that filters. Choices made here:
@@ -31,6 +35,10 @@ manifest that loads is one that filters. Choices made here:
 * A collection listed with no value (``coll:``) means every asset key, like ``coll: []``.
 * The same dataset may appear twice only with different ``name`` and ``output_dir``: two
   entries writing one directory would fight over it.
+* A ``source`` entry (a static STAC catalog, a STAC API search) has no id on a hub: its
+  ``name`` is required and is its directory under ``output_dir``, so it must be a plain
+  folder name. Its filters work as for a hub dataset; a STAC API search also sends them to
+  the API (and its ``collections`` default to the collections filter's keys).
 * All problems found are reported together, one ``file:line:col: field: message`` line each,
   sorted by position, in one ``ManifestError`` (whose ``location``/``field`` are the first's).
 """
@@ -73,6 +81,7 @@ from mlsync.filters import (
     parse_intersects,
     parse_time_query,
 )
+from mlsync.sources.base import SourceSpec
 
 __all__ = [
     "MANIFEST_NAME",
@@ -80,6 +89,7 @@ __all__ = [
     "DatasetSpec",
     "HubSettings",
     "Manifest",
+    "SourceSettings",
     "TimeRange",
     "load_manifest",
     "manifest_json_schema",
@@ -174,6 +184,95 @@ class HubSettings(_Strict):
         return value
 
 
+def _check_http_url(value: str, what: str) -> str:
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _fail(f"{what} must be an http:// or https:// URL with a host (got {value!r})")
+    if parts.fragment:
+        raise _fail(f"{what} must not have a #fragment")
+    return text
+
+
+class SourceSettings(_Strict):
+    """A dataset that is not on the MLHub API: a static STAC catalog or a STAC API search."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"oneOf": [{"required": ["stac"]}, {"required": ["stac_api"]}]},
+    )
+
+    stac: str | None = Field(
+        default=None,
+        description="URL of a static STAC catalog: its root catalog.json (or a "
+        "collection.json). Its child, item and items links are crawled. Exactly one of "
+        "stac/stac_api.",
+        examples=["https://example.org/stac/catalog.json"],
+    )
+    stac_api: str | None = Field(
+        default=None,
+        description="URL of a STAC API's landing page; its item search is used. Exactly one "
+        "of stac/stac_api.",
+        examples=["https://example.org/stac/v1/"],
+    )
+    collections: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="STAC API only: the collections to search. Default: the keys of the "
+        "dataset's collections filter.",
+    )
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="STAC API only: items per search page (default 100).",
+    )
+
+    @field_validator("stac")
+    @classmethod
+    def _check_stac(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value, "stac")
+
+    @field_validator("stac_api")
+    @classmethod
+    def _check_stac_api(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value, "stac_api")
+
+    @field_validator("collections")
+    @classmethod
+    def _check_collections(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            for i, cid in enumerate(value):
+                if not cid or cid != cid.strip():
+                    raise _fail(
+                        "a collection id must be non-empty, without surrounding spaces", at=(i,)
+                    )
+            if len(set(value)) != len(value):
+                raise _fail("collections lists a collection twice")
+        return value
+
+    @model_validator(mode="after")
+    def _check_source(self) -> Self:
+        if self.stac is None and self.stac_api is None:
+            raise _fail("a source needs stac: URL (a static catalog) or stac_api: URL")
+        if self.stac is not None and self.stac_api is not None:
+            raise _fail("give either stac or stac_api, not both", at=("stac_api",), point="key")
+        if self.stac is not None:
+            for key in ("collections", "limit"):
+                if getattr(self, key) is not None:
+                    raise _fail(
+                        f"{key} is for a STAC API search (stac_api); a static catalog is "
+                        "filtered with the dataset's collections filter",
+                        at=(key,),
+                        point="key",
+                    )
+        return self
+
+
 class TimeRange(_Strict):
     """``{start, end}`` form of a time range; either may be left out for an open end."""
 
@@ -190,16 +289,16 @@ def _iso(value: object) -> object:
 class DatasetSpec(_Strict):
     """One dataset to sync and its filters (the reference's ``Dataset.download`` arguments).
 
-    Where the dataset comes from is ``id``/``doi`` on the hub today; another origin (a static
-    STAC catalog, a STAC API search) belongs in a further optional field, with the
-    "exactly one origin" rule kept in ``_check_spec``.
+    Where the dataset comes from is exactly one of ``id``/``doi`` (on the hub) and ``source``
+    (a static STAC catalog or a STAC API search; ``name`` is then required).
     """
 
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
         json_schema_extra={
-            "oneOf": [{"required": ["id"]}, {"required": ["doi"]}],
+            "oneOf": [{"required": ["id"]}, {"required": ["doi"]}, {"required": ["source"]}],
+            "dependentRequired": {"source": ["name"]},
             "not": {"required": ["bbox", "intersects"]},
         },
     )
@@ -215,8 +314,16 @@ class DatasetSpec(_Strict):
         description="Dataset DOI, e.g. 10.34911/rdnt.9r6ekg. Exactly one of id/doi.",
         json_schema_extra={"pattern": _DOI.pattern},
     )
+    source: SourceSettings | None = Field(
+        default=None,
+        description="A dataset that is not on the hub: {stac: URL} (a static STAC catalog) or "
+        "{stac_api: URL, collections: [...]} (a STAC API search). Not with id/doi; needs name.",
+    )
     name: str | None = Field(
-        default=None, min_length=1, description="Unique label for this entry; defaults to id/doi."
+        default=None,
+        min_length=1,
+        description="Unique label for this entry; defaults to id/doi. With source, required: "
+        "it is the dataset's directory under output_dir.",
     )
     output_dir: Path | None = Field(
         default=None,
@@ -333,10 +440,14 @@ class DatasetSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_spec(self, info: ValidationInfo) -> Self:
-        if self.id is None and self.doi is None:
-            raise _fail("a dataset needs an id (or a doi)")
+        if self.id is None and self.doi is None and self.source is None:
+            raise _fail(
+                "a dataset needs an id (or a doi), or a source (a STAC catalog or STAC API)"
+            )
         if self.id is not None and self.doi is not None:
             raise _fail("give either id or doi, not both", at=("doi",), point="key")
+        if self.source is not None:
+            self._check_source_entry()
         if self.bbox is not None and self.intersects is not None:
             raise _fail(
                 "use either bbox or intersects, not both: they are independent spatial filters",
@@ -359,12 +470,67 @@ class DatasetSpec(_Strict):
             self._aoi = geojson
         return self
 
+    def _check_source_entry(self) -> None:
+        if self.id is not None or self.doi is not None:
+            key = "id" if self.id is not None else "doi"
+            raise _fail(
+                f"give either {key} (a hub dataset) or source (a STAC catalog or API), not both",
+                at=("source",),
+                point="key",
+            )
+        if self.name is None:
+            raise _fail(
+                "a dataset with a source needs a name: it is the dataset's directory",
+                at=("source",),
+                point="key",
+            )
+        if not _ID.match(self.name) or ".." in self.name:
+            raise _fail(
+                "with a source, name is the dataset's directory: letters, digits, '_', '-' and "
+                f"'.', starting with a letter or digit (got {self.name!r})",
+                at=("name",),
+            )
+        source = self.source
+        assert source is not None
+        if source.stac_api is not None and source.collections is None and not self.collections:
+            raise _fail(
+                "a STAC API search needs collections: list them in source.collections, or "
+                "give the dataset a collections filter",
+                at=("source",),
+            )
+        if source.collections is not None and self.collections:
+            missing = sorted(set(self.collections) - set(source.collections))
+            if missing:
+                raise _fail(
+                    f"the collections filter names {', '.join(map(repr, missing))}, which "
+                    "source.collections does not search",
+                    at=("collections",),
+                )
+
     @property
     def ref(self) -> str:
-        """What the hub knows this dataset by: its id, else its DOI."""
+        """What the hub knows this dataset by (its id, else its DOI); for a ``source`` entry,
+        its name (which is also its directory)."""
         ref = self.id if self.id is not None else self.doi
+        if ref is None:
+            ref = self.name
         assert ref is not None  # the validator guarantees one of them
         return ref
+
+    def to_source(self) -> SourceSpec | None:
+        """The :class:`mlsync.sources.SourceSpec` of a ``source`` entry (None for the hub)."""
+        if self.source is None:
+            return None
+        if self.source.stac is not None:
+            return SourceSpec("stac", self.source.stac)
+        assert self.source.stac_api is not None
+        collections = self.source.collections
+        return SourceSpec(
+            "stac_api",
+            self.source.stac_api,
+            collections=None if collections is None else tuple(collections),
+            limit=self.source.limit,
+        )
 
     @property
     def label(self) -> str:
@@ -507,7 +673,7 @@ class Manifest(_Strict):
                 raise _fail(
                     f"datasets[{first}] already syncs {spec.ref!r} into {target[1]}; "
                     "merge the entries or give one another output_dir",
-                    at=("datasets", i, "id" if spec.id else "doi"),
+                    at=("datasets", i, "id" if spec.id else "doi" if spec.doi else "name"),
                 )
         return self
 

@@ -67,12 +67,14 @@ class DatasetPlan:
         return str(self.dataset["id"])
 
     def lock_entry(self) -> LockEntry:
+        source = self.target.source
         return LockEntry(
             id=self.dataset_id,
             doi=self.dataset.get("doi"),
             catalog=self.catalog.pin(),
             selected_assets=self.plan.selected_count,
             selected_bytes=self.plan.selected_bytes,
+            source=None if source is None else f"{source.kind}:{source.url}",
         )
 
 

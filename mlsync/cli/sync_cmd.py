@@ -136,6 +136,7 @@ def load_project(manifest_arg: str, only: list[str] | None = None) -> Project:
             output_dir=spec.resolved_output_dir(manifest),
             filter=spec.to_filter(),
             catalog_only=spec.catalog_only,
+            source=spec.to_source(),
         )
         for spec in manifest.datasets
     ]
@@ -199,7 +200,7 @@ def _target_summary(target: SyncTarget) -> dict[str, Any]:
         parts.append("catalog only")
     return {
         "name": target.name,
-        "ref": target.ref,
+        "ref": target.ref if target.source is None else target.source.describe(),
         "output_dir": str(target.output_dir),
         "filters": "; ".join(parts),
     }

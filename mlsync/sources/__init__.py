@@ -18,6 +18,14 @@ def make_source(
     timeouts: Timeouts,
 ) -> CatalogSource:
     """The source ``target`` names: its ``source`` spec, else the hub dataset ``target.ref``."""
+    if target.source is not None and target.source.kind == "stac":
+        from mlsync.sources.static import StaticCatalogSource
+
+        return StaticCatalogSource(target, sink=sink, policy=policy, timeouts=timeouts)
+    if target.source is not None and target.source.kind == "stac_api":
+        from mlsync.sources.stac_api import StacApiSource
+
+        return StacApiSource(target, sink=sink, policy=policy, timeouts=timeouts)
     from mlsync.sources.mlhub import MLHubSource
 
     return MLHubSource(session, target, sink=sink, policy=policy)

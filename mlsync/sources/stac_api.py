@@ -1,0 +1,274 @@
+"""A STAC API item search as a catalog source.
+
+refresh: read the landing page for its ``search`` links (``{api}/search`` when it has
+none), then ``POST`` the search (or ``GET`` it when the API only offers GET, or answers a
+POST with 405/501) with the source's ``collections`` (else the keys of the manifest's
+``collections`` filter), the manifest's ``bbox`` or ``intersects`` and ``datetime``, and a
+page ``limit``; then follow ``next`` links, GET or POST (with their ``body``, merged into
+the previous one when ``merge`` is true, and their ``headers``). 429 and ``Retry-After``,
+5xx and connection failures are retried as every mlsync request is
+(:class:`mlsync.hub.http.StacSession`).
+
+The server filters, and the same filters still run on the ingested items (the planner's
+selection), so an API that filters loosely (by bbox where the manifest says intersects, or
+ignoring a parameter) cannot widen the selection. Items are stored in the STAC cache under
+``{collection}/{id}`` as canonical JSON (sorted keys, asset hrefs absolute, ``links`` left
+out: they do not change what is downloaded, and APIs put paging state in them), so the pin
+is the sha256 of the items found, in id order, whatever the paging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urljoin
+
+import shapely.geometry
+
+from mlsync.assetdb import AssetDB
+from mlsync.errors import CatalogError, ConfigurationError, HubResponseError, MLHubError
+from mlsync.events import EventSink, Notice, Task
+from mlsync.hub.http import RetryPolicy, StacSession, Timeouts, parse_json_document, redact
+from mlsync.lockfile import LockEntry
+from mlsync.sources.base import (
+    META_INGESTED_SHA,
+    CatalogStatus,
+    ProblemNotices,
+    SyncTarget,
+    check_frozen_sha,
+)
+from mlsync.sources.stac import CACHE_NAME, DocumentCache, absolute_hrefs, ingest_documents
+
+__all__ = ["DEFAULT_LIMIT", "MAX_PAGES", "StacApiSource", "search_body"]
+
+log = logging.getLogger("mlsync.sources")
+
+DEFAULT_LIMIT: Final = 100
+MAX_PAGES: Final = 100_000
+"""A search that pages on longer than this is stopped (a server that never ends)."""
+_FALLBACK_STATUSES: Final = frozenset({405, 501})
+
+
+def search_body(target: SyncTarget) -> dict[str, Any]:
+    """The search the manifest entry asks for (the POST body; GET sends the same)."""
+    spec = target.source
+    assert spec is not None
+    f = target.filter
+    collections = spec.collections
+    if collections is None and f.collections is not None:
+        collections = tuple(sorted(f.collections))
+    if not collections:
+        raise ConfigurationError(
+            f"dataset {target.name!r}: a STAC API search needs collections "
+            "(source.collections, or a collections filter)"
+        )
+    body: dict[str, Any] = {"collections": list(collections)}
+    if f.bbox is not None:
+        body["bbox"] = list(f.bbox)
+    if f.intersects is not None:
+        body["intersects"] = json.loads(json.dumps(shapely.geometry.mapping(f.intersects)))
+    if f.time is not None:
+        body["datetime"] = f.time.to_interval()
+    body["limit"] = spec.limit or DEFAULT_LIMIT
+    return body
+
+
+def _get_params(body: dict[str, Any]) -> dict[str, str]:
+    """A search body as GET query parameters (the STAC API's GET encoding)."""
+    params: dict[str, str] = {}
+    for key, value in body.items():
+        if key in ("collections", "ids", "bbox") and isinstance(value, list):
+            params[key] = ",".join(str(v) for v in value)
+        elif isinstance(value, dict | list):
+            params[key] = json.dumps(value, separators=(",", ":"))
+        else:
+            params[key] = str(value)
+    return params
+
+
+class StacApiSource:
+    """A STAC API search at ``target.source.url``; ``target.name`` is its directory."""
+
+    def __init__(
+        self, target: SyncTarget, *, sink: EventSink, policy: RetryPolicy, timeouts: Timeouts
+    ) -> None:
+        assert target.source is not None and target.source.kind == "stac_api"
+        self.target = target
+        self.url = target.source.url
+        self.sink = sink
+        self.policy = policy
+        self.timeouts = timeouts
+
+    def _notice(self, level: str, text: str) -> None:
+        self.sink(Notice(level, self.target.name, text))  # type: ignore[arg-type]
+
+    def resolve(self) -> dict[str, Any]:
+        source: dict[str, Any] = {"stac_api": self.url}
+        if self.target.source is not None and self.target.source.collections is not None:
+            source["collections"] = list(self.target.source.collections)
+        return {"id": self.target.name, "source": source}
+
+    # --- the search -----------------------------------------------------------------------
+
+    def _search_links(self, http: StacSession) -> tuple[str, set[str]]:
+        """The search URL and the methods the landing page offers for it."""
+        landing = http.get_json(self.url, what=f"STAC API landing page {redact(self.url)}")
+        if not isinstance(landing, dict):
+            raise HubResponseError(f"{redact(self.url)} is not a STAC API landing page")
+        url: str | None = None
+        methods: set[str] = set()
+        for link in landing.get("links") or []:
+            if not isinstance(link, dict) or link.get("rel") != "search":
+                continue
+            href = link.get("href")
+            if not isinstance(href, str):
+                continue
+            url = url or urljoin(self.url, href)
+            method = link.get("method")
+            methods.add(method.upper() if isinstance(method, str) else "GET")
+        if url is None:
+            return urljoin(self.url if self.url.endswith("/") else self.url + "/", "search"), {
+                "POST",
+                "GET",
+            }
+        return url, methods
+
+    def _pages(self, http: StacSession, task: Task) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield ``(page URL, page object)`` of the whole search."""
+        url, methods = self._search_links(http)
+        body: dict[str, Any] | None = search_body(self.target)
+        method = "POST" if "POST" in methods else "GET"
+        what = f"STAC API search {redact(url)}"
+        request: tuple[str, str, dict[str, Any] | None, dict[str, str]] = (method, url, body, {})
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            method, url, body, headers = request
+            key = json.dumps([method, url, body], sort_keys=True, default=str)
+            if key in seen:
+                raise CatalogError(f"{what}: the search's next link repeats a page; stopping")
+            seen.add(key)
+            try:
+                fetched = http.fetch(
+                    method,
+                    url,
+                    what=what,
+                    json_body=body if method == "POST" else None,
+                    params=_get_params(body or {}) if method == "GET" and body else None,
+                    headers=headers,
+                )
+            except MLHubError as exc:
+                if method != "POST" or exc.status not in _FALLBACK_STATUSES or "GET" not in methods:
+                    raise
+                request = ("GET", url, body, headers)  # the API takes no POST: ask with GET
+                methods.discard("POST")
+                seen.discard(key)
+                continue
+            page = parse_json_document(fetched.body, what, fetched.url)
+            if not isinstance(page, dict) or page.get("type") != "FeatureCollection":
+                raise HubResponseError(f"{what}: the answer is not a GeoJSON FeatureCollection")
+            task.advance(1)
+            yield fetched.url, page
+            following = _next_request(page, fetched.url, body)
+            if following is None:
+                return
+            request = following
+        raise CatalogError(f"{what}: more than {MAX_PAGES:,} pages; stopping")
+
+    # --- refresh --------------------------------------------------------------------------
+
+    def refresh(
+        self, db: AssetDB, dataset_dir: Path, *, frozen: LockEntry | None = None
+    ) -> CatalogStatus:
+        problems = ProblemNotices(self._notice)
+        items = pages = 0
+        with (
+            DocumentCache.open(dataset_dir / CACHE_NAME) as cache,
+            StacSession(retry=self.policy, timeouts=self.timeouts) as http,
+        ):
+            cache.begin()
+            try:
+                with Task(self.sink, self.target.name, "search stac api", None, "items") as task:
+                    for page_url, page in self._pages(http, task):
+                        pages += 1
+                        for feature in page.get("features") or []:
+                            if self._store(cache, feature, page_url, problems):
+                                items += 1
+                digest = cache.digest()
+                check_frozen_sha(self.target.name, digest.sha256, frozen, "STAC API search")
+                cache.commit()
+            except BaseException:
+                cache.rollback()
+                raise
+            log.info("%s: %d items in %d search pages", self.target.name, items, pages)
+            ingested = False
+            if db.get_meta(META_INGESTED_SHA) != digest.sha256:
+                ingest_documents(
+                    db, cache, digest, name=self.target.name, sink=self.sink, problems=problems
+                )
+                ingested = True
+            else:
+                problems.summarise()
+        return CatalogStatus(
+            dataset_id=self.target.name,
+            archive=None,
+            size=digest.size,
+            sha256=digest.sha256,
+            etag=None,
+            last_modified=None,
+            fetched=True,
+            ingested=ingested,
+            documents=digest.documents,
+        )
+
+    @staticmethod
+    def _store(
+        cache: DocumentCache, feature: object, page_url: str, problems: ProblemNotices
+    ) -> bool:
+        if not isinstance(feature, dict) or feature.get("type") != "Feature":
+            problems.add(f"{redact(page_url)}: a search result that is not a STAC item; skipped")
+            return False
+        item_id, collection_id = feature.get("id"), feature.get("collection")
+        if not isinstance(item_id, str) or not item_id or not isinstance(collection_id, str):
+            problems.add(
+                f"{redact(page_url)}: a search result without an id or a collection; skipped"
+            )
+            return False
+        absolute_hrefs(feature, page_url)
+        content = {k: v for k, v in feature.items() if k != "links"}
+        body = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        key = f"{collection_id}/{item_id}"
+        cache.put(key, page_url, body.encode("utf-8", "surrogatepass"))
+        cache.resolve(key, "item", collection_id)
+        return True
+
+
+def _next_request(
+    page: dict[str, Any], page_url: str, body: dict[str, Any] | None
+) -> tuple[str, str, dict[str, Any] | None, dict[str, str]] | None:
+    """The request for the page after ``page``, from its ``next`` link (None: last page)."""
+    for link in page.get("links") or []:
+        if not isinstance(link, dict) or link.get("rel") != "next":
+            continue
+        href = link.get("href")
+        if not isinstance(href, str) or not href:
+            continue
+        url = urljoin(page_url, href)
+        raw_method = link.get("method")
+        next_method = raw_method.upper() if isinstance(raw_method, str) else "GET"
+        raw_headers = link.get("headers")
+        headers = (
+            {str(k): str(v) for k, v in raw_headers.items()}
+            if isinstance(raw_headers, dict)
+            else {}
+        )
+        if next_method == "POST":
+            link_body = link.get("body")
+            link_body = link_body if isinstance(link_body, dict) else {}
+            if link.get("merge") is True:
+                return "POST", url, {**(body or {}), **link_body}, headers
+            return "POST", url, link_body, headers
+        return "GET", url, None, headers  # a GET next link carries its whole query
+    return None
