@@ -225,3 +225,12 @@ def test_schema_knows_sources() -> None:
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"version": 1, "datasets": [bad]}, schema)
+
+
+def test_sources_example_loads() -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "sources.yaml"
+    manifest = load_manifest(example)
+    sources = [spec.to_source() for spec in manifest.datasets]
+    kinds = [None if source is None else source.kind for source in sources]
+    assert kinds == [None, "stac", "stac_api"]
+    assert [s.label for s in manifest.datasets] == ["flood", "flood-labels", "flood-search"]
