@@ -1,0 +1,494 @@
+"""Soak test: kill ``mlsync apply`` at random moments through a faulty hub, then prove nothing
+was lost.
+
+    python bench/soak.py                          # 3,000 assets, 20 kills, seed 0
+    python bench/soak.py --assets 5000 --kills 40 --seed 7
+
+A local hub (in this process) serves a generated dataset of ``--assets`` small assets
+(sources, labels and one documentation file every item shares), ``--big-files`` of which are
+enlarged to a few MiB, spread through the dataset, so that kills also leave ``.part`` files
+that are resumed with ``Range``. About ``--fault-rate`` of all requests (API, catalog archive
+and assets) fail: 500, 503, 429, connection reset, body cut short of its Content-Length,
+stall, Range ignored.
+
+``mlsync apply`` runs as a subprocess, exactly as a user runs it, and is sent SIGKILL a random
+delay (up to ``--max-delay``) after the hub sees its first request, ``--kills`` times: counting
+from the first request rather than from the start keeps a slow interpreter start-up on a busy
+machine from swallowing the kills. After every kill, while the tree is as the killed process
+left it: every file under its final name is byte-identical to the served one (never a half
+file), and every file the asset database records as complete is on disk with the recorded
+size and mtime. A run that finishes before its kill moment is fine; then a random half of
+the downloaded files is deleted (as a user might), so later kills still land mid-transfer.
+Finally apply runs to completion and once more (which must transfer nothing), and the whole
+tree is verified: every file byte-identical to the hub's, the database agreeing with the disk
+(and ``mlsync status``: complete == selected), no ``.part``, no ``err_report.csv``, no run
+lock left behind. Exit status 0 only if all of it holds; 1 otherwise. (Temporary files of the
+catalog extraction, ``.mlsync-*.tmp``, that a kill left are counted, not failed: ``archive``
+documents that they may stay behind and are never read.)
+
+Everything happens in a temporary folder (``--workdir`` to choose it, ``--keep`` to keep it;
+it is kept anyway when something fails, with one log per apply run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlsync
+from mlsync.localhub import FaultConfig, make_sample, running_hub
+from mlsync.localhub.faults import KINDS
+from mlsync.localhub.server import RunningHub
+
+DATASET = "soak_v1"
+SMALL_ASSET_SIZE = 16 * 1024
+BIG_ASSET_SIZE = 3 * 1024 * 1024 + 12_345  # > the 1 MiB transfer chunk: kills leave partial parts
+BIG_KEY = "B02"
+ASSETS_PER_SMALL_ITEM = 5  # three bands, a label, the shared documentation
+COMMON_KEYS = frozenset({"documentation"})
+FAULT_SHARES = {  # of --fault-rate
+    "rate_500": 0.20,
+    "rate_503": 0.15,
+    "rate_429": 0.15,
+    "rate_reset": 0.15,
+    "rate_truncate": 0.15,
+    "rate_stall": 0.10,
+    "rate_ignore_range": 0.10,
+}
+STALL_SECONDS = 0.3
+STARTUP_TIMEOUT = 60.0
+"""How long a run may take to send its first request."""
+FINAL_RUN_TIMEOUT = 600.0
+LOCK_FILE = ".mlsync-apply.lock"
+DB_FILE = "mlhub_stac_assets.db"
+ERR_REPORT = "err_report.csv"
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SoakResult:
+    assets: int
+    files: int
+    dataset_bytes: int
+    kills: int = 0
+    runs: int = 0
+    finished_before_kill: int = 0
+    refills: int = 0
+    stale_tmp_files: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    range_requests: int = 0
+    bytes_served: int = 0
+    files_verified: int = 0
+    bytes_lost: int = 0
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.bytes_lost == 0
+
+    def summary(self) -> str:
+        faults = ", ".join(f"{name} {count:,}" for name, count in sorted(self.faults.items()))
+        lines = [
+            f"dataset:          {self.assets:,} assets, {self.files:,} files, "
+            f"{self.dataset_bytes / 1e6:,.1f} MB",
+            f"kills survived:   {self.kills} (apply runs {self.runs}, finished before their "
+            f"kill {self.finished_before_kill}, files deleted to make work {self.refills} times)",
+            f"faults injected:  {sum(self.faults.values()):,} ({faults or 'none'})",
+            f"hub traffic:      {self.requests:,} requests, {self.range_requests:,} with Range, "
+            f"{self.bytes_served / 1e6:,.1f} MB served",
+            f"files verified:   {self.files_verified:,} byte-identical "
+            f"(catalog temp files left by kills: {self.stale_tmp_files})",
+            f"bytes lost:       {self.bytes_lost:,}",
+            f"time:             {self.seconds:,.1f} s",
+        ]
+        if self.problems:
+            lines.append(f"PROBLEMS ({len(self.problems)}):")
+            lines += [f"  - {p}" for p in self.problems[:50]]
+            if len(self.problems) > 50:
+                lines.append(f"  ... and {len(self.problems) - 50} more")
+        lines.append("SOAK OK" if self.ok else "SOAK FAILED")
+        return "\n".join(lines)
+
+
+# --- what the hub serves, read without mlsync --------------------------------------------------
+
+
+def served_files(root: Path, dataset: str) -> dict[str, Path]:
+    """Destination (relative to the dataset dir) → the file the hub serves for it."""
+    files: dict[str, Path] = {}
+    for item_json in sorted((root / dataset / "catalog").glob("*/*/*.json")):
+        item = json.loads(item_json.read_text())
+        if item.get("type") != "Feature":
+            continue
+        for key, asset in item["assets"].items():
+            href = asset["href"].split("?", 1)[0]
+            folder = "_common" if key in COMMON_KEYS else item["id"]
+            dest = f"{item['collection']}/{folder}/{key}{Path(href).suffix}"
+            files[dest] = (item_json.parent / href).resolve()
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_extraction_tmp(path: Path) -> bool:
+    return path.name.startswith(".mlsync-") and path.suffix == ".tmp"
+
+
+def _asset_files(dataset_dir: Path) -> set[str]:
+    """Asset files under their final name (the catalog's JSON files excluded)."""
+    if not dataset_dir.is_dir():
+        return set()
+    return {
+        p.relative_to(dataset_dir).as_posix()
+        for p in dataset_dir.glob("*/*/*")
+        if p.is_file() and p.suffix not in (".json", ".part") and not _is_extraction_tmp(p)
+    }
+
+
+def _enlarge(root: Path, dataset: str, count: int, size: int, seed: int) -> None:
+    """Make the ``BIG_KEY`` file of ``count`` source items, spread evenly, ``size`` bytes long
+    (new random bytes; the item's ``file:size`` and ``file:checksum`` follow)."""
+    items = sorted((root / dataset / "catalog" / f"{dataset}_source").glob("*/*.json"))
+    if count <= 0 or not items:
+        return
+    rng = random.Random(seed)
+    step = len(items) / min(count, len(items))
+    for n in range(min(count, len(items))):
+        item_json = items[int(n * step)]
+        item = json.loads(item_json.read_text())
+        asset = item["assets"][BIG_KEY]
+        data = rng.randbytes(size)
+        (item_json.parent / asset["href"]).resolve().write_bytes(data)
+        asset["file:size"] = size
+        asset["file:checksum"] = "1220" + hashlib.sha256(data).hexdigest()
+        item_json.write_text(json.dumps(item, sort_keys=True, separators=(",", ":")))
+
+
+def _complete_records(dataset_dir: Path) -> dict[str, tuple[int, int]] | None:
+    """rel_path → (size, mtime_ns) of the files the database records as complete; None when
+    there is no database yet. Read-only, so a check never changes what the next run sees."""
+    db = dataset_dir / DB_FILE
+    if not db.is_file():
+        return None
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if "files" not in tables:
+            return {}
+        rows = conn.execute("SELECT rel_path, size, mtime_ns FROM files WHERE state = 'complete'")
+        return {rel: (int(size), int(mtime)) for rel, size, mtime in rows}
+    finally:
+        conn.close()
+
+
+class Checker:
+    """Checks a tree against what the hub serves; appends every discrepancy to ``problems``."""
+
+    def __init__(self, root: Path, output_dir: Path, datasets: tuple[str, ...]) -> None:
+        self.output_dir = output_dir
+        self.expected = {ds: served_files(root, ds) for ds in datasets}
+        self.digests = {
+            ds: {rel: _sha256(path) for rel, path in files.items()}
+            for ds, files in self.expected.items()
+        }
+        self.problems: list[str] = []
+        self.deleted: set[tuple[str, str]] = set()
+        """Files the soak deleted: their records may claim them until a run reconciles."""
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def after_kill(self, label: str) -> None:
+        """What must hold whenever a run stops, however: no half file under a final name, and
+        no database record of a complete file that is not there as recorded."""
+        for ds, expected in self.expected.items():
+            dataset_dir = self.output_dir / ds
+            for rel in sorted(_asset_files(dataset_dir)):
+                if rel not in expected:
+                    self.problem(f"{label}: {ds}/{rel} is not an asset of the catalog")
+                elif _sha256(dataset_dir / rel) != self.digests[ds][rel]:
+                    self.problem(f"{label}: {ds}/{rel} is under its final name but not complete")
+            try:
+                records = _complete_records(dataset_dir)
+            except sqlite3.Error as exc:
+                self.problem(f"{label}: {ds}: the asset database cannot be read: {exc}")
+                continue
+            for rel, (size, mtime_ns) in sorted((records or {}).items()):
+                try:
+                    stat = (dataset_dir / rel).stat()
+                except FileNotFoundError:
+                    if (ds, rel) not in self.deleted:
+                        self.problem(f"{label}: {ds}/{rel} recorded complete but missing")
+                    continue
+                if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+                    self.problem(f"{label}: {ds}/{rel} recorded complete with another size/mtime")
+
+    def final(self, result: SoakResult) -> None:
+        """The finished tree: complete, identical, recorded, clean."""
+        parts = sorted(
+            p.relative_to(self.output_dir).as_posix() for p in self.output_dir.rglob("*.part")
+        )
+        for part in parts:
+            self.problem(f"final: {part} left behind")
+        for ds, expected in self.expected.items():
+            dataset_dir = self.output_dir / ds
+            on_disk = _asset_files(dataset_dir)
+            for rel, source in sorted(expected.items()):
+                path = dataset_dir / rel
+                if rel not in on_disk:
+                    result.bytes_lost += source.stat().st_size
+                    self.problem(f"final: {ds}/{rel} missing")
+                elif _sha256(path) != self.digests[ds][rel]:
+                    result.bytes_lost += source.stat().st_size
+                    self.problem(f"final: {ds}/{rel} differs from the served file")
+                else:
+                    result.files_verified += 1
+            for rel in sorted(on_disk - set(expected)):
+                self.problem(f"final: {ds}/{rel} is not an asset of the catalog")
+            records = _complete_records(dataset_dir) or {}
+            if set(records) != set(expected):
+                missing = sorted(set(expected) - set(records))
+                extra = sorted(set(records) - set(expected))
+                self.problem(
+                    f"final: {ds}: database records {len(records):,} complete files for "
+                    f"{len(expected):,} assets (not recorded: {missing[:3]}, extra: {extra[:3]})"
+                )
+            for rel, (size, mtime_ns) in sorted(records.items()):
+                path = dataset_dir / rel
+                if path.is_file():
+                    stat = path.stat()
+                    if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+                        self.problem(f"final: {ds}/{rel}: database and disk disagree")
+            for leftover in (ERR_REPORT, LOCK_FILE):
+                if (dataset_dir / leftover).exists():
+                    self.problem(f"final: {ds}/{leftover} exists")
+            result.stale_tmp_files += sum(
+                1 for p in dataset_dir.rglob(".mlsync-*.tmp") if _is_extraction_tmp(p)
+            )
+
+
+# --- running apply -----------------------------------------------------------------------------
+
+
+def _environment(workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLHUB_")}
+    env["MLHUB_HOME"] = str(workdir / "mlhub-home")
+    env["COLUMNS"] = "200"
+    env["PYTHONUNBUFFERED"] = "1"  # a killed run's log shows how far it got
+    package_root = str(Path(mlsync.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
+
+
+@contextmanager
+def _process(
+    command: list[str], log_path: Path, env: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A subprocess with its output in ``log_path``; killed on the way out if still running."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _delete_some(checker: Checker, datasets: tuple[str, ...], rng: random.Random) -> int:
+    """Delete a random half of the downloaded asset files (at least one)."""
+    present = [
+        (ds, rel) for ds in datasets for rel in sorted(_asset_files(checker.output_dir / ds))
+    ]
+    chosen = rng.sample(present, max(1, len(present) // 2)) if present else []
+    for ds, rel in chosen:
+        (checker.output_dir / ds / rel).unlink()
+    checker.deleted = set(chosen)
+    return len(chosen)
+
+
+def _status_counts(command: list[str], env: dict[str, str]) -> dict[str, dict[str, int]]:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
+    document = json.loads(done.stdout)
+    return {
+        row["name"]: {
+            "complete": row.get("files", {}).get("complete", -1),
+            "selected": row.get("selected_assets", -2),
+        }
+        for row in document["datasets"]
+    }
+
+
+def _wait_for_first_request(hub: RunningHub, proc: subprocess.Popen[bytes]) -> None:
+    seen = hub.stats["requests"]
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while proc.poll() is None and hub.stats["requests"] == seen and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _hub_counters(hub: RunningHub, result: SoakResult) -> None:
+    stats = hub.stats
+    result.faults = dict(stats["faults"])
+    result.requests = stats["requests"]
+    result.range_requests = sum(stats["range_requests"].values())
+    result.bytes_served = stats["bytes_total"]
+
+
+def run_soak(
+    workdir: Path,
+    *,
+    assets: int = 3000,
+    kills: int = 20,
+    seed: int = 0,
+    fault_rate: float = 0.10,
+    big_files: int = 24,
+    max_delay: float = 2.5,
+    log: Log = print,
+) -> SoakResult:
+    """The whole soak in ``workdir`` (created if needed); see the module docstring."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    root = workdir / "hub-root"
+    output_dir = workdir / "out"
+    logs = workdir / "logs"
+    for folder in (root, output_dir, logs):
+        folder.mkdir(parents=True, exist_ok=True)
+    items = max(1, math.ceil(assets / ASSETS_PER_SMALL_ITEM))
+    sample = make_sample(
+        root, DATASET, items=items, assets_per_item=3, asset_size=SMALL_ASSET_SIZE, seed=seed,
+        overwrite=True,
+    )  # fmt: skip
+    _enlarge(root, DATASET, big_files, BIG_ASSET_SIZE, seed)
+    datasets = (DATASET,)
+    manifest = workdir / "mlsync.yaml"
+    manifest.write_text(f"version: 1\noutput_dir: out\ndatasets:\n  - id: {DATASET}\n")
+    served = served_files(root, DATASET)
+    result = SoakResult(
+        assets=sample.assets,
+        files=len(served),
+        dataset_bytes=sum(p.stat().st_size for p in served.values()),
+    )
+    log(
+        f"soak: {result.assets:,} assets ({result.files:,} files, "
+        f"{result.dataset_bytes / 1e6:,.1f} MB, {big_files} of them "
+        f"{BIG_ASSET_SIZE / 2**20:.1f} MiB); {kills} kills; {fault_rate:.0%} faults; seed {seed}"
+    )
+    checker = Checker(root, output_dir, datasets)
+    faults = FaultConfig(
+        seed=seed,
+        kinds=KINDS,
+        stall_seconds=STALL_SECONDS,
+        **{name: share * fault_rate for name, share in FAULT_SHARES.items()},  # type: ignore[arg-type]
+    )
+    env = _environment(workdir)
+    mlsync_cmd = [sys.executable, "-m", "mlsync"]
+    with running_hub(root, faults=faults, log_level="critical") as hub:
+        apply_cmd = [*mlsync_cmd, "apply", str(manifest), "--root-url", hub.url]
+        while result.kills < kills:
+            result.runs += 1
+            delay = rng.uniform(0.0, max_delay)
+            with _process(apply_cmd, logs / f"run-{result.runs:03d}.log", env) as proc:
+                _wait_for_first_request(hub, proc)
+                try:
+                    code = proc.wait(timeout=delay)
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                    code = None
+            if code is None:
+                result.kills += 1
+                checker.after_kill(f"kill {result.kills} (run {result.runs}, {delay:.2f} s)")
+                log(f"  run {result.runs:3d}: killed {delay:.2f} s after its first request")
+                continue
+            if code != 0:
+                checker.problem(f"run {result.runs} exited with {code} (see its log)")
+            result.finished_before_kill += 1
+            deleted = _delete_some(checker, datasets, rng)
+            result.refills += 1
+            log(f"  run {result.runs:3d}: exit {code} before its kill; deleted {deleted:,} files")
+        for label in ("final", "no-op"):
+            result.runs += 1
+            before = hub.stats["by_kind"]["asset"]
+            with _process(apply_cmd, logs / f"run-{result.runs:03d}-{label}.log", env) as proc:
+                try:
+                    code = proc.wait(timeout=FINAL_RUN_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    code = None
+            log(f"  run {result.runs:3d}: {label} apply exited with {code}")
+            if code != 0:
+                checker.problem(f"{label} apply exited with {code} (see its log)")
+            if label == "no-op" and hub.stats["by_kind"]["asset"] != before:
+                checker.problem("the apply after the final one requested asset files again")
+        _hub_counters(hub, result)
+    status = _status_counts([*mlsync_cmd, "status", str(manifest), "--json"], env)
+    for name, counts in status.items():
+        if counts["complete"] != counts["selected"]:
+            checker.problem(
+                f"status: {name}: {counts['complete']} complete of {counts['selected']}"
+            )
+    checker.final(result)
+    result.problems = checker.problems
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--assets", type=int, default=3000, help="small assets (default 3000)")
+    parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to survive (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="data, faults and kill moments")
+    parser.add_argument("--fault-rate", type=float, default=0.10, help="default 0.10")
+    parser.add_argument("--big-files", type=int, default=24, help="multi-MiB files (default 24)")
+    parser.add_argument(
+        "--max-delay", type=float, default=2.5, help="latest kill moment, seconds (default 2.5)"
+    )
+    parser.add_argument("--workdir", type=Path, help="default: a new temporary folder")
+    parser.add_argument("--keep", action="store_true", help="keep the workdir")
+    args = parser.parse_args(argv)
+    if args.assets < 1 or args.kills < 0 or not 0 <= args.fault_rate <= 1:
+        parser.error("--assets must be positive, --kills not negative, --fault-rate in [0, 1]")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mlsync-soak-"))
+    result = run_soak(
+        workdir,
+        assets=args.assets,
+        kills=args.kills,
+        seed=args.seed,
+        fault_rate=args.fault_rate,
+        big_files=args.big_files,
+        max_delay=args.max_delay,
+        log=lambda text: print(text, flush=True),
+    )
+    print(result.summary())
+    if result.ok and not args.keep and args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        print(f"workdir: {workdir}")
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
