@@ -709,3 +709,97 @@ def test_served_search_refuses_bad_parameters(hub: RunningHub) -> None:
     assert nxt["method"] == "GET" and "token=5" in nxt["href"]
     second = requests.get(nxt["href"], timeout=10).json()
     assert [f["id"] for f in second["features"]] == [f"{SOURCE}_{i:06d}" for i in range(5, 10)]
+
+
+def test_broken_link_is_a_warning_not_a_failure(
+    tmp_path: Path, nested: tuple[RunningHub, dict[str, bytes]]
+) -> None:
+    from mlsync.events import Event, Notice
+
+    hub, expected = nested
+    root = Path(hub.app.state.store.root)
+    path = root / NESTED / "catalog" / "regions" / "north" / "collection.json"
+    collection = json.loads(path.read_text())
+    collection["links"].append({"rel": "item", "href": "./gone/gone.json"})
+    _write_json(path, collection)
+    events: list[Event] = []
+    t = target(tmp_path / "out", "stac", f"{hub.stac_url}{NESTED}/catalog.json")
+    with _session(hub) as s:
+        p = DatasetSync(s, t, policy=FAST, sink=events.append).plan()
+    assert set(paths(p)) == set(expected)
+    warnings = [e.text for e in events if isinstance(e, Notice) and e.level == "warning"]
+    assert warnings == ["regions/north/gone/gone.json: linked, but not found (404); skipped"]
+
+
+def test_crawl_keeps_to_its_concurrency_bound(hub: RunningHub, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from mlsync.hub.http import Fetched, StacSession
+    from mlsync.sources.base import ProblemNotices
+    from mlsync.sources.stac import DocumentCache
+    from mlsync.sources.static import crawl
+
+    class Counting(StacSession):
+        def __init__(self) -> None:
+            super().__init__(retry=FAST)
+            self.lock = threading.Lock()
+            self.now = self.peak = 0
+
+        def fetch(self, method: str, url: str, **kw: Any) -> Fetched:
+            with self.lock:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            try:
+                time.sleep(0.02)
+                return super().fetch(method, url, **kw)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+    with Counting() as http, DocumentCache.open(tmp_path / "cache.db") as cache:
+        cache.begin()
+        stats = crawl(
+            http,
+            cache,
+            f"{hub.stac_url}{DATASET}/catalog.json",
+            filter=build_filter(),
+            problems=ProblemNotices(lambda level, text: None),
+            workers=3,
+        )
+        cache.commit()
+        assert stats.documents == 1 + 2 + 24  # the catalog, 2 collections, 24 items
+        assert stats.downloaded == 27 and stats.not_modified == 0
+        assert http.peak == 3
+        assert cache.digest().documents == 27
+
+
+def test_post_next_link_bodies() -> None:
+    from mlsync.sources.stac_api import _next_request
+
+    body = {"collections": ["c"], "limit": 2}
+    page = {"links": [{"rel": "next", "href": "search", "method": "POST", "body": {"token": "2"}}]}
+    assert _next_request(page, "http://h/api/search", body) == (
+        "POST",
+        "http://h/api/search",
+        {"token": "2"},
+        {},
+    )
+    page["links"][0]["merge"] = True
+    page["links"][0]["headers"] = {"X-Page": "2"}
+    assert _next_request(page, "http://h/api/search", body) == (
+        "POST",
+        "http://h/api/search",
+        {"collections": ["c"], "limit": 2, "token": "2"},
+        {"X-Page": "2"},
+    )
+    page = {"links": [{"rel": "next", "href": "search", "method": "POST"}]}
+    assert _next_request(page, "http://h/api/search", body)[2] == body
+    page = {"links": [{"rel": "next", "href": "?token=4"}]}
+    assert _next_request(page, "http://h/api/search?x=1", body) == (
+        "GET",
+        "http://h/api/search?token=4",
+        None,
+        {},
+    )
+    assert _next_request({"links": []}, "http://h/api/search", body) is None

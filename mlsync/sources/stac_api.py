@@ -266,7 +266,8 @@ def _next_request(
         )
         if next_method == "POST":
             link_body = link.get("body")
-            link_body = link_body if isinstance(link_body, dict) else {}
+            if not isinstance(link_body, dict):
+                return "POST", url, body, headers  # no body given: ask the same again
             if link.get("merge") is True:
                 return "POST", url, {**(body or {}), **link_body}, headers
             return "POST", url, link_body, headers

@@ -1,14 +1,17 @@
 """A static STAC catalog as a catalog source: crawled over HTTP, cached, re-validated.
 
 The crawl starts at the manifest's URL (a ``catalog.json`` or a ``collection.json``) and
-follows ``child``, ``item`` and ``items`` links (an ``items`` link is a page of items, a
-GeoJSON FeatureCollection, whose ``next`` links are followed too); ``root``, ``parent`` and
-any other links are not, so starting at a sub-catalog crawls only that sub-tree. Relative
-links and asset hrefs are resolved against the URL of the document holding them, as STAC
-says; absolute ones are taken as they are, on any host.
+follows ``child``, ``item`` and ``items`` (or ``item_collection``) links; the last two lead to
+pages of items (GeoJSON FeatureCollections) whose ``next`` links are followed too. ``root``,
+``parent`` and any other links are not, so starting at a sub-catalog crawls only that
+sub-tree. Relative links and asset hrefs are resolved against the URL of the document holding
+them, as STAC says; absolute ones are taken as they are, on any host.
 
 * **Bounded concurrency.** At most ``workers`` requests are in flight; the main thread parses
   and writes the cache, so SQLite sees one writer.
+* **Broken links are catalog problems**, not failures: a linked document that answers 404 is
+  skipped with a warning (the root answering 404 is an error). Any other failure, after the
+  retries, stops the refresh and leaves the cache and the catalog as they were.
 * **The collection filter is pushed down.** A collection the manifest's ``collections`` do not
   name is read (its id must be known), but none of its items, item pages or items of its
   sub-catalogs is ever requested.
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from mlsync.assetdb import AssetDB
-from mlsync.errors import CatalogError
+from mlsync.errors import CatalogError, EntityDoesNotExist
 from mlsync.events import EventSink, Notice, Task
 from mlsync.filters import DownloadFilter
 from mlsync.hub.http import Fetched, RetryPolicy, StacSession, Timeouts, redact
@@ -59,7 +62,7 @@ MAX_DOCUMENTS: Final = 5_000_000
 
 _NODE_RELS: Final = frozenset({"child"})
 _ITEM_RELS: Final = frozenset({"item"})
-_PAGE_RELS: Final = frozenset({"items"})
+_PAGE_RELS: Final = frozenset({"items", "item_collection"})
 _NEXT_RELS: Final = frozenset({"next"})
 
 
@@ -191,21 +194,30 @@ def crawl(
         )
         in_flight[future] = job
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mlsync-stac") as pool:
-        try:
-            while queue or in_flight:
-                while queue and len(in_flight) < workers:
-                    submit(pool, queue.popleft())
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = in_flight.pop(future)
-                    handle(job, future.result())
-                    if task is not None:
-                        task.advance(1)
-        except BaseException:
-            for future in in_flight:
-                future.cancel()
-            raise
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mlsync-stac")
+    finished = False
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < workers:
+                submit(pool, queue.popleft())
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = in_flight.pop(future)
+                try:
+                    fetched = future.result()
+                except EntityDoesNotExist:
+                    if job.url == root_url:
+                        raise
+                    # A broken link is a catalog problem, like a broken document.
+                    problems.add(f"{label(job.url)}: linked, but not found (404); skipped")
+                    continue
+                handle(job, fetched)
+                if task is not None:
+                    task.advance(1)
+        finished = True
+    finally:
+        # On an error or Ctrl-C, do not wait for the requests still in flight.
+        pool.shutdown(wait=finished, cancel_futures=True)
     return CrawlStats(
         documents=documents,
         downloaded=downloaded,
