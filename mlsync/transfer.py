@@ -8,6 +8,7 @@ changed. The total length is checked against the response and the catalog (and t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -127,8 +128,10 @@ class FileTransfer:
             describe=lambda: self.label,
             **({"sleep": self._sleep} if self._sleep else {}),
         )
+        stopped_or_failed = True
         try:
             retrying(self._attempt)
+            stopped_or_failed = False
         except TransferStopped:
             raise
         except RetryableStatus as exc:
@@ -141,6 +144,9 @@ class FileTransfer:
             ) from None
         except _Retry as exc:
             raise TransferError(f"{exc} (after {self.attempts} attempts)", retryable=True) from None
+        finally:
+            if stopped_or_failed:
+                self._drop_empty_part()
         try:
             os.replace(self.part, self.dest)
             stat = self.dest.stat()
@@ -149,6 +155,13 @@ class FileTransfer:
         return TransferOutcome(
             stat.st_size, stat.st_mtime_ns, self.attempts, self.resumed_from or 0
         )
+
+    def _drop_empty_part(self) -> None:
+        """A stopped or failed transfer keeps its part to resume from, unless the part is empty
+        (the body broke before its first chunk was written): that one would only be clutter."""
+        with contextlib.suppress(OSError):
+            if self.part.stat().st_size == 0:
+                self.part.unlink()
 
     def _part_size(self) -> int:
         try:
