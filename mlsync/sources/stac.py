@@ -305,7 +305,7 @@ def ingest_documents(
         ingest.add_item(item, rows)
 
     try:
-        with Task(sink, name, "index stac catalog", digest.documents, "items") as task:
+        with Task(sink, name, "index stac documents", digest.documents, "items") as task:
             for _key, kind, collection_id, url, body in cache.iter_resolved():
                 task.advance(1)
                 if kind == "catalog":

@@ -202,13 +202,14 @@ class StacApiSource:
             except BaseException:
                 cache.rollback()
                 raise
-            log.info("%s: %d items in %d search pages", self.target.name, items, pages)
+            log.debug("%s: %d items in %d search pages", self.target.name, items, pages)
             ingested = False
             if db.get_meta(META_INGESTED_SHA) != digest.sha256:
-                ingest_documents(
+                indexed = ingest_documents(
                     db, cache, digest, name=self.target.name, sink=self.sink, problems=problems
                 )
                 ingested = True
+                log.info("%s: %s assets in stac catalog", self.target.name, f"{indexed.assets:,}")
             else:
                 problems.summarise()
         return CatalogStatus(

@@ -284,7 +284,7 @@ class StaticCatalogSource:
             except BaseException:
                 cache.rollback()
                 raise
-            log.info(
+            log.debug(
                 "%s: %d STAC documents, %d downloaded, %d not modified",
                 self.target.name,
                 stats.documents,
@@ -293,7 +293,7 @@ class StaticCatalogSource:
             )
             ingested = False
             if db.get_meta(META_INGESTED_SHA) != digest.sha256:
-                ingest_documents(
+                indexed = ingest_documents(
                     db,
                     cache,
                     digest,
@@ -303,6 +303,7 @@ class StaticCatalogSource:
                     label=_label(self.url),
                 )
                 ingested = True
+                log.info("%s: %s assets in stac catalog", self.target.name, f"{indexed.assets:,}")
             else:
                 problems.summarise()
         return CatalogStatus(
