@@ -636,6 +636,37 @@ def test_search_falls_back_to_get_when_post_is_refused(
     assert hub.stats["by_status"]["405"] == 1
 
 
+def test_client_side_filters_still_apply_to_a_loose_api(
+    tmp_path: Path, hub_factory: HubFactory, sample_root_copy: Path
+) -> None:
+    """An API that ignores the search's filters (a fixed answer here) cannot widen the
+    selection: the manifest's bbox and datetime run again on what it returns."""
+    hub = hub_factory(sample_root_copy)
+    folder = sample_root_copy / DATASET / "catalog" / "api"
+    _write_json(folder / "landing.json", _landing("./results.json", ("GET",)))
+    labels = _served_items(sample_root_copy, LABELS)
+    for item in labels:
+        for asset in item["assets"].values():
+            asset["href"] = f"{hub.data_url}{DATASET}/files/{LABELS}/{item['id']}/x.geojson"
+    _write_json(folder / "results.json", {"type": "FeatureCollection", "features": labels})
+    box = (104.5, 9.8, 105.6, 10.9)
+    start, end = datetime(2021, 1, 15, tzinfo=UTC), datetime(2021, 5, 3, 23, 59, 59, tzinfo=UTC)
+    expected = {i["id"] for i in labels if _overlaps(i, box) and _in_time(i, start, end)}
+    assert 0 < len(expected) < len(labels)
+    t = target(
+        tmp_path / "out",
+        "stac_api",
+        f"{hub.stac_url}{DATASET}/api/landing.json",
+        bbox=box,
+        datetime="2021-01-15/2021-05-03",
+        collection_filter={LABELS: ["labels"]},
+    )
+    p = plan(hub, t)
+    assert set(paths(p)) == {f"{LABELS}/{iid}/labels.geojson" for iid in expected}
+    (call,) = [(m, path) for m, path in hub.request_log if path.endswith("results.json")]
+    assert call == ("GET", f"/stac/{DATASET}/api/results.json")
+
+
 def test_api_item_changed_upstream_changes_the_pin(
     tmp_path: Path, hub_factory: HubFactory, sample_root_copy: Path
 ) -> None:
