@@ -283,8 +283,10 @@ def plan_document(plans: list[DatasetPlan]) -> dict[str, Any]:
 def _dataset_heading(dataset_plan: DatasetPlan) -> str:
     catalog = dataset_plan.catalog
     state = "fetched" if catalog.fetched else "unchanged"
+    source = dataset_plan.target.source
+    origin = dataset_plan.dataset_id if source is None else source.describe()
     return (
-        f"[bold]{escape(dataset_plan.target.name)}[/] ({escape(dataset_plan.dataset_id)}) → "
+        f"[bold]{escape(dataset_plan.target.name)}[/] ({escape(origin)}) → "
         f"{escape(str(dataset_plan.dataset_dir))}  [dim]catalog {state}, sha256 "
         f"{catalog.sha256[:12]}…, {human_bytes(catalog.size)}[/]"
     )
