@@ -34,5 +34,8 @@ schema: install
 bench: install
 	$(BIN)/python bench/run.py
 
+soak: install
+	$(BIN)/python bench/soak.py
+
 clean:
 	rm -rf $(VENV) demo-output bench/work .pytest_cache .mypy_cache .ruff_cache
