@@ -802,7 +802,7 @@ class Bench:
         info = hub.catalog_info(case.dataset_id, ARCHIVE_BUILD_TIMEOUT)
         say(
             f"  hub catalog archive ready: {info['stac_catalog_size'] / MB:,.1f} MB "
-            f"({time.perf_counter() - started:.1f} s; built once, then cached)"
+            f"({time.perf_counter() - started:.1f} s; built on first use, cached by the hub)"
         )
         case_dir = self.runs_dir / case.key
         shutil.rmtree(case_dir, ignore_errors=True)
