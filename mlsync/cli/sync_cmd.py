@@ -349,10 +349,11 @@ def run_plan(args: argparse.Namespace) -> int:
     with ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer:
         plans = _make_plans(project, args, renderer)
     _update_lock(project, plans, args.frozen)
-    document = plan_document(plans)
     if args.out:
         _write_text_atomically(args.out, _saved_plan(project, plans).to_json())
     if args.json:
+        # Built only when asked for: every action as JSON is hundreds of MB for a million.
+        document = plan_document(plans)
         print_json("plan", {**document, "saved_to": str(args.out) if args.out else None})
     else:
         render_plan(plans)
@@ -361,7 +362,7 @@ def run_plan(args: argparse.Namespace) -> int:
                 f"Saved the plan to {args.out}; run `mlsync apply {args.out}` to carry it out.",
                 markup=False,
             )
-    if args.detailed_exitcode and document["has_changes"]:
+    if args.detailed_exitcode and any(p.plan.has_changes for p in plans):
         return EXIT_CHANGES
     return EXIT_OK
 
