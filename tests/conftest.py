@@ -17,6 +17,8 @@
   ``asset_base_url``...; every hub it starts is stopped when the test ends.
 * ``hub_env``: points the environment at ``hub`` (``MLHUB_ROOT_URL``, no key, no profile),
   for code that resolves its session from the environment (the CLI).
+* ``cli("plan", path, ...)``: the command line in-process (``mlsync.cli.main.main``), with
+  its exit code and captured output as a :class:`CliResult`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +123,28 @@ def hub_env(hub: RunningHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.delenv("MLHUB_API_KEY", raising=False)
     monkeypatch.delenv("MLHUB_PROFILE", raising=False)
     return hub
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.out)
+        return data
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """``cli("plan", path, ...)``: run the command line in-process; code and output."""
+    from mlsync.cli.main import main
+
+    def run(*args: str | Path) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

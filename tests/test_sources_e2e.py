@@ -4,16 +4,14 @@ search, through the real command line against a local hub (which serves all thre
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mlsync.cli.main import main
 from mlsync.localhub.server import RunningHub
+from tests.conftest import CliResult
 
 FLOOD = "demo_flood_v1"
 CROPS = "demo_crops_v1"
@@ -23,43 +21,13 @@ CROPS_SOURCE = f"{CROPS}_source"
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MLHUB_HOME", str(tmp_path / "mlhub-home"))
     for name in ("MLHUB_API_KEY", "MLHUB_PROFILE", "MLHUB_ROOT_URL", "FORCE_COLOR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "300")
     # The hub re-reads its catalog at most every FINGERPRINT_TTL seconds; make it immediate.
     monkeypatch.setattr("mlsync.localhub.archive.FINGERPRINT_TTL", 0.0)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    levels = {name: logging.getLogger(name).level for name in ("mlsync", "urllib3")}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, saved in levels.items():
-        logging.getLogger(name).setLevel(saved)
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.out)
-        return data
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
-    def run(*args: str | Path) -> Run:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 def write_manifest(path: Path, hub: RunningHub) -> Path:
@@ -127,7 +95,7 @@ def test_mixed_sources_plan_apply_replan_and_frozen(
     tmp_path: Path,
     sample_root_copy: Path,
     hub_factory: Callable[..., RunningHub],
-    cli: Callable[..., Run],
+    cli: Callable[..., CliResult],
 ) -> None:
     hub = hub_factory(sample_root_copy)
     manifest = write_manifest(tmp_path / "sync.yaml", hub)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from mlsync.cli.main import main
 from mlsync.localhub.server import RunningHub
+from tests.conftest import CliResult
 
 DATASET = "demo_flood_v1"
 SECOND = "demo_crops_v1"
@@ -45,45 +44,12 @@ FILTERED_COLLECTIONS: dict[str, list[str]] = {
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """No user profile or key; wide, plain console output; logging restored afterwards
-    (the CLI replaces the root logger's handlers)."""
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user profile or key; wide, plain console output."""
     monkeypatch.setenv("MLHUB_HOME", str(tmp_path / "mlhub-home"))
     for name in ("MLHUB_API_KEY", "MLHUB_PROFILE", "MLHUB_ROOT_URL", "FORCE_COLOR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COLUMNS", "300")
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    levels = {name: logging.getLogger(name).level for name in ("mlsync", "urllib3")}
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, saved in levels.items():
-        logging.getLogger(name).setLevel(saved)
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.out)
-        return data
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
-    """``cli("plan", path, ...)``: run the command line in-process, return code and output."""
-
-    def run(*args: str | Path) -> Run:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 # --- the catalog as served, read independently of mlsync ------------------------------------
@@ -254,7 +220,7 @@ def _no_transfer(stats: Mapping[str, Any]) -> bool:
 # --- validate -------------------------------------------------------------------------------
 
 
-def test_validate_ok_text_and_json(tmp_path: Path, cli: Callable[..., Run]) -> None:
+def test_validate_ok_text_and_json(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
     manifest = write_manifest(
         tmp_path / "sync.yaml",
         "http://127.0.0.1:9/",
@@ -303,7 +269,7 @@ def test_validate_ok_text_and_json(tmp_path: Path, cli: Callable[..., Run]) -> N
     ],
 )
 def test_validate_malformed_manifest_names_file_and_line(
-    tmp_path: Path, cli: Callable[..., Run], text: str, line: int, needle: str
+    tmp_path: Path, cli: Callable[..., CliResult], text: str, line: int, needle: str
 ) -> None:
     manifest = tmp_path / "broken.yaml"
     manifest.write_text(text)
@@ -315,7 +281,9 @@ def test_validate_malformed_manifest_names_file_and_line(
     assert run.out == ""
 
 
-def test_validate_json_reports_an_invalid_manifest(tmp_path: Path, cli: Callable[..., Run]) -> None:
+def test_validate_json_reports_an_invalid_manifest(
+    tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
     manifest = tmp_path / "broken.yaml"
     manifest.write_text(
         "version: 1\ndatasets:\n  - id: demo_flood_v1\n    bbox: [1, 2, 3]\n"
@@ -336,7 +304,7 @@ def test_validate_json_reports_an_invalid_manifest(tmp_path: Path, cli: Callable
 
 
 def test_plan_fresh_tree_exact_counts_summary_json_and_exit_codes(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     manifest = filtered_manifest(tmp_path, hub)
     expected = filtered_expectation(sample_root)
@@ -401,7 +369,7 @@ def test_plan_fresh_tree_exact_counts_summary_json_and_exit_codes(
 
 
 def test_apply_downloads_exact_bytes_and_second_run_transfers_nothing(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     manifest = filtered_manifest(tmp_path, hub)
     expected = filtered_expectation(sample_root)
@@ -453,7 +421,7 @@ def test_apply_downloads_exact_bytes_and_second_run_transfers_nothing(
 
 
 def test_apply_json_reports_what_was_done(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     manifest = write_manifest(tmp_path / "sync.yaml", hub.url, collections={LABELS: ["labels"]})
     expected = expected_selection(served_assets(sample_root), collections={LABELS: ["labels"]})
@@ -472,7 +440,7 @@ def test_apply_json_reports_what_was_done(
 
 
 def test_lock_file_is_deterministic_and_frozen_passes_when_unchanged(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     manifest = filtered_manifest(tmp_path, hub)
     expected = filtered_expectation(sample_root)
@@ -507,7 +475,7 @@ def test_lock_file_is_deterministic_and_frozen_passes_when_unchanged(
 
 
 def test_frozen_without_lock_entry_fails(
-    tmp_path: Path, hub: RunningHub, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, cli: Callable[..., CliResult]
 ) -> None:
     manifest = filtered_manifest(tmp_path, hub)
     run = cli("plan", manifest, "--frozen")
@@ -557,7 +525,7 @@ def test_catalog_change_fails_frozen_and_is_reingested_by_plan(
     sample_root_copy: Path,
     hub_factory: Callable[..., RunningHub],
     monkeypatch: pytest.MonkeyPatch,
-    cli: Callable[..., Run],
+    cli: Callable[..., CliResult],
     change: Callable[[Path], str],
     kind: str,
 ) -> None:
@@ -611,7 +579,7 @@ def test_catalog_change_fails_frozen_and_is_reingested_by_plan(
 
 
 def test_saved_plan_is_applied(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     manifest = filtered_manifest(tmp_path, hub)
     expected = filtered_expectation(sample_root)
@@ -638,7 +606,7 @@ def test_saved_plan_is_applied(
 
 
 def test_saved_plan_refused_when_tree_changed(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     manifest = filtered_manifest(tmp_path, hub)
     assert cli("apply", manifest).code == 0
@@ -660,7 +628,7 @@ def test_saved_plan_refused_when_tree_changed(
 
 
 def test_saved_plan_refused_when_manifest_changed(
-    tmp_path: Path, hub: RunningHub, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, cli: Callable[..., CliResult]
 ) -> None:
     manifest = filtered_manifest(tmp_path, hub)
     saved = tmp_path / "p.json"
@@ -680,7 +648,7 @@ def test_saved_plan_refused_when_manifest_changed(
 
 
 def test_local_damage_is_planned_and_repaired_with_a_range_request(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     manifest = write_manifest(tmp_path / "sync.yaml", hub.url, collections={SOURCE: []})
     expected = expected_selection(served_assets(sample_root), collections={SOURCE: []})
@@ -731,7 +699,7 @@ def test_local_damage_is_planned_and_repaired_with_a_range_request(
 
 
 def test_dropped_collection_is_orphaned_and_prune_removes_exactly_it(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     manifest = write_manifest(tmp_path / "sync.yaml", hub.url, collections=FILTERED_COLLECTIONS)
     assets = served_assets(sample_root)
@@ -776,7 +744,9 @@ def test_dropped_collection_is_orphaned_and_prune_removes_exactly_it(
     assert row["files"]["complete"] == len(kept)
 
 
-def test_status_before_any_sync(tmp_path: Path, hub: RunningHub, cli: Callable[..., Run]) -> None:
+def test_status_before_any_sync(
+    tmp_path: Path, hub: RunningHub, cli: Callable[..., CliResult]
+) -> None:
     manifest = filtered_manifest(tmp_path, hub)
     run = cli("status", manifest, "--json")
     assert run.code == 0, run.err
@@ -809,7 +779,7 @@ def two_dataset_manifest(path: Path, hub_url: str) -> Path:
 
 
 def test_two_datasets_plan_apply_and_dataset_option(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     manifest = two_dataset_manifest(tmp_path / "sync.yaml", hub.url)
     flood = expected_selection(served_assets(sample_root), collections={LABELS: ["labels"]})
@@ -842,7 +812,7 @@ def test_two_datasets_plan_apply_and_dataset_option(
 
 
 def test_stale_saved_plan_changes_nothing_in_any_dataset(
-    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:
     """A saved plan is carried out whole or not at all: staleness found in the second dataset
     must not leave the first one applied."""
@@ -865,7 +835,7 @@ def test_stale_saved_plan_changes_nothing_in_any_dataset(
 
 
 def test_output_dir_that_is_a_file_is_an_error_not_a_traceback(
-    tmp_path: Path, hub: RunningHub, cli: Callable[..., Run]
+    tmp_path: Path, hub: RunningHub, cli: Callable[..., CliResult]
 ) -> None:
     (tmp_path / "out").write_text("not a directory")
     manifest = filtered_manifest(tmp_path, hub)
