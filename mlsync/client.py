@@ -108,6 +108,18 @@ def _doi_path(doi: str) -> str:
     return "/".join(p.replace(".", "%2E") if p in (".", "..") else p for p in parts)
 
 
+def _get_object(
+    options: SessionOptions, path: str, label: str, kind: str, ident: str
+) -> dict[str, Any]:
+    """GET one JSON object; a 404 becomes ``EntityDoesNotExist`` naming ``kind`` and ``ident``."""
+    with _Borrowed(options) as session:
+        try:
+            body = session.get_json(path, what=label)
+        except EntityDoesNotExist as exc:
+            raise _not_found(kind, ident, exc) from None
+    return dict(expect_shape(body, dict, label))
+
+
 def list_datasets(
     *,
     tags: str | Sequence[str] | None = None,
@@ -127,23 +139,15 @@ def list_datasets(
 
 def get_dataset_by_id(dataset_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
     path = f"datasets/{_segment('dataset id', dataset_id)}"
-    with _Borrowed(options) as session:
-        try:
-            body = session.get_json(path, what=f"dataset {dataset_id!r}")
-        except EntityDoesNotExist as exc:
-            raise _not_found("Dataset", dataset_id, exc) from None
-    return dict(expect_shape(body, dict, f"dataset {dataset_id!r}"))
+    return _get_object(options, path, f"dataset {dataset_id!r}", "Dataset", dataset_id)
 
 
 def get_dataset_by_doi(dataset_doi: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
     """DOIs keep their slashes in the path (``datasets/doi/10.6084/m9.figshare...``)."""
     path = f"datasets/doi/{_doi_path(dataset_doi)}"
-    with _Borrowed(options) as session:
-        try:
-            body = session.get_json(path, what=f"dataset DOI {dataset_doi!r}")
-        except EntityDoesNotExist as exc:
-            raise _not_found("Dataset with DOI", dataset_doi, exc) from None
-    return dict(expect_shape(body, dict, f"dataset DOI {dataset_doi!r}"))
+    return _get_object(
+        options, path, f"dataset DOI {dataset_doi!r}", "Dataset with DOI", dataset_doi
+    )
 
 
 def get_dataset(id_or_doi: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
@@ -156,12 +160,9 @@ def get_dataset(id_or_doi: str, **options: Unpack[SessionOptions]) -> dict[str, 
 def get_catalog_info(dataset_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
     """``stac_catalog_size`` and ``estimated_dataset_size`` of a dataset, in bytes."""
     path = f"catalog/{_segment('dataset id', dataset_id)}/info"
-    with _Borrowed(options) as session:
-        try:
-            body = session.get_json(path, what=f"catalog info of {dataset_id!r}")
-        except EntityDoesNotExist as exc:
-            raise _not_found("Catalog of dataset", dataset_id, exc) from None
-    return dict(expect_shape(body, dict, f"catalog info of {dataset_id!r}"))
+    return _get_object(
+        options, path, f"catalog info of {dataset_id!r}", "Catalog of dataset", dataset_id
+    )
 
 
 def list_collections(**options: Unpack[SessionOptions]) -> list[dict[str, Any]]:
@@ -173,12 +174,7 @@ def list_collections(**options: Unpack[SessionOptions]) -> list[dict[str, Any]]:
 
 def get_collection(collection_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
     path = f"collections/{_segment('collection id', collection_id)}"
-    with _Borrowed(options) as session:
-        try:
-            body = session.get_json(path, what=f"collection {collection_id!r}")
-        except EntityDoesNotExist as exc:
-            raise _not_found("Collection", collection_id, exc) from None
-    return dict(expect_shape(body, dict, f"collection {collection_id!r}"))
+    return _get_object(options, path, f"collection {collection_id!r}", "Collection", collection_id)
 
 
 def list_collection_items(
@@ -228,24 +224,16 @@ def get_collection_item(
         f"collections/{_segment('collection id', collection_id)}"
         f"/items/{_segment('item id', item_id)}"
     )
-    with _Borrowed(options) as session:
-        try:
-            body = session.get_json(path, what=label)
-        except EntityDoesNotExist as exc:
-            raise _not_found("Item", f"{collection_id}/{item_id}", exc) from None
-    return dict(expect_shape(body, dict, label))
+    return _get_object(options, path, label, "Item", f"{collection_id}/{item_id}")
 
 
 def get_collection_archive_info(
     collection_id: str, **options: Unpack[SessionOptions]
 ) -> dict[str, Any]:
     path = f"archive/{_segment('collection id', collection_id)}/info"
-    with _Borrowed(options) as session:
-        try:
-            body = session.get_json(path, what=f"archive info of {collection_id!r}")
-        except EntityDoesNotExist as exc:
-            raise _not_found("Archive of collection", collection_id, exc) from None
-    return dict(expect_shape(body, dict, f"archive info of {collection_id!r}"))
+    return _get_object(
+        options, path, f"archive info of {collection_id!r}", "Archive of collection", collection_id
+    )
 
 
 def list_models(**options: Unpack[SessionOptions]) -> list[dict[str, Any]]:
@@ -256,9 +244,4 @@ def list_models(**options: Unpack[SessionOptions]) -> list[dict[str, Any]]:
 
 def get_model_by_id(model_id: str, **options: Unpack[SessionOptions]) -> dict[str, Any]:
     path = f"models/{_segment('model id', model_id)}"
-    with _Borrowed(options) as session:
-        try:
-            body = session.get_json(path, what=f"model {model_id!r}")
-        except EntityDoesNotExist as exc:
-            raise _not_found("Model", model_id, exc) from None
-    return dict(expect_shape(body, dict, f"model {model_id!r}"))
+    return _get_object(options, path, f"model {model_id!r}", "Model", model_id)
