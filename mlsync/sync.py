@@ -26,7 +26,7 @@ from mlsync.errors import (
     LocalWriteError,
     UnsafePathError,
 )
-from mlsync.events import EventSink, Notice, ignore
+from mlsync.events import EventSink, Level, Notice, ignore
 from mlsync.executor import ExecutionReport, Executor, write_error_report
 from mlsync.filters import asset_selected, build_filter, item_selected
 from mlsync.hub.config import resolve_settings
@@ -120,8 +120,8 @@ class DatasetSync:
 
     # --- catalog --------------------------------------------------------------------------
 
-    def _notice(self, level: str, text: str) -> None:
-        self.sink(Notice(level, self.target.name, text))  # type: ignore[arg-type]
+    def _notice(self, level: Level, text: str) -> None:
+        self.sink(Notice(level, self.target.name, text))
 
     def resolve_dataset(self) -> dict[str, Any]:
         """The dataset's metadata from its source; ``id`` names its directory."""

@@ -29,6 +29,7 @@ from mlsync import catalog as catalog_mod
 from mlsync import layout
 from mlsync.assetdb import AssetDB
 from mlsync.errors import FrozenLockError
+from mlsync.events import EventSink, Level, Notice
 from mlsync.filters import DownloadFilter
 from mlsync.lockfile import CatalogPin, LockEntry
 from mlsync.records import AssetRecord
@@ -38,6 +39,7 @@ __all__ = [
     "META_INGESTED_SHA",
     "CatalogSource",
     "CatalogStatus",
+    "Notifying",
     "ProblemNotices",
     "SourceSpec",
     "SyncTarget",
@@ -131,11 +133,21 @@ class CatalogSource(Protocol):
         ...
 
 
+class Notifying:
+    """For sources: notices carry the manifest's name for the dataset."""
+
+    target: SyncTarget
+    sink: EventSink
+
+    def _notice(self, level: Level, text: str) -> None:
+        self.sink(Notice(level, self.target.name, text))
+
+
 class ProblemNotices:
     """Counts what an ingest refused or skipped; shows the first few, so a hostile or broken
     catalog of a million items cannot flood the terminal."""
 
-    def __init__(self, notice: Callable[[str, str], None]) -> None:
+    def __init__(self, notice: Callable[[Level, str], None]) -> None:
         self._notice = notice
         self.count = 0
 

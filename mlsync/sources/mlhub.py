@@ -18,12 +18,13 @@ from mlsync import catalog as catalog_mod
 from mlsync import layout
 from mlsync.assetdb import AssetDB
 from mlsync.errors import CatalogError, FrozenLockError, UnsafePathError
-from mlsync.events import EventSink, Notice, Task
+from mlsync.events import EventSink, Task
 from mlsync.hub.http import HubSession, RetryPolicy
 from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
     META_INGESTED_SHA,
     CatalogStatus,
+    Notifying,
     ProblemNotices,
     SyncTarget,
     check_frozen_sha,
@@ -52,7 +53,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class MLHubSource:
+class MLHubSource(Notifying):
     """A dataset of the MLHub API, by id or DOI (``target.ref``)."""
 
     def __init__(
@@ -62,9 +63,6 @@ class MLHubSource:
         self.target = target
         self.sink = sink
         self.policy = policy
-
-    def _notice(self, level: str, text: str) -> None:
-        self.sink(Notice(level, self.target.name, text))  # type: ignore[arg-type]
 
     def resolve(self) -> dict[str, Any]:
         from mlsync import client

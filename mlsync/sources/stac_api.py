@@ -30,12 +30,13 @@ import shapely.geometry
 
 from mlsync.assetdb import AssetDB
 from mlsync.errors import CatalogError, ConfigurationError, HubResponseError, MLHubError
-from mlsync.events import EventSink, Notice, Task
+from mlsync.events import EventSink, Task
 from mlsync.hub.http import RetryPolicy, StacSession, Timeouts, parse_json_document, redact
 from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
     META_INGESTED_SHA,
     CatalogStatus,
+    Notifying,
     ProblemNotices,
     SyncTarget,
     check_frozen_sha,
@@ -89,7 +90,7 @@ def _get_params(body: dict[str, Any]) -> dict[str, str]:
     return params
 
 
-class StacApiSource:
+class StacApiSource(Notifying):
     """A STAC API search at ``target.source.url``; ``target.name`` is its directory."""
 
     def __init__(
@@ -101,9 +102,6 @@ class StacApiSource:
         self.sink = sink
         self.policy = policy
         self.timeouts = timeouts
-
-    def _notice(self, level: str, text: str) -> None:
-        self.sink(Notice(level, self.target.name, text))  # type: ignore[arg-type]
 
     def resolve(self) -> dict[str, Any]:
         source: dict[str, Any] = {"stac_api": self.url}

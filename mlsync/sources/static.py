@@ -33,13 +33,14 @@ from typing import Any, Final
 
 from mlsync.assetdb import AssetDB
 from mlsync.errors import CatalogError, EntityDoesNotExist
-from mlsync.events import EventSink, Notice, Task
+from mlsync.events import EventSink, Task
 from mlsync.filters import DownloadFilter
 from mlsync.hub.http import Fetched, RetryPolicy, StacSession, Timeouts, redact
 from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
     META_INGESTED_SHA,
     CatalogStatus,
+    Notifying,
     ProblemNotices,
     SyncTarget,
     check_frozen_sha,
@@ -227,7 +228,7 @@ def crawl(
     )
 
 
-class StaticCatalogSource:
+class StaticCatalogSource(Notifying):
     """A static STAC catalog at ``target.source.url``; ``target.name`` is its directory."""
 
     def __init__(
@@ -246,9 +247,6 @@ class StaticCatalogSource:
         self.policy = policy
         self.timeouts = timeouts
         self.workers = workers
-
-    def _notice(self, level: str, text: str) -> None:
-        self.sink(Notice(level, self.target.name, text))  # type: ignore[arg-type]
 
     def resolve(self) -> dict[str, Any]:
         return {"id": self.target.name, "source": {"stac": self.url}}
