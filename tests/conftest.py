@@ -11,7 +11,7 @@
     512 bytes); tags crop type, sentinel-2, classification.
   - one model, ``_models/demo_model_v1.json`` (``SAMPLE_MODEL``).
 
-* ``hub`` (function): a running hub on ``sample_root`` with fresh counters. ``hub.url`` is
+* ``hub``: a running hub on ``sample_root`` (one per module) with counters reset per test. ``hub.url`` is
   the API root (use it as ``MLHUB_ROOT_URL``), ``hub.stats`` a snapshot of the counters.
 * ``hub_factory(root=None, **options)``: more hubs, with ``api_keys``, ``faults``,
   ``asset_base_url``...; every hub it starts is stopped when the test ends.
@@ -109,10 +109,22 @@ def hub_factory(sample_root: Path) -> Iterator[Callable[..., RunningHub]]:
             hub.stop_soon()
 
 
+@pytest.fixture(scope="module")
+def _module_hub(sample_root: Path) -> Iterator[RunningHub]:
+    with running_hub(sample_root) as running:
+        yield running
+
+
 @pytest.fixture
-def hub(hub_factory: Callable[..., RunningHub]) -> RunningHub:
-    """A hub on ``sample_root``: no API key needed, no faults, counters at zero."""
-    return hub_factory()
+def hub(_module_hub: RunningHub) -> RunningHub:
+    """A hub on ``sample_root``: no API key needed, no faults, counters at zero.
+
+    One server per test module, counters reset for each test: ``sample_root`` is read-only,
+    and each uvicorn shutdown costs ~0.2 s. Tests that change files or need keys or faults
+    start their own with ``hub_factory``.
+    """
+    _module_hub.reset_stats()
+    return _module_hub
 
 
 @pytest.fixture
