@@ -11,8 +11,9 @@
     512 bytes); tags crop type, sentinel-2, classification.
   - one model, ``_models/demo_model_v1.json`` (``SAMPLE_MODEL``).
 
-* ``hub``: a running hub on ``sample_root`` (one per module) with counters reset per test. ``hub.url`` is
-  the API root (use it as ``MLHUB_ROOT_URL``), ``hub.stats`` a snapshot of the counters.
+* ``hub``: a running hub on ``sample_root`` (one per module) with counters reset per test.
+  ``hub.url`` is the API root (use it as ``MLHUB_ROOT_URL``), ``hub.stats`` a snapshot of the
+  counters.
 * ``hub_factory(root=None, **options)``: more hubs, with ``api_keys``, ``faults``,
   ``asset_base_url``...; every hub it starts is stopped when the test ends.
 * ``hub_env``: points the environment at ``hub`` (``MLHUB_ROOT_URL``, no key, no profile),
