@@ -391,9 +391,8 @@ def extract_catalog(
 
 
 def _write_error(path: str, exc: OSError) -> LocalWriteError:
-    return LocalWriteError(
-        f"cannot write the catalog file {path}: {exc.strerror or exc}; check the output "
-        "directory (space, permissions) and re-run"
+    return LocalWriteError.from_os_error(
+        exc, path, what="the catalog file", advice="Free space or fix permissions and re-run"
     )
 
 

@@ -51,7 +51,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from mlsync import layout
-from mlsync.errors import StateError, UnsafePathError
+from mlsync.errors import LocalWriteError, StateError, UnsafePathError
 from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "IngestStats",
     "ItemPredicate",
     "Selection",
+    "connect",
     "stat_local",
 ]
 
@@ -164,6 +165,59 @@ _UPSERT_FAILED: Final = """
 _DELETE_FILE: Final = "DELETE FROM files WHERE rel_path = ?"
 
 
+_SQLITE_DISK_REASONS: Final = {
+    sqlite3.SQLITE_FULL: "the disk is full",
+    sqlite3.SQLITE_IOERR: "the disk reported an I/O error",
+    sqlite3.SQLITE_READONLY: "the file system or the file is read-only",
+    sqlite3.SQLITE_CANTOPEN: "it cannot be opened (permissions, or its directory vanished)",
+}
+
+
+class _DiskAwareConnection(sqlite3.Connection):
+    """A connection whose disk failures are :class:`LocalWriteError`, like any other write.
+
+    The databases live in the output tree; a disk that fills up under them must end the run
+    with the same clear message as a full disk under an asset, not a traceback.
+    """
+
+    db_path: Path = Path()
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            if error := self._disk_error(exc):
+                raise error from exc
+            raise
+
+    def executemany(self, sql: str, parameters: Iterable[Any], /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            if error := self._disk_error(exc):
+                raise error from exc
+            raise
+
+    def _disk_error(self, exc: sqlite3.OperationalError) -> LocalWriteError | None:
+        code = getattr(exc, "sqlite_errorcode", None)
+        reason = None if code is None else _SQLITE_DISK_REASONS.get(code & 0xFF)
+        if reason is None:
+            return None
+        return LocalWriteError(
+            f"cannot write the database {self.db_path}: {reason}. {LocalWriteError.RESUME_ADVICE}"
+        )
+
+
+def connect(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
+    """An autocommit connection (explicit BEGIN/COMMIT) that reports a full disk clearly."""
+    conn = sqlite3.connect(
+        path, timeout=timeout, isolation_level=None, factory=_DiskAwareConnection
+    )
+    assert isinstance(conn, _DiskAwareConnection)
+    conn.db_path = path
+    return conn
+
+
 @dataclass(frozen=True, slots=True)
 class FileUpdate:
     """One change to the local state; ``state=MISSING`` forgets the path."""
@@ -229,7 +283,7 @@ class AssetDB:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        conn = connect(path, timeout=busy_timeout)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")

@@ -33,6 +33,7 @@ reference client.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,39 @@ class LocalWriteError(MLSyncError):
 
     Nothing already complete is lost; the run stops because every other asset would fail too.
     """
+
+    RESUME_ADVICE = (
+        "Files already complete are kept; free space or fix permissions, then run apply "
+        "again to resume"
+    )
+
+    @classmethod
+    def from_os_error(
+        cls,
+        exc: OSError,
+        path: Path | str,
+        *,
+        what: str = "",
+        action: str = "write",
+        advice: str = RESUME_ADVICE,
+    ) -> LocalWriteError:
+        """``cannot {action} {what} {path}: {reason}. {advice}``, the reason in plain words."""
+        detail = exc.strerror or str(exc)
+        plain = _OS_REASONS.get(exc.errno or 0)
+        reason = f"{plain} ({detail})" if plain and exc.strerror else plain or detail
+        subject = f"{what} {path}" if what else str(path)
+        return cls(f"cannot {action} {subject}: {reason}. {advice}")
+
+
+_OS_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exhausted",
+    errno.EFBIG: "the file is larger than this file system or process allows",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOENT: "the output directory vanished",
+}
 
 
 class StateError(MLSyncError):

@@ -335,19 +335,28 @@ def write_error_report(path: Path, dataset_id: str, failures: list[FailedAsset])
         path.unlink(missing_ok=True)
         return
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(ERROR_REPORT_HEADER)
-        for failure in sorted(failures, key=lambda f: f.rel_path):
-            writer.writerow(
-                (
-                    failure.error,
-                    dataset_id,
-                    failure.rel_path,
-                    failure.url,
-                    "" if failure.status is None else failure.status,
-                    failure.attempts,
-                    failure.time,
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(ERROR_REPORT_HEADER)
+            for failure in sorted(failures, key=lambda f: f.rel_path):
+                writer.writerow(
+                    (
+                        failure.error,
+                        dataset_id,
+                        failure.rel_path,
+                        failure.url,
+                        "" if failure.status is None else failure.status,
+                        failure.attempts,
+                        failure.time,
+                    )
                 )
-            )
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LocalWriteError.from_os_error(
+            exc,
+            path,
+            what="the error report",
+            advice=f"{len(failures):,} asset(s) failed; run apply again to retry them",
+        ) from exc

@@ -246,8 +246,18 @@ class DatasetSync:
             except UnsafePathError as exc:
                 self._notice("warning", f"not removing {action.rel_path}: {exc}")
                 continue
-            for candidate in (path, path.with_name(path.name + layout.PART_SUFFIX)):
-                candidate.unlink(missing_ok=True)
+            try:
+                for candidate in (path, path.with_name(path.name + layout.PART_SUFFIX)):
+                    candidate.unlink(missing_ok=True)
+            except OSError as exc:
+                db.commit()  # the orphans removed so far stay forgotten
+                raise LocalWriteError.from_os_error(
+                    exc,
+                    path,
+                    what="the orphan",
+                    action="remove",
+                    advice="Fix permissions and re-run",
+                ) from exc
             db.forget(action.rel_path)
             removed.append(action.rel_path)
             self._notice("info", f"removed orphan {action.rel_path}")

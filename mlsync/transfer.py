@@ -9,7 +9,6 @@ changed. The total length is checked against the response and the catalog (and t
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import re
@@ -74,19 +73,7 @@ def parse_checksum(checksum: str | None) -> tuple[str, str] | None:
 
 
 def _disk_error(exc: OSError, path: Path) -> LocalWriteError:
-    reasons = {
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is exhausted",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EROFS: "the file system is read-only",
-        errno.ENOENT: "the output directory vanished",
-    }
-    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
-    return LocalWriteError(
-        f"cannot write {path}: {reason}. Files already complete are kept; "
-        "free space or fix permissions, then run apply again to resume"
-    )
+    return LocalWriteError.from_os_error(exc, path)
 
 
 class FileTransfer:
@@ -248,21 +235,23 @@ class FileTransfer:
             handle = open(self.part, "r+b" if offset else "wb")  # noqa: SIM115
         except OSError as exc:
             raise _disk_error(exc, self.part) from None
-        with handle:
-            handle.seek(offset)
-            handle.truncate()
-            received = offset
-            try:
+        received = offset
+        try:
+            # The close is inside: it flushes the last buffered bytes, and a full disk may
+            # refuse exactly those.
+            with handle:
+                handle.seek(offset)
+                handle.truncate()
                 for chunk in response.iter_content(CHUNK_SIZE):
                     if self.stop.is_set():
                         raise TransferStopped()
                     handle.write(chunk)
                     received += len(chunk)
                     self.on_bytes(len(chunk))
-            except OSError as exc:
-                if isinstance(exc, NETWORK_ERRORS):
-                    raise
-                raise _disk_error(exc, self.part) from None
+        except OSError as exc:
+            if isinstance(exc, NETWORK_ERRORS):
+                raise
+            raise _disk_error(exc, self.part) from None
         if total >= 0 and received < total:
             raise _Retry(f"connection ended after {received:,} of {total:,} bytes")
         if total >= 0 and received > total:

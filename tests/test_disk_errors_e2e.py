@@ -1,10 +1,16 @@
 """apply when the disk refuses a write: a clear error, nothing half-written, a clean resume.
 
-A real process runs ``mlsync apply`` with ``RLIMIT_FSIZE`` set below the size of the assets,
-so the kernel fails the write (EFBIG) part-way through each file, as a full disk fails it
-(ENOSPC) — the same path through ``transfer.py``. The run must stop with one message that
-names the file and says what to do, keep everything already complete, present no partial
-file as complete, and a second run without the limit must finish byte for byte.
+Two ways to make the kernel refuse, each in a real ``mlsync apply`` process:
+
+* ``RLIMIT_FSIZE`` below the size of the assets: every write past it fails (EFBIG), part-way
+  through each file. Works for any user.
+* a real full disk: the output on a tiny tmpfs (root only, skipped otherwise), where the
+  assets, their last buffered bytes and the asset database itself all meet ENOSPC. Space is
+  then freed by growing the tmpfs.
+
+The run must stop with one message that names the file and says what to do, keep everything
+already complete, present no partial file as complete, and a second run with room must finish
+byte for byte.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,3 +88,55 @@ def test_write_failure_stops_cleanly_and_resumes(
 
     assert resumed.returncode == 0, resumed.stderr
     assert_synced(tmp_path / "out", root, DATASET)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 600 KiB tmpfs, unmounted when the test ends; skipped where mounting is not allowed."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_full_disk_stops_cleanly_and_resumes_after_space_is_freed(
+    tmp_path: Path, hub_factory: type[RunningHub], tiny_filesystem: Path
+) -> None:
+    root = tmp_path / "root"
+    make_sample(root, DATASET, items=6, assets_per_item=2, asset_size=100_000, seed=3)
+    hub = hub_factory(root)
+    manifest = tmp_path / "mlsync.yaml"
+    manifest.write_text(
+        f"version: 1\noutput_dir: {tiny_filesystem}\ndatasets:\n  - id: {DATASET}\n"
+    )
+    args = ["apply", str(manifest), "--root-url", hub.url, "--workers", "2"]
+
+    failed = _run(args, tmp_path, None)
+
+    assert failed.returncode == 1, failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert "the disk is full" in failed.stderr and "run apply again" in failed.stderr
+    dataset_dir = tiny_filesystem / DATASET
+    served = served_files(root, DATASET)
+    for rel in asset_files(dataset_dir):
+        assert sha256(dataset_dir / rel) == sha256(served[rel]), rel
+    assert len(asset_files(dataset_dir)) < len(served)
+
+    subprocess.run(["mount", "-o", "remount,size=8m", str(tiny_filesystem)], check=True)
+    resumed = _run(args, tmp_path, None)
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert_synced(tiny_filesystem, root, DATASET)
+    replanned = _run(["plan", str(manifest), "--root-url", hub.url], tmp_path, None)
+    assert "No changes." in replanned.stdout, replanned.stdout + replanned.stderr

@@ -30,7 +30,7 @@ from urllib.parse import urljoin, urlsplit
 
 from mlsync import catalog as catalog_mod
 from mlsync import layout
-from mlsync.assetdb import AssetDB, IngestStats
+from mlsync.assetdb import AssetDB, IngestStats, connect
 from mlsync.errors import StateError, UnsafePathError
 from mlsync.events import EventSink, Task
 from mlsync.sources.base import META_INGESTED_SHA, ProblemNotices, common_path, fetchable
@@ -92,7 +92,7 @@ class DocumentCache:
 
     @classmethod
     def open(cls, path: Path) -> DocumentCache:
-        conn = sqlite3.connect(path, isolation_level=None)
+        conn = connect(path)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
