@@ -208,7 +208,9 @@ class Executor:
         href = action.href
         dest = self.dataset_dir / action.rel_path
         transfer = FileTransfer(
-            lambda offset: open_stream(session, href, offset=offset, timeouts=self.timeouts),
+            lambda offset, if_range: open_stream(
+                session, href, offset=offset, if_range=if_range, timeouts=self.timeouts
+            ),
             dest,
             label=f"{self.dataset}/{action.rel_path}",
             expected_size=action.size,

@@ -4,11 +4,20 @@ The bytes go to ``DEST.part``; an interrupted transfer resumes from the part's l
 ``Range`` request, and starts over when the server ignores the range or the file's size
 changed. The total length is checked against the response and the catalog (and the
 ``file:checksum`` when the catalog gives one) before an atomic rename puts the file in place.
+
+A resume must never splice two versions of a file. Within a run, retries send ``If-Range``
+with the ETag (or Last-Modified) of the first response, so a file that changed in between
+comes back whole (200) and the part is dropped. Across runs, the catalog's size and checksum
+guard a part; when the catalog gives neither, the part's mtime carries the server's
+``Last-Modified`` (stamped after every chunk) and is sent back as ``If-Range``: a part whose
+stamp was not written (killed mid-chunk) or whose file changed upstream is fetched again from
+zero instead of being trusted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import os
 import re
@@ -38,8 +47,8 @@ _MULTIHASH = {"12": ("sha256", 32), "13": ("sha512", 64), "11": ("sha1", 20), "d
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
-OpenResponse = Callable[[int], requests.Response]
-"""Starts a GET from the given byte offset (0: the whole file)."""
+OpenResponse = Callable[[int, str | None], requests.Response]
+"""Starts a GET from the given byte offset (0: the whole file), with an ``If-Range`` value."""
 
 
 class TransferStopped(Exception):
@@ -105,6 +114,10 @@ class FileTransfer:
         self.attempts = 0
         self.resumed_from: int | None = None
         self.last_status: int | None = None
+        self._validator: str | None = None
+        """``If-Range`` for later attempts: the first response's strong ETag or Last-Modified."""
+        self._unguarded = self.expected_size is None and self.checksum is None
+        """Nothing in the catalog can tell a part of this file from a part of another version."""
 
     def run(self) -> TransferOutcome:
         def retryable(exc: BaseException) -> bool:
@@ -167,10 +180,11 @@ class FileTransfer:
             offset = self._restart()
         if self.resumed_from is None:
             self.resumed_from = offset
-        response = self.open_response(offset)
+        response = self.open_response(offset, self._if_range(offset))
         with response:
             self.last_status = response.status_code
             total = self._check_response(response, offset)
+            self._learn_validator(response)
             if total is None:  # 416 for a part that already holds every byte
                 self._verify(self._part_size())
                 return
@@ -178,6 +192,38 @@ class FileTransfer:
                 offset = self._restart()  # the server ignored Range: take the whole body
             self._write_body(response, offset, total)
         self._verify(self._part_size())
+
+    def _if_range(self, offset: int) -> str | None:
+        if not offset:
+            return None
+        if self._validator is not None:
+            return self._validator
+        if not self._unguarded:
+            return None
+        try:  # a part from an earlier run: its mtime is the Last-Modified it was cut from
+            return email.utils.formatdate(int(self.part.stat().st_mtime), usegmt=True)
+        except OSError:
+            return None
+
+    def _learn_validator(self, response: requests.Response) -> None:
+        """A 200 is the file as it is now; a 206 continues the one the validator names."""
+        status = response.status_code
+        if not (status == 200 or (status == 206 and self._validator is None)):
+            return
+        etag = response.headers.get("ETag")
+        if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
+            self._validator = etag
+        else:
+            self._validator = response.headers.get("Last-Modified")
+
+    def _stamp_of(self, response: requests.Response) -> float | None:
+        """The Last-Modified to keep on an unguarded part's mtime (None: nothing to keep)."""
+        if not self._unguarded:
+            return None
+        try:
+            return email.utils.parsedate_to_datetime(response.headers["Last-Modified"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            return None
 
     def _restart(self) -> int:
         try:
@@ -236,6 +282,7 @@ class FileTransfer:
         except OSError as exc:
             raise _disk_error(exc, self.part) from None
         received = offset
+        stamp = self._stamp_of(response)
         try:
             # The close is inside: it flushes the last buffered bytes, and a full disk may
             # refuse exactly those.
@@ -248,6 +295,9 @@ class FileTransfer:
                     handle.write(chunk)
                     received += len(chunk)
                     self.on_bytes(len(chunk))
+                    if stamp is not None:
+                        handle.flush()
+                        os.utime(handle.fileno(), (stamp, stamp))
         except OSError as exc:
             if isinstance(exc, NETWORK_ERRORS):
                 raise

@@ -6,8 +6,10 @@ be staged exactly; end-to-end runs against the real local hub live in the apply 
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import io
+import os
 import threading
 
 import pytest
@@ -36,13 +38,27 @@ def response(status, body=b"", headers=None):
 class Server:
     """Serves DATA honouring Range, with scripted misbehaviour for the first calls."""
 
-    def __init__(self, *script):
+    def __init__(self, *script, last_modified=None, etag=None):
         self.script = list(script)
         self.offsets = []
+        self.if_ranges = []
+        self.validators = {}
+        if last_modified is not None:
+            self.validators["Last-Modified"] = email.utils.formatdate(last_modified, usegmt=True)
+        if etag is not None:
+            self.validators["ETag"] = etag
 
-    def __call__(self, offset):
+    def __call__(self, offset, if_range=None):
         self.offsets.append(offset)
+        self.if_ranges.append(if_range)
         action = self.script.pop(0) if self.script else "ok"
+        if offset and if_range is not None and if_range not in self.validators.values():
+            action = "ignore-range"  # RFC 9110: If-Range does not match, send the whole file
+        answer = self._answer(offset, action)
+        answer.headers.update(self.validators)
+        return answer
+
+    def _answer(self, offset, action):
         if action == "500":
             return response(500)
         if action == "404":
@@ -101,6 +117,64 @@ def test_existing_part_resumes_and_ignored_range_restarts(tmp_path):
     assert dest.read_bytes() == DATA
     assert server.offsets == [3000]
     assert outcome.resumed_from == 3000
+
+
+def test_retries_in_one_run_send_if_range_with_the_first_etag(tmp_path):
+    server = Server("short", etag='"v1"')
+    _, _, dest = run(tmp_path, server, expected_size=len(DATA))
+    assert dest.read_bytes() == DATA
+    assert server.if_ranges == [None, '"v1"']
+    assert server.offsets == [0, 1000]
+
+
+def test_unguarded_part_carries_last_modified_and_resumes_in_the_next_run(tmp_path):
+    """No catalog size or checksum: the part's mtime is the server's Last-Modified."""
+    modified = 1_700_000_000
+    dest = tmp_path / "out" / "file.bin"
+    first = FileTransfer(
+        Server("short", last_modified=modified), dest, label="t",
+        policy=RetryPolicy(attempts=1), sleep=lambda s: None,
+    )  # fmt: skip
+    with pytest.raises(TransferError):
+        first.run()
+    assert first.part.stat().st_size == 1000
+    assert first.part.stat().st_mtime == modified
+
+    server = Server(last_modified=modified)
+    outcome = FileTransfer(server, dest, label="t", policy=FAST).run()
+
+    assert dest.read_bytes() == DATA
+    assert server.offsets == [1000]
+    assert server.if_ranges == [email.utils.formatdate(modified, usegmt=True)]
+    assert outcome.resumed_from == 1000
+
+
+def test_unguarded_part_of_a_file_that_changed_upstream_is_never_spliced(tmp_path):
+    """The reference client's splice (mlhub-api.md 3.9): an old part, a new remote file."""
+    dest = tmp_path / "out" / "file.bin"
+    dest.parent.mkdir()
+    part = dest.with_name("file.bin.part")
+    part.write_bytes(b"A" * 1000)
+    os.utime(part, (1_600_000_000, 1_600_000_000))  # cut from the old version
+    server = Server(last_modified=1_700_000_000)
+
+    outcome = FileTransfer(server, dest, label="t", policy=FAST).run()
+
+    assert dest.read_bytes() == DATA
+    assert server.offsets == [1000]  # asked to resume, got the whole new file
+    assert outcome.size == len(DATA)
+
+
+def test_part_without_a_stamp_is_fetched_again_whole(tmp_path):
+    """Killed between a chunk and its stamp: the mtime is 'now', which matches nothing."""
+    dest = tmp_path / "out" / "file.bin"
+    dest.parent.mkdir()
+    dest.with_name("file.bin.part").write_bytes(b"B" * 1000)
+    server = Server(last_modified=1_700_000_000)
+
+    FileTransfer(server, dest, label="t", policy=FAST).run()
+
+    assert dest.read_bytes() == DATA
 
 
 def test_complete_part_is_confirmed_by_416(tmp_path):

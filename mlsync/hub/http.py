@@ -228,17 +228,21 @@ def open_stream(
     url: str,
     *,
     offset: int = 0,
+    if_range: str | None = None,
     timeouts: Timeouts,
     params: Mapping[str, Any] | None = None,
 ) -> requests.Response:
     """One streamed GET for a file transfer, from ``offset``; the caller owns retries.
 
     ``Accept-Encoding: identity`` keeps Content-Length and byte ranges about the file's own
-    bytes rather than a compressed encoding of them.
+    bytes rather than a compressed encoding of them. ``if_range`` (an ETag or HTTP date) makes
+    the server send the whole file instead of the range when the file is no longer that one.
     """
     headers = {"Accept-Encoding": "identity", "Accept": "*/*"}
     if offset > 0:
         headers["Range"] = f"bytes={offset}-"
+        if if_range:
+            headers["If-Range"] = if_range
     log.debug("GET %s from byte %d", redact(url), offset)
     return session.get(
         url,
@@ -393,13 +397,16 @@ class HubSession:
             url=shown,
         )
 
-    def open_stream(self, path: str, *, offset: int = 0) -> requests.Response:
+    def open_stream(
+        self, path: str, *, offset: int = 0, if_range: str | None = None
+    ) -> requests.Response:
         """A streamed GET of an API resource (the catalog archive), key added, no retries."""
         url = self.url(path)
         return open_stream(
             self._http,
             url,
             offset=offset,
+            if_range=if_range,
             timeouts=self.timeouts,
             params=self._params_for(url, None),
         )

@@ -176,7 +176,9 @@ class MLHubSource(Notifying):
         db.commit()
         with Task(self.sink, self.target.name, "fetch stac catalog", remote_size, "bytes") as task:
             FileTransfer(
-                lambda offset: self.session.open_stream(f"catalog/{dataset_id}", offset=offset),
+                lambda offset, if_range: self.session.open_stream(
+                    f"catalog/{dataset_id}", offset=offset, if_range=if_range
+                ),
                 archive,
                 label=f"catalog archive of {dataset_id}",
                 expected_size=remote_size,
