@@ -23,7 +23,8 @@ from typing import Protocol
 
 import requests
 
-from mlsync.errors import LocalWriteError, TransferError
+from mlsync import layout
+from mlsync.errors import LocalWriteError, TransferError, UnsafePathError
 from mlsync.events import AssetFinished, EventSink, Task, ignore
 from mlsync.hub.http import RetryPolicy, Timeouts, new_requests_session, open_stream, redact
 from mlsync.records import ActionKind, PlannedAction
@@ -206,7 +207,10 @@ class Executor:
     ) -> _Done | _Failed | object:
         assert action.href is not None
         href = action.href
-        dest = self.dataset_dir / action.rel_path
+        try:  # the last guard before a write: no symlink in the tree may lead it outside
+            dest = layout.resolve_inside(self.dataset_dir, action.rel_path)
+        except UnsafePathError as exc:
+            return _Failed(action, self._failure(action, str(exc), None, 0))
         transfer = FileTransfer(
             lambda offset, if_range: open_stream(
                 session, href, offset=offset, if_range=if_range, timeouts=self.timeouts

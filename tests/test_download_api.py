@@ -7,8 +7,10 @@ served files and traffic with the hub's counters.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ import pytest
 from shapely.geometry import shape
 
 from mlsync import Dataset
-from mlsync.errors import FilterError, MLSyncError
+from mlsync.errors import DownloadFailed, FilterError, MLSyncError
 from mlsync.localhub.server import RunningHub
 
 DATASET = "demo_flood_v1"
@@ -282,3 +284,26 @@ def test_output_dir_under_a_file_is_a_clear_error(
         dataset.download(output_dir=blocker / "data")
     assert str(blocker / "data") in str(caught.value)
     assert hub.stats["requests"] == 0
+
+
+def test_a_symlink_in_the_tree_cannot_lead_a_download_outside(
+    hub_env: RunningHub, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    dataset = Dataset.fetch(DATASET)
+    dataset.download(output_dir=out)  # ingested: the catalog is not extracted again
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    item_dir = out / DATASET / SOURCE / f"{SOURCE}_000000"
+    shutil.rmtree(item_dir)
+    item_dir.symlink_to(outside, target_is_directory=True)
+
+    with pytest.raises(DownloadFailed) as failed:
+        dataset.download(output_dir=out)
+
+    assert list(outside.iterdir()) == []
+    with open(out / DATASET / "err_report.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["rel_path"].rsplit("/", 1)[0] for row in rows} == {f"{SOURCE}/{SOURCE}_000000"}
+    assert all("symbolic link" in row["error"] for row in rows)
+    assert failed.value.failed == len(rows) == 3  # the item's three bands; the rest complete
