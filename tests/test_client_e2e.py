@@ -651,6 +651,7 @@ class _JunkHandler(BaseHTTPRequestHandler):
         "wrongshape": (200, "application/json", b'{"datasets": []}'),
         "proxy502": (502, "text/html", b"<html><body>Bad Gateway</body></html>"),
         "html404": (404, "text/html", b"<html><body>Page not found</body></html>"),
+        "deepjson": (200, "application/json", b"[" * 100_000 + b"]" * 100_000),
     }
 
     def do_GET(self) -> None:
@@ -705,6 +706,11 @@ def test_html_instead_of_json(junk_server: _JunkServer) -> None:
 def test_invalid_json(junk_server: _JunkServer) -> None:
     with pytest.raises(HubResponseError, match="answered invalid JSON instead of JSON"):
         client.get_dataset(FLOOD, root_url=_junk_url(junk_server, "badjson"))
+
+
+def test_json_nested_deeper_than_the_stack_is_invalid_json(junk_server: _JunkServer) -> None:
+    with pytest.raises(HubResponseError, match="answered invalid JSON instead of JSON"):
+        client.list_datasets(root_url=_junk_url(junk_server, "deepjson"))
 
 
 def test_json_of_the_wrong_shape(junk_server: _JunkServer) -> None:

@@ -435,7 +435,7 @@ def decode_json(response: requests.Response, label: str) -> Any:
     content_type = response.headers.get("Content-Type", "")
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
         excerpt = response.text[:80].strip().replace("\n", " ")
         kind = (
             "HTML" if "html" in content_type or excerpt.lower().startswith("<") else "invalid JSON"
