@@ -13,6 +13,10 @@ from pathlib import Path
 from mlsync.cli.render import stderr_console, stdout_console
 from mlsync.errors import ConfigurationError
 
+DEFAULT_PORT = 8765
+"""The port the examples' manifests name (mlsync.localhub.server.DEFAULT_PORT, which imports
+uvicorn: the CLI imports it only when serving)."""
+
 EXIT_OK = 0
 
 
@@ -31,7 +35,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     serve.add_argument("root", metavar="ROOT", type=Path, help="folder holding the datasets")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument(
-        "--port", type=int, default=8000, help="port (default: %(default)s; 0: any free port)"
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port (default: %(default)s; 0: any free port)",
     )
     serve.add_argument(
         "--asset-base-url",

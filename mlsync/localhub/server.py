@@ -25,8 +25,10 @@ from starlette.applications import Starlette
 from mlsync.localhub.app import create_app
 from mlsync.localhub.faults import FaultConfig
 
-__all__ = ["AppOptions", "RunningHub", "running_hub", "serve"]
+__all__ = ["DEFAULT_PORT", "AppOptions", "RunningHub", "running_hub", "serve"]
 
+DEFAULT_PORT = 8765
+"""The port the examples' manifests name."""
 STARTUP_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 10.0
 GRACEFUL_SECONDS = 2
@@ -177,7 +179,7 @@ def running_hub(
 def serve(
     root: str | os.PathLike[str],
     host: str = "127.0.0.1",
-    port: int = 8000,
+    port: int = DEFAULT_PORT,
     *,
     log_level: str = "warning",
     on_ready: Callable[[str], None] | None = None,
