@@ -696,7 +696,8 @@ def test_api_item_changed_upstream_changes_the_pin(
 
 
 def test_pystac_client_conformance(hub: RunningHub, sample_root: Path) -> None:
-    pystac_client = pytest.importorskip("pystac_client")
+    import pystac_client  # a test dependency (pyproject): missing is a failure, not a skip
+
     client = pystac_client.Client.open(f"{hub.stac_api_url}{DATASET}/")
     assert client.conforms_to("ITEM_SEARCH") and client.conforms_to("COLLECTIONS")
     assert sorted(c.id for c in client.get_collections()) == [LABELS, SOURCE]
