@@ -384,6 +384,18 @@ class AssetDB:
         row = self._conn.execute("SELECT COUNT(DISTINCT rel_path) FROM assets").fetchone()
         return int(row[0])
 
+    def known_asset_keys(self) -> dict[str, set[str]]:
+        """The catalog's asset keys per collection, to check a filter against what exists.
+
+        A collection without any asset is absent: no filter could select anything from it.
+        """
+        known: dict[str, set[str]] = {}
+        for collection_id, key in self._conn.execute(
+            "SELECT collection_id, asset_key FROM asset_keys"
+        ):
+            known.setdefault(str(collection_id), set()).add(str(key))
+        return known
+
     def select(
         self, item_pred: ItemPredicate | None, asset_pred: AssetPredicate | None
     ) -> Selection:

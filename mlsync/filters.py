@@ -44,6 +44,12 @@ Area of interest (``intersects``, a GeoJSON geometry, Feature or FeatureCollecti
     features; invalid polygons are repaired with ``shapely.make_valid``; coordinates must be
     longitude/latitude degrees. An item geometry that cannot be read counts as absent.
 
+Against the catalog (``check_filter_against_catalog``)
+    Once the catalog is ingested, every collection id and asset key the filter names must be in
+    it, else the run fails with a FilterError naming them (with a did-you-mean): a typo would
+    otherwise select nothing and report "No changes". The reference raised when the filter
+    matched nothing; mlsync also refuses a filter that matches only part of what it names.
+
 All given filters combine with AND; ``bbox`` and ``intersects`` exclude each other, as the
 guide says. Callers apply ``asset_selected`` per asset and ``item_selected`` per item; a common
 asset shared by many items survives iff any of its rows survives (dedup after filtering).
@@ -51,9 +57,10 @@ asset shared by many items survives iff any of its rows survives (dedup after fi
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
@@ -74,6 +81,7 @@ __all__ = [
     "TimeQuery",
     "asset_selected",
     "build_filter",
+    "check_filter_against_catalog",
     "collection_selected",
     "item_selected",
     "parse_bbox",
@@ -621,3 +629,70 @@ def item_selected(f: DownloadFilter, item: ItemMeta) -> bool:
         if boxes is not None and not _overlaps(f._boxes, boxes):
             return False
     return f.intersects is None or _aoi_ok(f, item)
+
+
+# --------------------------------------------------------------------------------------------
+# The filter against the ingested catalog
+
+_MAX_LISTED = 10
+"""Names shown per list in an error: a catalog can have thousands of collections or keys."""
+
+
+def _listing(names: Iterable[str]) -> str:
+    """Sorted and comma-separated, cut after ``_MAX_LISTED`` names."""
+    ordered = sorted(names)
+    if not ordered:
+        return "nothing"
+    shown = ", ".join(ordered[:_MAX_LISTED])
+    rest = len(ordered) - _MAX_LISTED
+    return f"{shown}, ... ({rest:,} more)" if rest > 0 else shown
+
+
+def _with_suggestion(name: str, candidates: Collection[str]) -> str:
+    """``'name'``, with the closest candidate as a did-you-mean when one is close enough."""
+    match = difflib.get_close_matches(name, sorted(candidates), n=1)
+    return f"{name!r} (did you mean {match[0]!r}?)" if match else repr(name)
+
+
+def check_filter_against_catalog(
+    filter_collections: Mapping[str, Collection[str]],
+    known: Mapping[str, Collection[str]],
+    *,
+    dataset: str,
+    hint: str | None = None,
+) -> None:
+    """Raise FilterError when the filter names a collection or asset key the catalog lacks.
+
+    ``known`` is the ingested catalog's asset keys per collection. An empty key list only
+    needs its collection. Without this check a typo selects nothing, silently, and a CI job
+    goes green with no data. ``hint`` (say, why a source may miss collections) ends the message.
+    """
+    unknown_collections = [cid for cid in filter_collections if cid not in known]
+    unknown_keys = {
+        cid: missing
+        for cid, keys in filter_collections.items()
+        if cid in known and (missing := sorted(set(keys) - set(known[cid])))
+    }
+    if not unknown_collections and not unknown_keys:
+        return
+    lines = [
+        f"dataset {dataset!r}: the collections filter names collections or asset keys that "
+        "the catalog does not have, so nothing would be selected for them; correct the filter:"
+    ]
+    if unknown_collections:
+        # A name the filter already uses is no suggestion for another of its names.
+        spare = known.keys() - filter_collections.keys()
+        names = ", ".join(_with_suggestion(cid, spare) for cid in unknown_collections)
+        plural = "s" if len(unknown_collections) > 1 else ""
+        lines.append(f"  unknown collection{plural} {names}; the catalog has: {_listing(known)}")
+    for cid, keys in unknown_keys.items():
+        spare_keys = set(known[cid]) - set(filter_collections[cid])
+        names = ", ".join(_with_suggestion(key, spare_keys) for key in keys)
+        plural = "s" if len(keys) > 1 else ""
+        lines.append(
+            f"  collection {cid!r}: unknown asset key{plural} {names}; it has: "
+            f"{_listing(known[cid])}"
+        )
+    if hint:
+        lines.append(f"  ({hint})")
+    raise FilterError("\n".join(lines))

@@ -28,7 +28,12 @@ from mlsync.errors import (
 )
 from mlsync.events import EventSink, Level, Notice, ignore
 from mlsync.executor import ExecutionReport, Executor, write_error_report
-from mlsync.filters import asset_selected, build_filter, item_selected
+from mlsync.filters import (
+    asset_selected,
+    build_filter,
+    check_filter_against_catalog,
+    item_selected,
+)
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
 from mlsync.lockfile import LockEntry, compare, describe_differences
@@ -155,10 +160,35 @@ class DatasetSync:
             builder.extend(planner.orphans(selection.iter_orphaned()))
         return builder.build(), reconcile
 
+    def _check_filter(self, db: AssetDB) -> None:
+        """Fail on collection ids or asset keys the ingested catalog lacks: a typo would
+        otherwise select nothing and pass as "No changes" (catalog_only selects nothing).
+
+        A STAC API search returns only matching items, so a collection it returned nothing of
+        may well exist (the area or time range excludes it all): a warning, not an error.
+        """
+        wanted = self.target.filter.collections
+        if wanted is None or self.target.catalog_only:
+            return
+        known = db.known_asset_keys()
+        kind = None if self.target.source is None else self.target.source.kind
+        if kind == "stac_api":
+            for collection_id in sorted(wanted.keys() - known.keys()):
+                self._notice(
+                    "warning",
+                    f"the STAC API search found no item of collection {collection_id!r}: check "
+                    "the id, or the bbox/intersects and datetime, which may exclude them all",
+                )
+            wanted = {cid: keys for cid, keys in wanted.items() if cid in known}
+        check_filter_against_catalog(
+            wanted, known, dataset=self.target.name, hint=_MISSING_HINTS.get(kind)
+        )
+
     def _plan_locked(
         self, db: AssetDB, dataset: dict[str, Any], dataset_dir: Path, frozen: LockEntry | None
     ) -> DatasetPlan:
         status = self.source.refresh(db, dataset_dir, frozen=frozen)
+        self._check_filter(db)
         plan, reconcile = self._build_plan(db, dataset_dir)
         return DatasetPlan(self.target, dataset, dataset_dir, status, plan, reconcile)
 
@@ -266,6 +296,14 @@ class DatasetSync:
 
 
 _TRANSFER_KINDS = frozenset({ActionKind.ADD, ActionKind.RESUME, ActionKind.REPLACE})
+
+_MISSING_HINTS: dict[str | None, str] = {
+    "stac_api": "a STAC API search returns only items matching the bbox/intersects and "
+    "datetime: the keys listed are those of the items it returned",
+    "stac": "a static catalog's items are crawled only for the filter's collections; others "
+    "are listed only when they have collection-level assets",
+}
+"""Why a source's catalog may lack collections the dataset does have, by source kind."""
 
 
 def _adoption(desired: DesiredAsset, local: LocalFile) -> FileUpdate:

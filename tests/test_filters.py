@@ -18,6 +18,7 @@ from mlsync.filters import (
     TimeQuery,
     asset_selected,
     build_filter,
+    check_filter_against_catalog,
     collection_selected,
     item_selected,
     parse_bbox,
@@ -576,3 +577,87 @@ def test_unreadable_item_geometry_falls_back_to_bbox() -> None:
     assert item_selected(f, ItemMeta("c", "i", bbox=(0, 0, 1, 1), geometry=broken))
     assert not item_selected(f, ItemMeta("c", "i", bbox=(2, 2, 3, 3), geometry=broken))
     assert item_selected(f, ItemMeta("c", "i", geometry=broken))
+
+
+# ---------------------------------------------------------------------------------------------
+# The filter against the ingested catalog
+
+CATALOG = {
+    "flood_source": {"B02", "B03", "B04"},
+    "flood_labels": {"labels", "documentation"},
+}
+
+
+def _catalog_error(collections: dict[str, list[str]], known: Any = CATALOG) -> str:
+    with pytest.raises(FilterError) as caught:
+        check_filter_against_catalog(collections, known, dataset="demo")
+    return str(caught.value)
+
+
+def test_catalog_check_passes_when_everything_exists() -> None:
+    check_filter_against_catalog(
+        {"flood_source": ["B02", "B04"], "flood_labels": ["labels"]}, CATALOG, dataset="demo"
+    )
+
+
+def test_catalog_check_empty_key_list_needs_only_the_collection() -> None:
+    check_filter_against_catalog({"flood_labels": []}, CATALOG, dataset="demo")
+    message = _catalog_error({"flood_other": []})
+    assert "unknown collection 'flood_other'" in message
+
+
+def test_catalog_check_unknown_collection_lists_the_catalog() -> None:
+    message = _catalog_error({"nope": [], "flood_source": ["B02"]})
+    assert message.startswith("dataset 'demo': ")
+    assert "unknown collection 'nope'; the catalog has: flood_labels, flood_source" in message
+    assert "did you mean" not in message
+
+
+def test_catalog_check_unknown_key_with_suggestion() -> None:
+    message = _catalog_error({"flood_source": ["B02"], "flood_labels": ["lables", "zzz"]})
+    assert (
+        "collection 'flood_labels': unknown asset keys 'lables' (did you mean 'labels'?), "
+        "'zzz'; it has: documentation, labels"
+    ) in message
+    assert "flood_source" not in message
+
+
+def test_catalog_check_reports_collections_and_keys_together() -> None:
+    message = _catalog_error({"flood_sorce": ["B02"], "flood_labels": ["lables"], "gone": ["x"]})
+    lines = message.splitlines()
+    assert len(lines) == 3
+    assert lines[1] == (
+        "  unknown collections 'flood_sorce' (did you mean 'flood_source'?), 'gone'; "
+        "the catalog has: flood_labels, flood_source"
+    )
+    assert lines[2] == (
+        "  collection 'flood_labels': unknown asset key 'lables' (did you mean 'labels'?); "
+        "it has: documentation, labels"
+    )
+
+
+def test_catalog_check_suggests_no_name_the_filter_already_uses() -> None:
+    message = _catalog_error({"flood_sorce": [], "flood_source": ["B02", "B2"], "flood_labels": []})
+    assert "unknown collection 'flood_sorce'; " in message
+    assert "unknown asset key 'B2'; " in message
+    message = _catalog_error({"flood_sorce": [], "flood_labels": []})
+    assert "unknown collection 'flood_sorce' (did you mean 'flood_source'?)" in message
+    message = _catalog_error({"flood_source": ["B2", "B03"]})
+    assert "unknown asset key 'B2' (did you mean 'B02'?)" in message
+
+
+def test_catalog_check_truncates_long_listings_and_adds_the_hint() -> None:
+    known = {f"c{i:03d}": {f"k{j:03d}" for j in range(40)} for i in range(25)}
+    with pytest.raises(FilterError) as caught:
+        check_filter_against_catalog(
+            {"c000": ["nope"], "x": []}, known, dataset="demo", hint="why it may be missing"
+        )
+    message = str(caught.value)
+    assert "c000, c001, c002, c003, c004, c005, c006, c007, c008, c009, ... (15 more)" in message
+    assert "k000, k001, k002, k003, k004, k005, k006, k007, k008, k009, ... (30 more)" in message
+    assert message.splitlines()[-1] == "  (why it may be missing)"
+
+
+def test_catalog_check_on_an_empty_catalog() -> None:
+    message = _catalog_error({"flood_source": []}, known={})
+    assert "unknown collection 'flood_source'; the catalog has: nothing" in message
