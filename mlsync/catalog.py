@@ -25,8 +25,11 @@ Decisions, for a caller that must know them:
   directory (``../../x``, also as ``%2e%2e``) or has a segment that percent-decodes to a
   separator (``a%2F..``), and, without a ``base_url``, an absolute local path (``/etc/x``).
   Such a document tries to reach outside the dataset, so the caller refuses it whole.
-* **Hrefs with a scheme** (``http(s)://``, as served catalogs normally carry, ``s3://``...)
-  are kept verbatim: the transfer decides what it can fetch. **Relative hrefs** are
+* **Hrefs with a scheme** go through :func:`asset_url`, the href policy: ``http(s)://``
+  with a host is kept verbatim, ``s3://bucket/key`` becomes
+  ``https://bucket.s3.amazonaws.com/key``, and any other scheme (``file:``, ``ftp:``,
+  ``gs:``...) or an href that is not a URL refuses the asset (not the document) with a
+  warning naming the item, the asset key and the scheme. **Relative hrefs** are
   resolved against the folder of the document (``rel_name``). With ``base_url`` (the URL of
   the dataset directory, the folder holding ``catalog.json``) the result is ``base_url`` +
   the percent-encoded path + the query, as the local hub rewrites its archives' hrefs, and
@@ -72,6 +75,7 @@ from mlsync.records import AssetRecord, BBox, ItemMeta
 __all__ = [
     "MAX_WARNINGS",
     "CatalogEntry",
+    "asset_url",
     "is_local_href",
     "parse_stac_dict",
     "parse_stac_object",
@@ -86,6 +90,8 @@ _MAX_CHECKSUM_CHARS: Final = 256
 _MAX_GEOMETRY_DEPTH: Final = 32
 _SHOWN_CHARS: Final = 60
 _URL_PREFIXES: Final = ("https://", "http://")
+_HTTP_SCHEMES: Final = frozenset({"http", "https"})
+_S3_BUCKET_RE: Final = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # DNS-compatible
 _QUOTE_SAFE: Final = ":@!$&'()*+,;=-._~"  # as the local hub's asset_url, without "/"
 _YEAR_RE: Final = re.compile(r"\d{4}")
 _SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # RFC 3986
@@ -274,10 +280,18 @@ def _parse_assets(
             problems.add(f"asset {_shown(key)} skipped: no href ({_shown(href)})")
             continue
         try:
+            local = False
             if not href.startswith(_URL_PREFIXES):
                 href = _resolve_href(href, rel_name, base_url)
-            elif not href.isascii() or "[" in href or "]" in href:
-                _split(href)  # only such URLs can make urlsplit raise
+                local = is_local_href(href)  # kept: the sources skip it (no server to ask)
+            if not local:
+                try:
+                    href = asset_url(href)
+                except UnsafePathError as exc:  # this asset only, not the whole document
+                    owner = "collection" if item_id is None else "item"
+                    shown = _shown(collection_id if item_id is None else item_id)
+                    problems.add(f"refused asset {_shown(key)} of {owner} {shown}: {exc}")
+                    continue
         except _Skip as exc:
             problems.add(f"asset {_shown(key)} skipped: {exc}")
             continue
@@ -449,7 +463,7 @@ def _resolve_href(href: str, rel_name: str, base_url: str | None) -> str:
     if parts.scheme:
         if len(parts.scheme) == 1:
             raise UnsafePathError(f"unsafe href {_shown(href)}: it is a Windows drive path")
-        return href  # s3://, ftp:, file: ... as given; the transfer decides
+        return href  # s3://, ftp:, file: ... as given; asset_url decides
     if parts.netloc or href.startswith("/"):
         if base_url is not None:
             return urljoin(_dir_url(base_url), href)
@@ -486,6 +500,50 @@ def _resolve_href(href: str, rel_name: str, base_url: str | None) -> str:
         return path
     query = f"?{parts.query}" if parts.query else ""
     return _dir_url(base_url) + "/".join(segment for _, segment in stack) + query
+
+
+def asset_url(href: str) -> str:
+    """The URL the transfer fetches for an absolute asset href, or :class:`UnsafePathError`.
+
+    The href policy, applied at ingest so that every source shares it: the transfer speaks
+    only HTTP, and a catalog must never make mlsync read or copy a local file.
+
+    * ``http://`` / ``https://`` with a host: kept verbatim;
+    * ``s3://bucket/key``: ``https://bucket.s3.amazonaws.com/key``, as the reference client
+      rewrote MLHub's S3 hrefs (the region is unknown); the key and query are kept as written,
+      percent-encoding included, the fragment dropped. The bucket must be a DNS-compatible
+      name (dots allowed) and the key not empty;
+    * anything else (``file:``, ``ftp:``, ``data:``, ``gs:``, ``http:x`` without a host, no
+      scheme at all): refused, the message naming the scheme.
+
+    A string urlsplit cannot parse (``http://[::1/x``) raises the parser's private skip
+    (the asset is skipped with a warning, as before this policy).
+    """
+    if href.startswith(_URL_PREFIXES) and href.isascii() and "@" not in href:
+        first = href[7:8] if href[4] == ":" else href[8:9]
+        if first.isalnum() and "[" not in href and "]" not in href:
+            return href  # the common case, without urlsplit: a host is there
+    parts = _split(href)
+    scheme = parts.scheme
+    if scheme in _HTTP_SCHEMES:
+        if parts.hostname:
+            return href
+        raise UnsafePathError(f"the {scheme} href {_shown(href)} names no host")
+    if scheme == "s3":
+        bucket = parts.netloc
+        if not _S3_BUCKET_RE.fullmatch(bucket) or ".." in bucket or not parts.path.strip("/"):
+            raise UnsafePathError(
+                f"the s3 href {_shown(href)} is not s3://bucket/key with a DNS-compatible "
+                "bucket name and a key"
+            )
+        query = f"?{parts.query}" if parts.query else ""
+        return f"https://{bucket}.s3.amazonaws.com{parts.path}{query}"
+    if not scheme:
+        raise UnsafePathError(f"the href {_shown(href)} is not a URL (no scheme)")
+    raise UnsafePathError(
+        f"the href {_shown(href)} has the scheme {scheme!r}; only http, https and s3 "
+        "hrefs are fetched"
+    )
 
 
 def _split(href: str) -> SplitResult:

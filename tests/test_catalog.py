@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import string
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlsync.catalog import MAX_WARNINGS, CatalogEntry, is_local_href, parse_stac_object
+from mlsync.catalog import MAX_WARNINGS, CatalogEntry, asset_url, is_local_href, parse_stac_object
 from mlsync.errors import UnsafePathError
 from mlsync.records import AssetRecord
 
 REL = "col/item-1/item-1.json"
 SHA = "1220" + "ab" * 32
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def item(**fields: Any) -> dict[str, Any]:
@@ -73,7 +76,7 @@ def test_item_fields() -> None:
     assert meta.start_datetime is None and meta.end_datetime is None
     assert entry.assets == [
         AssetRecord("col", "item-1", "B02", "https://h/b/B02.tif", 4096, SHA),
-        AssetRecord("col", "item-1", "labels", "s3://bucket/labels.geojson"),
+        AssetRecord("col", "item-1", "labels", "https://bucket.s3.amazonaws.com/labels.geojson"),
     ]
 
 
@@ -408,14 +411,139 @@ def test_huge_values_are_cut_short_in_warnings() -> None:
     [
         "https://h/b/B02.tif?sig=1&x=2",
         "http://127.0.0.1:8000/blob/ds/a%20b.tif",
-        "s3://bucket/key.tif",
-        "ftp://h/x",
+        "HTTPS://h/x.tif",
+        "https://user@h/x@2x.png",
+        "http://[::1]:8000/x.tif",
     ],
 )
-def test_absolute_hrefs_are_kept(href: str) -> None:
+def test_http_hrefs_are_kept(href: str) -> None:
     assert one_href(href) == href
     assert one_href(href, base_url="http://hub/ds/") == href
     assert not is_local_href(href)
+    assert asset_url(href) == href
+
+
+# --- the href policy (asset_url) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("href", "url"),
+    [
+        ("s3://bucket/key.tif", "https://bucket.s3.amazonaws.com/key.tif"),
+        (
+            "s3://my.bucket-1/a%20b/%E2%82%AC.tif",
+            "https://my.bucket-1.s3.amazonaws.com/a%20b/%E2%82%AC.tif",
+        ),
+        ("s3://bucket/k.tif?versionId=3", "https://bucket.s3.amazonaws.com/k.tif?versionId=3"),
+        ("s3://bucket/k.tif#frag", "https://bucket.s3.amazonaws.com/k.tif"),
+    ],
+)
+def test_s3_hrefs_become_virtual_hosted_https(href: str, url: str) -> None:
+    assert asset_url(href) == url
+    assert one_href(href) == url
+    assert one_href(href, base_url="http://hub/ds/") == url
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "s3://",
+        "s3:///key.tif",
+        "s3://bucket",
+        "s3://bucket/",
+        "s3://bucket//",
+        "s3:bucket/key",
+        "s3://Bucket/key",
+        "s3://ab/key",
+        "s3://a..b/key",
+        "s3://-bucket/key",
+        "s3://user@bucket/key",
+        "s3://bucket:443/key",
+    ],
+)
+def test_unusable_s3_hrefs_are_refused(href: str) -> None:
+    with pytest.raises(UnsafePathError, match="s3"):
+        asset_url(href)
+
+
+@pytest.mark.parametrize(
+    ("href", "scheme"),
+    [
+        ("file:///etc/passwd", "file"),
+        ("file:/etc/passwd", "file"),
+        ("FILE://localhost/etc/passwd", "file"),
+        ("ftp://h/x.tif", "ftp"),
+        ("gs://bucket/key.tif", "gs"),
+        ("data:text/plain;base64,eA==", "data"),
+        ("javascript:alert(1)", "javascript"),
+        ("mailto:x@y", "mailto"),
+        ("http:x.tif", "http"),
+        ("https:///x.tif", "https"),
+        ("http://:80/x.tif", "http"),
+    ],
+)
+def test_other_schemes_are_refused_naming_the_scheme(href: str, scheme: str) -> None:
+    with pytest.raises(UnsafePathError, match=scheme):
+        asset_url(href)
+    assets = {"bad": {"href": href}, "ok": {"href": "https://h/ok.tif"}}
+    for base_url in (None, "http://hub/ds/"):
+        entry = parse(item(assets=assets), base_url=base_url)
+        assert [a.asset_key for a in entry.assets] == ["ok"]
+        (warning,) = entry.warnings
+        assert warning.startswith(f"{REL}: refused asset 'bad' of item 'item-1': ")
+        assert repr(scheme) in warning or f"the {scheme} href" in warning
+
+
+def test_collection_asset_refusal_names_the_collection() -> None:
+    assets = {"doc": {"href": "file:///etc/passwd"}}
+    entry = parse(collection(assets=assets), rel_name="col/collection.json")
+    assert entry.assets == []
+    assert entry.warnings == [
+        "col/collection.json: refused asset 'doc' of collection 'col': the href "
+        "'file:///etc/passwd' has the scheme 'file'; only http, https and s3 hrefs are fetched"
+    ]
+
+
+@pytest.mark.parametrize("href", ["x.tif", "col/item/x.tif", "//h/x.tif", ""])
+def test_asset_url_refuses_what_is_not_a_url(href: str) -> None:
+    with pytest.raises(UnsafePathError, match="not a URL"):
+        asset_url(href)
+
+
+buckets = (
+    st.lists(
+        st.from_regex(r"[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True), min_size=1, max_size=4
+    )
+    .map(".".join)
+    .filter(lambda b: 3 <= len(b) <= 63)
+)
+keys = st.text(string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/%", min_size=1).filter(
+    lambda k: k.strip("/") != ""
+)
+
+
+@SETTINGS
+@given(bucket=buckets, key=keys)
+def test_s3_rewrite_keeps_bucket_and_key_verbatim(bucket: str, key: str) -> None:
+    assert asset_url(f"s3://{bucket}/{key}") == f"https://{bucket}.s3.amazonaws.com/{key}"
+
+
+@SETTINGS
+@given(
+    scheme=st.from_regex(r"[A-Za-z][A-Za-z0-9+.-]{0,10}", fullmatch=True).filter(
+        lambda s: s.lower() not in {"http", "https", "s3"}
+    ),
+    rest=st.text(max_size=30),
+)
+def test_any_other_scheme_is_refused(scheme: str, rest: str) -> None:
+    try:
+        asset_url(f"{scheme}:{rest}")
+    except UnsafePathError as exc:
+        assert repr(scheme.lower()) in str(exc)
+    except Exception as exc:  # a string urlsplit cannot parse at all: skipped, not fetched
+        assert type(exc).__name__ == "_Skip" and "not a valid URL" in str(exc)
+    else:
+        raise AssertionError("not refused")
 
 
 @pytest.mark.parametrize(
@@ -573,8 +701,6 @@ def test_document_name_outside_the_dataset_raises() -> None:
 
 # --- hostile input, by property -----------------------------------------------------------------
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
 scalars = (
     st.none()
     | st.booleans()
@@ -585,6 +711,7 @@ scalars = (
         [
             *("2020-01-01T00:00:00Z", "2020-01-01", "../x", "/etc/x", "C:x", "//h/x", "s3://b/k"),
             *("http://[::1/x", "//[h/x", "https://h\uff03@x/", SHA),
+            *("file:///etc/passwd", "s3://bucket/k.tif", "gs://b/k", "http:x", "HTTPS://h/x"),
         ]
     )
 )
@@ -653,6 +780,9 @@ def check_entry(entry: CatalogEntry | None) -> None:
         if is_local_href(record.href):
             parts = record.href.split("/")
             assert ".." not in parts and not record.href.startswith("/")
+        else:  # the href policy: only URLs the transfer can fetch over HTTP
+            url = urlsplit(record.href)
+            assert url.scheme in ("http", "https") and url.hostname, record.href
         assert record.size is None or 0 <= record.size < 2**63
         assert record.checksum is None or record.checksum == record.checksum.lower()
 
