@@ -167,6 +167,7 @@ _OS_REASONS = {
     errno.EPERM: "permission denied",
     errno.EROFS: "the file system is read-only",
     errno.ENOENT: "the output directory vanished",
+    errno.ELOOP: "it is a symbolic link, which mlsync never writes through",
 }
 
 

@@ -1,6 +1,6 @@
 """Carries out a plan's transfers with a pool of worker threads.
 
-Workers only download (each with its own pooled HTTP session); the calling thread is the
+Workers only download (each with its own pooled HTTP client); the calling thread is the
 only one that touches the asset database, so SQLite sees a single writer and results are
 committed in batches. Ctrl-C sets a stop flag: workers abandon their current chunk (the
 ``.part`` file stays and is resumed next time), results already in are committed, and
@@ -11,28 +11,29 @@ committed in batches. Ctrl-C sets a stop flag: workers abandon their current chu
 from __future__ import annotations
 
 import csv
+import itertools
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-import requests
-
 from mlsync import layout
 from mlsync.errors import LocalWriteError, TransferError, UnsafePathError
 from mlsync.events import AssetFinished, EventSink, Task, ignore
-from mlsync.hub.http import RetryPolicy, Timeouts, new_requests_session, open_stream, redact
+from mlsync.hub.http import RetryPolicy, Timeouts, TransferClient, redact
 from mlsync.records import ActionKind, PlannedAction
 from mlsync.transfer import FileTransfer, TransferStopped, describe_failure
 
 TRANSFER_KINDS = frozenset({ActionKind.ADD, ActionKind.RESUME, ActionKind.REPLACE})
 COMMIT_EVERY = 500
 COMMIT_SECONDS = 1.0
+POLL_SECONDS = 0.02
+"""How often the recording thread looks for finished transfers."""
 ERROR_REPORT_HEADER = (
     "error",
     "dataset_id",
@@ -95,9 +96,6 @@ class _Failed:
     fatal: BaseException | None = None
 
 
-_SENTINEL = object()
-
-
 class Executor:
     def __init__(
         self,
@@ -109,7 +107,7 @@ class Executor:
         policy: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         sink: EventSink = ignore,
-        session_factory: Callable[[], requests.Session] = new_requests_session,
+        client_factory: Callable[[Timeouts], TransferClient] | None = None,
     ) -> None:
         self.dataset = dataset
         self.dataset_dir = dataset_dir
@@ -118,17 +116,28 @@ class Executor:
         self.policy = policy or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         self.sink = sink
-        self.session_factory = session_factory
+        self.client_factory = client_factory or (lambda timeouts: TransferClient(timeouts=timeouts))
         self.stop = threading.Event()
+        self._checked_folders: set[str] = set()
 
     def run(
         self, actions: Iterable[PlannedAction], *, count: int, total_bytes: int | None
     ) -> ExecutionReport:
-        """Transfer every add/resume/replace action; other kinds are ignored here."""
+        """Transfer every add/resume/replace action; other kinds are ignored here.
+
+        Workers take the next action from one shared iterator and append results to a deque
+        that this thread drains every few milliseconds: no queue hand-off and no wake-up per
+        asset, which on small files cost more than the transfer itself (futex storms).
+        """
         report = ExecutionReport()
         started = time.monotonic()
-        work: queue.Queue[object] = queue.Queue(maxsize=self.workers * 4)
-        results: queue.Queue[_Done | _Failed | object] = queue.Queue()
+        take = _SharedIterator(
+            group
+            for _, group in itertools.groupby(
+                (a for a in actions if a.kind in TRANSFER_KINDS), key=_folder_of
+            )
+        )
+        results: deque[_Done | _Failed] = deque()
         with (
             Task(self.sink, self.dataset, "assets", count, "items") as count_task,
             Task(self.sink, self.dataset, "bytes", total_bytes, "bytes") as byte_task,
@@ -136,7 +145,7 @@ class Executor:
             threads = [
                 threading.Thread(
                     target=self._worker,
-                    args=(work, results, byte_task.advance),
+                    args=(take, results, byte_task.advance),
                     name=f"mlsync-transfer-{n}",
                     daemon=True,
                 )
@@ -144,13 +153,9 @@ class Executor:
             ]
             for thread in threads:
                 thread.start()
-            feeder = threading.Thread(
-                target=self._feed, args=(actions, work, len(threads)), daemon=True
-            )
-            feeder.start()
             fatal: BaseException | None = None
             try:
-                fatal = self._collect(results, len(threads), report, count_task)
+                fatal = self._collect(results, threads, report, count_task)
             except KeyboardInterrupt:
                 report.interrupted = True
                 self.stop.set()
@@ -165,56 +170,36 @@ class Executor:
             raise fatal
         return report
 
-    def _feed(self, actions: Iterable[PlannedAction], work: queue.Queue[object], n: int) -> None:
-        try:
-            for action in actions:
-                if action.kind not in TRANSFER_KINDS:
-                    continue
-                while not self.stop.is_set():
-                    try:
-                        work.put(action, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-                if self.stop.is_set():
-                    break
-        finally:
-            for _ in range(n):
-                work.put(_SENTINEL)
-
     def _worker(
         self,
-        work: queue.Queue[object],
-        results: queue.Queue[_Done | _Failed | object],
+        take: _SharedIterator,
+        results: deque[_Done | _Failed],
         on_bytes: Callable[[int], None],
     ) -> None:
-        session = self.session_factory()
+        client = self.client_factory(self.timeouts)
         try:
-            while True:
-                item = work.get()
-                if item is _SENTINEL:
-                    return
-                assert isinstance(item, PlannedAction)
-                if self.stop.is_set():
-                    continue
-                results.put(self._transfer(session, item, on_bytes))
+            while not self.stop.is_set() and (folder := take()) is not None:
+                for action in folder:
+                    if self.stop.is_set():
+                        break
+                    result = self._transfer(client, action, on_bytes)
+                    if result is not None:
+                        results.append(result)
         finally:
-            session.close()
-            results.put(_SENTINEL)
+            client.close()
 
     def _transfer(
-        self, session: requests.Session, action: PlannedAction, on_bytes: Callable[[int], None]
-    ) -> _Done | _Failed | object:
+        self, client: TransferClient, action: PlannedAction, on_bytes: Callable[[int], None]
+    ) -> _Done | _Failed | None:
+        """The outcome of one action; None when the run is stopping (the part stays)."""
         assert action.href is not None
         href = action.href
-        try:  # the last guard before a write: no symlink in the tree may lead it outside
-            dest = layout.resolve_inside(self.dataset_dir, action.rel_path)
+        try:
+            dest = self._destination(action.rel_path)
         except UnsafePathError as exc:
             return _Failed(action, self._failure(action, str(exc), None, 0))
         transfer = FileTransfer(
-            lambda offset, if_range: open_stream(
-                session, href, offset=offset, if_range=if_range, timeouts=self.timeouts
-            ),
+            lambda offset, if_range: client.open(href, offset=offset, if_range=if_range),
             dest,
             label=f"{self.dataset}/{action.rel_path}",
             expected_size=action.size,
@@ -228,7 +213,7 @@ class Executor:
         try:
             outcome = transfer.run()
         except TransferStopped:
-            return _SKIPPED
+            return None
         except LocalWriteError as exc:
             self.stop.set()
             return _Failed(action, self._failure(action, str(exc), None, transfer.attempts), exc)
@@ -239,6 +224,20 @@ class Executor:
                 action, self._failure(action, describe_failure(exc), None, transfer.attempts)
             )
         return _Done(action, outcome.size, outcome.mtime_ns, outcome.attempts)
+
+    def _destination(self, rel_path: str) -> Path:
+        """The last guard before a write: no symlink in the tree may lead it outside.
+
+        The real-path check runs once per folder and run (a folder holds an item's assets);
+        the file itself is opened with O_NOFOLLOW and renamed over, never written through.
+        """
+        folder = rel_path.rpartition("/")[0]
+        if folder in self._checked_folders:
+            layout.check_relative_path(rel_path)
+            return self.dataset_dir / rel_path
+        dest = layout.resolve_inside(self.dataset_dir, rel_path)
+        self._checked_folders.add(folder)
+        return dest
 
     @staticmethod
     def _failure(
@@ -255,32 +254,27 @@ class Executor:
 
     def _collect(
         self,
-        results: queue.Queue[_Done | _Failed | object],
-        workers: int,
+        results: deque[_Done | _Failed],
+        threads: list[threading.Thread],
         report: ExecutionReport,
         count_task: Task,
     ) -> BaseException | None:
-        finished_workers = 0
         fatal: BaseException | None = None
         last_commit = time.monotonic()
         pending = 0
-        while finished_workers < workers:
-            try:
-                result = results.get(timeout=0.2)
-            except queue.Empty:
-                result = None
-            if result is _SENTINEL:
-                finished_workers += 1
-            elif result is not None and result is not _SKIPPED:
-                assert isinstance(result, _Done | _Failed)
-                fatal = self._record(result, report, count_task) or fatal
+        while True:
+            running = any(thread.is_alive() for thread in threads)  # before the last drain
+            while results:
+                fatal = self._record(results.popleft(), report, count_task) or fatal
                 pending += 1
             if pending and (
                 pending >= COMMIT_EVERY or time.monotonic() - last_commit >= COMMIT_SECONDS
             ):
                 self.state.commit()
                 pending, last_commit = 0, time.monotonic()
-        return fatal
+            if not running:
+                return fatal
+            time.sleep(POLL_SECONDS)
 
     def _record(
         self, result: _Done | _Failed, report: ExecutionReport, count_task: Task
@@ -306,16 +300,17 @@ class Executor:
 
     def _drain(
         self,
-        results: queue.Queue[_Done | _Failed | object],
+        results: deque[_Done | _Failed],
         threads: list[threading.Thread],
         report: ExecutionReport,
     ) -> None:
-        """After Ctrl-C: record what finished, give workers a moment to drop their chunk."""
+        """After Ctrl-C: give workers a moment to drop their chunk, record what finished."""
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline and any(t.is_alive() for t in threads):
             for thread in threads:
                 thread.join(timeout=0.1)
-        for result in _queued(results):
+        while results:
+            result = results.popleft()
             if isinstance(result, _Done):
                 self.state.record_complete(
                     result.action.rel_path, result.size, result.mtime_ns, result.action.checksum
@@ -324,15 +319,26 @@ class Executor:
                 report.bytes += result.size
 
 
-_SKIPPED = object()
+def _folder_of(action: PlannedAction) -> str:
+    return action.rel_path.rpartition("/")[0]
 
 
-def _queued(results: queue.Queue[_Done | _Failed | object]) -> Iterator[object]:
-    while True:
-        try:
-            yield results.get_nowait()
-        except queue.Empty:
-            return
+class _SharedIterator:
+    """The next folder's actions, for many threads; None once there are no more.
+
+    One worker takes a whole folder (an item's assets, in plan order): two threads creating
+    and renaming files in one directory contend for its lock in the kernel, which on small
+    files costs more CPU than the transfers.
+    """
+
+    def __init__(self, folders: Iterator[Iterator[PlannedAction]]) -> None:
+        self._folders = folders
+        self._lock = threading.Lock()
+
+    def __call__(self) -> list[PlannedAction] | None:
+        with self._lock:
+            folder = next(self._folders, None)
+            return None if folder is None else list(folder)
 
 
 def write_error_report(path: Path, dataset_id: str, failures: list[FailedAsset]) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "PART_SUFFIX",
     "archive_path",
     "asset_extension",
+    "check_relative_path",
     "collection_asset_path",
     "common_asset_path",
     "dataset_dir",
@@ -307,6 +308,16 @@ def _is_within(real_base: str, real_target: str) -> bool:
     return real_target != real_base and os.path.commonpath([real_base, real_target]) == real_base
 
 
+def check_relative_path(rel_path: str) -> None:
+    """The lexical half of :func:`resolve_inside`: a relative POSIX path that cannot climb."""
+    if not rel_path or rel_path.startswith("/") or _DRIVE_RE.match(rel_path):
+        raise _refuse("relative path", rel_path, "it is empty or absolute")
+    if "\\" in rel_path or "\x00" in rel_path:
+        raise _refuse("relative path", rel_path, "it contains a backslash or NUL")
+    if any(part in ("", ".", "..") for part in rel_path.split("/")):
+        raise _refuse("relative path", rel_path, "it has an empty, '.' or '..' component")
+
+
 def resolve_inside(base: Path, rel_path: str) -> Path:
     """``base / rel_path``, after checking it stays strictly inside ``base``; else raise.
 
@@ -316,12 +327,7 @@ def resolve_inside(base: Path, rel_path: str) -> Path:
     pointing outside it counts as an escape, whoever made it. Call it right before writing; it
     cannot protect against a symlink created after the call.
     """
-    if not rel_path or rel_path.startswith("/") or _DRIVE_RE.match(rel_path):
-        raise _refuse("relative path", rel_path, "it is empty or absolute")
-    if "\\" in rel_path or "\x00" in rel_path:
-        raise _refuse("relative path", rel_path, "it contains a backslash or NUL")
-    if any(part in ("", ".", "..") for part in rel_path.split("/")):
-        raise _refuse("relative path", rel_path, "it has an empty, '.' or '..' component")
+    check_relative_path(rel_path)
     target = base / rel_path
     real_base = os.path.realpath(base)
     real_target = os.path.realpath(target)

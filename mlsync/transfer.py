@@ -26,13 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from mlsync.errors import LocalWriteError, TransferError
 from mlsync.hub.http import (
     NETWORK_ERRORS,
     RetryableStatus,
     RetryPolicy,
+    StreamResponse,
     describe_network_error,
     is_retryable,
     parse_retry_after,
@@ -46,8 +45,9 @@ PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 451})
 _MULTIHASH = {"12": ("sha256", 32), "13": ("sha512", 64), "11": ("sha1", 20), "d5": ("md5", 16)}
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+_PART_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
-OpenResponse = Callable[[int, str | None], requests.Response]
+OpenResponse = Callable[[int, str | None], StreamResponse]
 """Starts a GET from the given byte offset (0: the whole file), with an ``If-Range`` value."""
 
 
@@ -118,6 +118,8 @@ class FileTransfer:
         """``If-Range`` for later attempts: the first response's strong ETag or Last-Modified."""
         self._unguarded = self.expected_size is None and self.checksum is None
         """Nothing in the catalog can tell a part of this file from a part of another version."""
+        self._written: os.stat_result | None = None
+        """The part as the last attempt left it (fstat before close: no extra stat)."""
 
     def run(self) -> TransferOutcome:
         def retryable(exc: BaseException) -> bool:
@@ -148,8 +150,8 @@ class FileTransfer:
             if stopped_or_failed:
                 self._drop_empty_part()
         try:
-            os.replace(self.part, self.dest)
-            stat = self.dest.stat()
+            os.replace(self.part, self.dest)  # a rename keeps the size and mtime written
+            stat = self._written or self.dest.stat()
         except OSError as exc:
             raise _disk_error(exc, self.dest) from None
         return TransferOutcome(
@@ -180,6 +182,7 @@ class FileTransfer:
             offset = self._restart()
         if self.resumed_from is None:
             self.resumed_from = offset
+        self._written = None
         response = self.open_response(offset, self._if_range(offset))
         with response:
             self.last_status = response.status_code
@@ -190,8 +193,8 @@ class FileTransfer:
                 return
             if response.status_code == 200 and offset:
                 offset = self._restart()  # the server ignored Range: take the whole body
-            self._write_body(response, offset, total)
-        self._verify(self._part_size())
+            self._written = self._write_body(response, offset, total)
+        self._verify(self._written.st_size)
 
     def _if_range(self, offset: int) -> str | None:
         if not offset:
@@ -205,7 +208,7 @@ class FileTransfer:
         except OSError:
             return None
 
-    def _learn_validator(self, response: requests.Response) -> None:
+    def _learn_validator(self, response: StreamResponse) -> None:
         """A 200 is the file as it is now; a 206 continues the one the validator names."""
         status = response.status_code
         if not (status == 200 or (status == 206 and self._validator is None)):
@@ -216,7 +219,7 @@ class FileTransfer:
         else:
             self._validator = response.headers.get("Last-Modified")
 
-    def _stamp_of(self, response: requests.Response) -> float | None:
+    def _stamp_of(self, response: StreamResponse) -> float | None:
         """The Last-Modified to keep on an unguarded part's mtime (None: nothing to keep)."""
         if not self._unguarded:
             return None
@@ -232,7 +235,7 @@ class FileTransfer:
             raise _disk_error(exc, self.part) from None
         return 0
 
-    def _check_response(self, response: requests.Response, offset: int) -> int | None:
+    def _check_response(self, response: StreamResponse, offset: int) -> int | None:
         """The file's total size per the response, or None when the part is already whole."""
         status = response.status_code
         if status == 416 and offset:
@@ -275,38 +278,54 @@ class FileTransfer:
             return total
         return self.expected_size if self.expected_size is not None else -1
 
-    def _write_body(self, response: requests.Response, offset: int, total: int) -> None:
+    def _open_part(self, offset: int) -> int:
+        """The part's descriptor, never through a symlink; its folder is made on first need."""
+        flags = _PART_FLAGS | (0 if offset else os.O_TRUNC)
         try:
-            self.part.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.part, "r+b" if offset else "wb")  # noqa: SIM115
+            try:
+                return os.open(self.part, flags, 0o666)
+            except FileNotFoundError:
+                self.part.parent.mkdir(parents=True, exist_ok=True)
+                return os.open(self.part, flags, 0o666)
         except OSError as exc:
             raise _disk_error(exc, self.part) from None
+
+    def _write_body(self, response: StreamResponse, offset: int, total: int) -> os.stat_result:
+        """Append the body to the part from ``offset``; its size and mtime when done.
+
+        Unbuffered writes on a raw descriptor: a full disk fails the write that hit it, not a
+        flush at close, and small files cost no buffer set-up (open(), isatty, lseek).
+        """
+        fd = self._open_part(offset)
         received = offset
         stamp = self._stamp_of(response)
         try:
-            # The close is inside: it flushes the last buffered bytes, and a full disk may
-            # refuse exactly those.
-            with handle:
-                handle.seek(offset)
-                handle.truncate()
-                for chunk in response.iter_content(CHUNK_SIZE):
-                    if self.stop.is_set():
-                        raise TransferStopped()
-                    handle.write(chunk)
-                    received += len(chunk)
-                    self.on_bytes(len(chunk))
-                    if stamp is not None:
-                        handle.flush()
-                        os.utime(handle.fileno(), (stamp, stamp))
+            if offset:
+                os.ftruncate(fd, offset)
+                os.lseek(fd, offset, os.SEEK_SET)
+            for chunk in response.iter_content(CHUNK_SIZE):
+                if self.stop.is_set():
+                    raise TransferStopped()
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+                received += len(chunk)
+                self.on_bytes(len(chunk))
+                if stamp is not None:
+                    os.utime(fd, (stamp, stamp))
+            written = os.fstat(fd)
         except OSError as exc:
             if isinstance(exc, NETWORK_ERRORS):
                 raise
             raise _disk_error(exc, self.part) from None
+        finally:
+            os.close(fd)
         if total >= 0 and received < total:
             raise _Retry(f"connection ended after {received:,} of {total:,} bytes")
         if total >= 0 and received > total:
             self._restart()
             raise _Retry(f"received {received:,} bytes, more than the announced {total:,}")
+        return written
 
     def _verify(self, size: int) -> None:
         if self.expected_size is not None and size != self.expected_size:
