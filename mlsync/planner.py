@@ -279,7 +279,12 @@ def _all_kinds(totals: Mapping[ActionKind, KindTotals]) -> dict[ActionKind, Kind
 
 
 class Plan(_Summarised):
-    """One dataset's plan: totals per kind and the actions that are not up to date."""
+    """One dataset's plan: totals per kind and the actions that are not up to date.
+
+    A plan built to be shown only (``PlanBuilder(keep=N)``) keeps the first ``N`` actions of
+    each kind: a million assets to add need not be held to print fifteen of them. Such a
+    plan has ``complete`` False and cannot be saved, fingerprinted or applied.
+    """
 
     def __init__(
         self,
@@ -287,10 +292,14 @@ class Plan(_Summarised):
         dataset: str = "",
         totals: Mapping[ActionKind, KindTotals] | None = None,
         actions: Sequence[PlannedAction] = (),
+        complete: bool = True,
+        transfer_bytes: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.totals = _all_kinds(totals or {})
         self.actions: tuple[PlannedAction, ...] = tuple(actions)
+        self.complete = complete
+        self._transfer_bytes = transfer_bytes if not complete else _bytes_to_transfer(actions)
 
     def __repr__(self) -> str:
         return f"Plan(dataset={self.dataset!r}, {self.summary_line()!r})"
@@ -309,13 +318,18 @@ class Plan(_Summarised):
     @property
     def transfer_bytes(self) -> int | None:
         """Bytes still to download (size minus resume offset); None if a size is unknown."""
-        total = 0
+        return self._transfer_bytes
+
+    def hidden(self) -> dict[ActionKind, int]:
+        """Per kind, how many of its actions ``actions`` does not list (a shown-only plan)."""
+        listed: dict[ActionKind, int] = {}
         for action in self.actions:
-            if action.kind in _TRANSFER_KINDS:
-                if action.size is None:
-                    return None
-                total += max(action.size - action.offset, 0)
-        return total
+            listed[action.kind] = listed.get(action.kind, 0) + 1
+        return {
+            kind: self.totals[kind].count - listed.get(kind, 0)
+            for kind in _KINDS
+            if kind is not _UP_TO_DATE and self.totals[kind].count > listed.get(kind, 0)
+        }
 
     def fingerprint(self) -> str:
         """sha256 over the totals and the sorted actions (reasons excluded: they are prose).
@@ -323,6 +337,8 @@ class Plan(_Summarised):
         Two plans with equal fingerprints do the same work; that is what makes a saved plan
         still valid at apply time.
         """
+        if not self.complete:
+            raise RuntimeError("a shown-only plan (PlanBuilder(keep=...)) has no fingerprint")
         digest = hashlib.sha256()
         for kind in _KINDS:
             t = self.totals[kind]
@@ -395,22 +411,34 @@ class Plan(_Summarised):
 
 
 class PlanBuilder:
-    """Folds a stream of actions into a :class:`Plan`, keeping only those with work to do."""
+    """Folds a stream of actions into a :class:`Plan`, keeping only those with work to do.
 
-    def __init__(self, dataset: str = "") -> None:
+    ``keep``: at most that many actions per kind (a plan to show, not to apply); None: all.
+    """
+
+    def __init__(self, dataset: str = "", *, keep: int | None = None) -> None:
         self.dataset = dataset
+        self.keep = keep
         # [count, bytes, unknown_size] per kind: plain lists keep the hot path cheap.
         self._totals: dict[ActionKind, list[int]] = {kind: [0, 0, 0] for kind in _KINDS}
         self._actions: list[PlannedAction] = []
+        self._transfer_bytes: int | None = 0
 
     def add(self, action: PlannedAction) -> None:
-        totals = self._totals[action.kind]
+        kind = action.kind
+        totals = self._totals[kind]
         totals[0] += 1
         if action.size is None:
             totals[2] += 1
         else:
             totals[1] += action.size
-        if action.kind is not _UP_TO_DATE:
+        if kind is _UP_TO_DATE:
+            return
+        if kind in _TRANSFER_KINDS and self._transfer_bytes is not None:
+            self._transfer_bytes = (
+                None if action.size is None else self._transfer_bytes + _left(action)
+            )
+        if self.keep is None or totals[0] <= self.keep:
             self._actions.append(action)
 
     def extend(self, actions: Iterable[PlannedAction]) -> None:
@@ -422,7 +450,24 @@ class PlanBuilder:
             dataset=self.dataset,
             totals={kind: KindTotals(*t) for kind, t in self._totals.items()},
             actions=self._actions,
+            complete=self.keep is None,
+            transfer_bytes=self._transfer_bytes,
         )
+
+
+def _left(action: PlannedAction) -> int:
+    assert action.size is not None
+    return max(action.size - action.offset, 0)
+
+
+def _bytes_to_transfer(actions: Iterable[PlannedAction]) -> int | None:
+    total = 0
+    for action in actions:
+        if action.kind in _TRANSFER_KINDS:
+            if action.size is None:
+                return None
+            total += _left(action)
+    return total
 
 
 def combine(plans: Iterable[Plan]) -> MultiPlan:

@@ -134,11 +134,14 @@ class DatasetSync:
 
     # --- plan and apply -------------------------------------------------------------------
 
-    def _build_plan(self, db: AssetDB, dataset_dir: Path) -> tuple[planner.Plan, list[FileUpdate]]:
+    def _build_plan(
+        self, db: AssetDB, dataset_dir: Path, keep: int | None = None
+    ) -> tuple[planner.Plan, list[FileUpdate]]:
         """Selected assets against the database and the disk, streamed through the planner;
-        also the database rows the disk contradicts (see ``DatasetPlan.reconcile``)."""
+        also the database rows the disk contradicts (see ``DatasetPlan.reconcile``).
+        ``keep``: actions kept per kind, for a plan that is only shown (None: all)."""
         f = self.target.filter
-        builder = planner.PlanBuilder(self.target.name)
+        builder = planner.PlanBuilder(self.target.name, keep=keep)
         reconcile: list[FileUpdate] = []
         if self.target.catalog_only:
             return builder.build(), reconcile
@@ -185,11 +188,16 @@ class DatasetSync:
         )
 
     def _plan_locked(
-        self, db: AssetDB, dataset: dict[str, Any], dataset_dir: Path, frozen: LockEntry | None
+        self,
+        db: AssetDB,
+        dataset: dict[str, Any],
+        dataset_dir: Path,
+        frozen: LockEntry | None,
+        keep: int | None = None,
     ) -> DatasetPlan:
         status = self.source.refresh(db, dataset_dir, frozen=frozen)
         self._check_filter(db)
-        plan, reconcile = self._build_plan(db, dataset_dir)
+        plan, reconcile = self._build_plan(db, dataset_dir, keep)
         return DatasetPlan(self.target, dataset, dataset_dir, status, plan, reconcile)
 
     @contextmanager
@@ -204,10 +212,14 @@ class DatasetSync:
         ):
             yield db, dataset, dataset_dir
 
-    def plan(self, *, frozen: LockEntry | None = None) -> DatasetPlan:
-        """What apply would do; fetches and ingests the catalog only when it changed."""
+    def plan(self, *, frozen: LockEntry | None = None, keep: int | None = None) -> DatasetPlan:
+        """What apply would do; fetches and ingests the catalog only when it changed.
+
+        ``keep``: list at most that many actions of each kind, for a plan to show (its
+        counts stay exact); None lists them all, as saving or applying a plan needs.
+        """
         with self._locked("plan") as (db, dataset, dataset_dir):
-            return self._plan_locked(db, dataset, dataset_dir, frozen)
+            return self._plan_locked(db, dataset, dataset_dir, frozen, keep)
 
     def apply(
         self,

@@ -325,6 +325,32 @@ def test_builder_counts_every_action_and_keeps_only_work(stream: list[PlannedAct
     assert Plan.from_json(plan.to_json()).fingerprint() == plan.fingerprint()
 
 
+@given(st.lists(actions, max_size=30), st.integers(0, 5))
+def test_a_shown_only_plan_keeps_the_first_actions_and_exact_counts(
+    stream: list[PlannedAction], keep: int
+) -> None:
+    full = PlanBuilder("demo")
+    full.extend(stream)
+    shown = PlanBuilder("demo", keep=keep)
+    shown.extend(stream)
+    everything, kept = full.build(), shown.build()
+    assert kept.totals == everything.totals
+    assert kept.summary_line() == everything.summary_line()
+    assert kept.transfer_bytes == everything.transfer_bytes
+    first: dict[ActionKind, int] = {}
+    expected = []
+    for action in everything.actions:
+        first[action.kind] = first.get(action.kind, 0) + 1
+        if first[action.kind] <= keep:
+            expected.append(action)
+    assert list(kept.actions) == expected
+    assert kept.hidden() == {kind: count - keep for kind, count in first.items() if count > keep}
+    assert everything.complete and everything.hidden() == {}
+    assert not kept.complete
+    with pytest.raises(RuntimeError, match="shown-only"):
+        kept.fingerprint()
+
+
 def test_plan_properties() -> None:
     builder = PlanBuilder("demo")
     builder.add(PlannedAction(ADD, "a", "h", size=10))

@@ -222,13 +222,16 @@ def _frozen_entry(project: Project, target: SyncTarget, frozen: bool) -> LockEnt
 
 
 def _make_plans(
-    project: Project, args: argparse.Namespace, renderer: ProgressRenderer
+    project: Project,
+    args: argparse.Namespace,
+    renderer: ProgressRenderer,
+    keep: int | None = None,
 ) -> list[DatasetPlan]:
     plans = []
     with project.session(args) as session:
         for target in project.targets:
             frozen = _frozen_entry(project, target, args.frozen)
-            plans.append(DatasetSync(session, target, sink=renderer).plan(frozen=frozen))
+            plans.append(DatasetSync(session, target, sink=renderer).plan(frozen=frozen, keep=keep))
     if args.frozen:
         check_frozen(
             project.lock,
@@ -300,8 +303,7 @@ def render_plan(plans: list[DatasetPlan]) -> None:
         console.print(_dataset_heading(dataset_plan))
         if plan.actions:
             console.print(_actions_table(plan.actions))
-            hidden = _hidden_counts(plan.actions)
-            for kind, count in hidden.items():
+            for kind, count in plan.hidden().items():
                 console.print(f"  [dim]… and {count:,} more to {kind.value}[/]")
         if len(plans) > 1:
             console.print(f"  {plan.summary_line()}", markup=False)
@@ -315,13 +317,6 @@ def _shown_actions(actions: Sequence[PlannedAction]) -> Iterator[PlannedAction]:
         if shown.get(action.kind, 0) < SHOWN_ACTIONS:
             shown[action.kind] = shown.get(action.kind, 0) + 1
             yield action
-
-
-def _hidden_counts(actions: Sequence[PlannedAction]) -> dict[ActionKind, int]:
-    totals: dict[ActionKind, int] = {}
-    for action in actions:
-        totals[action.kind] = totals.get(action.kind, 0) + 1
-    return {kind: n - SHOWN_ACTIONS for kind, n in totals.items() if n > SHOWN_ACTIONS}
 
 
 def _actions_table(actions: Sequence[PlannedAction]) -> Table:
@@ -347,7 +342,10 @@ def _manifest_digest(path: Path) -> str:
 def run_plan(args: argparse.Namespace) -> int:
     project = load_project(args.manifest, args.dataset)
     with ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer:
-        plans = _make_plans(project, args, renderer)
+        # Shown only, the table lists SHOWN_ACTIONS per kind: a plan of a million adds need
+        # not hold more. --out and --json need every action.
+        keep = None if args.out or args.json else SHOWN_ACTIONS
+        plans = _make_plans(project, args, renderer, keep)
     _update_lock(project, plans, args.frozen)
     if args.out:
         _write_text_atomically(args.out, _saved_plan(project, plans).to_json())
