@@ -64,15 +64,15 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import shapely
 from dateutil.parser import isoparse
-from shapely.geometry import shape
-from shapely.geometry.base import BaseGeometry
 
 from mlsync.errors import FilterError
 from mlsync.records import BBox, ItemMeta
+
+if TYPE_CHECKING:  # shapely (and numpy under it) costs ~70 ms of start-up: loaded on first use
+    from shapely.geometry.base import BaseGeometry
 
 __all__ = [
     "BBox",
@@ -401,6 +401,8 @@ def _check_lonlat(geometry: BaseGeometry) -> None:
 
 
 def _one_geometry(value: Mapping[str, Any], what: str) -> BaseGeometry:
+    from shapely.geometry import shape
+
     try:
         geometry = shape(value)
     except Exception as exc:  # shapely raises many types for malformed input
@@ -415,6 +417,9 @@ def parse_intersects(value: Mapping[str, Any] | BaseGeometry) -> BaseGeometry:
 
     Invalid polygons (self-intersections, bad rings) are repaired with ``make_valid``.
     """
+    import shapely
+    from shapely.geometry.base import BaseGeometry
+
     if isinstance(value, BaseGeometry):
         geometry = value
         if geometry.is_empty:
@@ -511,6 +516,8 @@ class DownloadFilter:
         if self.bbox is not None:
             object.__setattr__(self, "_boxes", _split(parse_bbox(self.bbox)))
         if self.intersects is not None:
+            import shapely
+
             aoi = self.intersects
             if not shapely.is_prepared(aoi):
                 shapely.prepare(aoi)
@@ -585,6 +592,9 @@ def _item_boxes(item: ItemMeta) -> tuple[BBox, ...] | None:
 
 def _item_shape(geometry: Mapping[str, Any]) -> BaseGeometry:
     """``shape()``, with a faster path for the common hole-free polygon (half the time)."""
+    import shapely
+    from shapely.geometry import shape
+
     if geometry.get("type") == "Polygon":
         rings = geometry.get("coordinates")
         if isinstance(rings, list) and len(rings) == 1:
@@ -617,6 +627,8 @@ def _aoi_ok(f: DownloadFilter, item: ItemMeta) -> bool:
         return False
     if f._aoi_is_box:
         return True
+    import shapely
+
     return any(aoi.intersects(shapely.box(*b)) for b in boxes)
 
 
