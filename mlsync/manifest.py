@@ -26,10 +26,10 @@ manifest that loads is one that filters. Choices made here:
 * ``output_dir`` defaults to ``.``, the manifest's directory (the reference defaults to the
   working directory, which makes a manifest mean different things from different places).
   A dataset's files land in ``<output_dir>/<dataset id>/`` as the reference lays them out.
-* Relative paths (``output_dir``, ``intersects``) resolve against the manifest's directory;
-  ``~`` is expanded in ``output_dir``. An ``intersects`` file must resolve (symlinks
-  followed) inside the manifest's directory tree, so a shared manifest cannot read arbitrary
-  files.
+* Relative paths (``output_dir``, ``intersects``, ``hub.ca_bundle``) resolve against the
+  manifest's directory; ``~`` is expanded in ``output_dir`` and ``hub.ca_bundle``. An
+  ``intersects`` file must resolve (symlinks followed) inside the manifest's directory tree,
+  so a shared manifest cannot read arbitrary files.
 * YAML timestamps are not converted (``datetime: 2019-01-01`` stays the string the user
   wrote) so dates follow the filters' ISO 8601 rules rather than YAML 1.1's.
 * A collection listed with no value (``coll:``) means every asset key, like ``coll: []``.
@@ -158,6 +158,22 @@ class HubSettings(_Strict):
         examples=["MLHUB_API_KEY"],
         json_schema_extra={"pattern": _ENV_NAME.pattern},
     )
+    ca_bundle: str | None = Field(
+        default=None,
+        min_length=1,
+        description="PEM file of CA certificates to verify TLS against (a corporate proxy, a "
+        "private hub's own CA), relative to the manifest's directory. --ca-bundle overrides "
+        "it; else MLHUB_CA_BUNDLE, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE, certifi. Verification "
+        "cannot be turned off.",
+        examples=["certs/corporate-ca.pem"],
+    )
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _check_ca_bundle(cls, value: str | None) -> str | None:
+        if value is not None and "-----BEGIN" in value:
+            raise _fail("ca_bundle must be the path of a PEM file, not the certificates")
+        return value
 
     @field_validator("root_url")
     @classmethod
@@ -681,6 +697,13 @@ class Manifest(_Strict):
     def base_dir(self) -> Path:
         """Absolute directory relative paths resolve against (the manifest file's)."""
         return self._base_dir
+
+    @property
+    def resolved_ca_bundle(self) -> Path | None:
+        """``hub.ca_bundle`` as an absolute path (relative to the manifest's directory); its
+        existence is checked when a session is made, so ``validate`` needs no certificates."""
+        bundle = self.hub.ca_bundle
+        return None if bundle is None else _resolve_dir(Path(bundle), self.base_dir)
 
     @property
     def path(self) -> Path | None:

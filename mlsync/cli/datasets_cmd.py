@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -13,7 +14,7 @@ from rich.table import Table
 from mlsync import client
 from mlsync.cli.render import human_bytes, print_json, stderr_console, stdout_console
 from mlsync.errors import ConfigurationError
-from mlsync.hub.config import DEFAULT_PROFILE, existing_key, write_profile
+from mlsync.hub.config import DEFAULT_PROFILE, existing_key, resolve_settings, write_profile
 from mlsync.hub.http import HubSession
 
 EXIT_OK = 0
@@ -27,6 +28,11 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
         "--api-key",
         help="API key (prefer MLHUB_API_KEY or a profile: arguments end up in shell history)",
     )
+    group.add_argument(
+        "--ca-bundle",
+        type=Path,
+        help="PEM file of CA certificates to verify TLS against (default: MLHUB_CA_BUNDLE)",
+    )
 
 
 def _plain(value: Any) -> str:
@@ -35,7 +41,13 @@ def _plain(value: Any) -> str:
 
 
 def session_from_args(args: argparse.Namespace) -> HubSession:
-    return client.get_session(api_key=args.api_key, profile=args.profile, root_url=args.root_url)
+    settings = resolve_settings(
+        api_key=args.api_key,
+        profile=args.profile,
+        root_url=args.root_url,
+        ca_bundle=args.ca_bundle,
+    )
+    return HubSession(settings)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -97,6 +97,11 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--root-url", help="override the manifest's hub root URL")
     parser.add_argument("--profile", help="override the manifest's profile")
+    parser.add_argument(
+        "--ca-bundle",
+        type=Path,
+        help="PEM file of CA certificates to verify TLS against (overrides hub.ca_bundle)",
+    )
 
 
 # --- manifest → targets -------------------------------------------------------------------
@@ -118,6 +123,7 @@ class Project:
             profile=getattr(args, "profile", None) or hub.profile,
             root_url=getattr(args, "root_url", None) or hub.root_url,
             api_key_env=hub.api_key_env,
+            ca_bundle=getattr(args, "ca_bundle", None) or self.manifest.resolved_ca_bundle,
         )
         return HubSession(settings)
 

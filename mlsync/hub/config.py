@@ -5,12 +5,17 @@ Compatible with the radiant-mlhub client: the same variables (``MLHUB_ROOT_URL``
 (``~/.mlhub/profiles``) and the same precedence. One deliberate difference: when nothing
 configures a key at all, mlsync goes on anonymously (the local hub needs no key) and only a
 401 from the hub turns that into an error, which then says where a key can be put.
+
+TLS is always verified; only the CA bundle is configurable (a corporate proxy, a private hub
+with its own CA): argument, then ``MLHUB_CA_BUNDLE``, then what requests itself reads
+(``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``), then certifi's bundle.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,7 @@ ENV_ROOT_URL = "MLHUB_ROOT_URL"
 ENV_API_KEY = "MLHUB_API_KEY"
 ENV_PROFILE = "MLHUB_PROFILE"
 ENV_HOME = "MLHUB_HOME"
+ENV_CA_BUNDLE = "MLHUB_CA_BUNDLE"
 
 KEY_HINT = (
     "pass api_key=..., set MLHUB_API_KEY, or run `mlsync configure` to store one in a profile"
@@ -33,17 +39,19 @@ KEY_HINT = (
 
 @dataclass(frozen=True)
 class HubSettings:
-    """The resolved connection settings. ``api_key_source`` says where the key came from."""
+    """The resolved connection settings. ``api_key_source`` says where the key came from;
+    ``ca_bundle`` (checked, absolute) is None when requests' own defaults apply."""
 
     root_url: str
     api_key: str | None
     api_key_source: str
+    ca_bundle: Path | None = None
 
     def __repr__(self) -> str:  # never show the key, even in a debugger or a log line
         shown = "<redacted>" if self.api_key else None
         return (
             f"HubSettings(root_url={self.root_url!r}, api_key={shown}, "
-            f"api_key_source={self.api_key_source!r})"
+            f"api_key_source={self.api_key_source!r}, ca_bundle={self.ca_bundle!r})"
         )
 
 
@@ -68,6 +76,42 @@ def normalize_root_url(url: str) -> str:
     return url if url.endswith("/") else url + "/"
 
 
+def check_ca_bundle(path: str | os.PathLike[str], origin: str) -> Path:
+    """The bundle as an absolute path, or a ConfigurationError now: a bad bundle would
+    otherwise surface later as a certificate error that looks like the server's fault."""
+    bundle = Path(path).expanduser().absolute()
+    advice = "give the path of a PEM file of CA certificates"
+    if not bundle.is_file():
+        what = "is not a file" if bundle.exists() else "does not exist"
+        raise ConfigurationError(f"CA bundle {bundle} (from {origin}) {what}; {advice}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(bundle))
+    except ssl.SSLError as exc:
+        raise ConfigurationError(
+            f"CA bundle {bundle} (from {origin}) holds no usable PEM certificate "
+            f"({exc.reason or exc}); {advice}"
+        ) from None
+    except OSError as exc:
+        raise ConfigurationError(
+            f"CA bundle {bundle} (from {origin}) cannot be read: {exc.strerror or exc}"
+        ) from None
+    return bundle
+
+
+def resolve_ca_bundle(
+    ca_bundle: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Path | None:
+    """The argument (a ``--ca-bundle`` flag or the manifest's ``hub.ca_bundle``), else
+    ``MLHUB_CA_BUNDLE``; None leaves ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``/certifi."""
+    env = os.environ if environ is None else environ
+    if ca_bundle:
+        return check_ca_bundle(ca_bundle, "the ca_bundle setting: --ca-bundle or hub.ca_bundle")
+    if env.get(ENV_CA_BUNDLE):
+        return check_ca_bundle(env[ENV_CA_BUNDLE], f"environment variable {ENV_CA_BUNDLE}")
+    return None
+
+
 def _read_profiles(path: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser()
     try:
@@ -83,17 +127,20 @@ def resolve_settings(
     profile: str | None = None,
     root_url: str | None = None,
     api_key_env: str | None = None,
+    ca_bundle: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> HubSettings:
-    """Resolve root URL and key in the reference client's order.
+    """Resolve root URL and key in the reference client's order, and the CA bundle.
 
     Key: ``api_key`` argument; the variable named by ``api_key_env`` (a manifest setting);
     ``MLHUB_API_KEY`` if present (present but empty is an error, as in the reference);
     the ``profile`` argument, ``MLHUB_PROFILE``, then the ``default`` profile. A profile
     named explicitly must exist; the implicit ``default`` may be absent (anonymous).
     Root URL: argument, ``MLHUB_ROOT_URL``, the profile's ``root_url``, the public default.
+    CA bundle: see :func:`resolve_ca_bundle`; checked first, before any request is made.
     """
     env = os.environ if environ is None else environ
+    bundle = resolve_ca_bundle(ca_bundle, env)
     path = profiles_path(env)
     parser = _read_profiles(path) if path.is_file() else None
     profile_name = profile or env.get(ENV_PROFILE)
@@ -152,7 +199,9 @@ def resolve_settings(
         root = section["root_url"]
     else:
         root = DEFAULT_ROOT_URL
-    return HubSettings(root_url=normalize_root_url(root), api_key=key, api_key_source=source)
+    return HubSettings(
+        root_url=normalize_root_url(root), api_key=key, api_key_source=source, ca_bundle=bundle
+    )
 
 
 def write_profile(

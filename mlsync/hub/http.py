@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -215,9 +216,15 @@ def describe_network_error(exc: BaseException) -> str:
 # --- sessions --------------------------------------------------------------------------------
 
 
-def new_requests_session(pool_size: int = 16) -> requests.Session:
-    """A pooled session with our User-Agent and no urllib3-level retries (we retry ourselves)."""
+def new_requests_session(pool_size: int = 16, ca_bundle: Path | None = None) -> requests.Session:
+    """A pooled session with our User-Agent and no urllib3-level retries (we retry ourselves).
+
+    ``ca_bundle`` replaces the CA certificates verification trusts; verification is never off.
+    Each request sends :func:`verify_of` the session, so that bundle is the one used.
+    """
     session = requests.Session()
+    if ca_bundle is not None:
+        session.verify = str(ca_bundle)
     adapter = requests.adapters.HTTPAdapter(
         pool_connections=4, pool_maxsize=pool_size, max_retries=0, pool_block=False
     )
@@ -225,6 +232,13 @@ def new_requests_session(pool_size: int = 16) -> requests.Session:
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     return session
+
+
+def verify_of(session: requests.Session) -> bool | str:
+    """The session's own ``verify``, for each request: requests lets ``REQUESTS_CA_BUNDLE``
+    override a bundle set on the session itself (psf/requests#3829), so an explicit bundle
+    must be passed per request to win as documented. Anything else (even False) is True."""
+    return session.verify if isinstance(session.verify, str) else True
 
 
 def open_stream(
@@ -255,6 +269,7 @@ def open_stream(
         stream=True,
         allow_redirects=True,
         timeout=timeouts.as_tuple(),
+        verify=verify_of(session),
     )
 
 
@@ -288,20 +303,32 @@ class TransferClient:
     variable of the environment and checks runtime protocols, about 0.35 ms of CPU that
     urllib3 alone does not spend (measured on 4 KiB files over loopback); a sync of many
     small assets is bound by exactly that. What requests gave is kept: proxies and
-    ``NO_PROXY`` from the environment (read once), ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
-    or certifi's bundle with verification always on, redirects (followed here, no secret is
-    ever in a transfer's headers), and its exception types, so retry decisions are the same.
+    ``NO_PROXY`` from the environment (read once), verification always on against
+    ``ca_bundle`` (the hub settings' bundle), else ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``,
+    else certifi's bundle, redirects (followed here, no secret is ever in a transfer's
+    headers), and its exception types, so retry decisions are the same.
     """
 
-    def __init__(self, *, pool_size: int = 4, timeouts: Timeouts | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        pool_size: int = 4,
+        timeouts: Timeouts | None = None,
+        ca_bundle: Path | None = None,
+    ) -> None:
         self.timeouts = timeouts or Timeouts()
         self._timeout = urllib3.Timeout(connect=self.timeouts.connect, read=self.timeouts.read)
-        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+        ca_certs = (
+            (str(ca_bundle) if ca_bundle is not None else None)
+            or os.environ.get("REQUESTS_CA_BUNDLE")
+            or os.environ.get("CURL_CA_BUNDLE")
+            or certifi.where()
+        )
         self._pool_options: dict[str, Any] = {
             "num_pools": 16,
             "maxsize": pool_size,
             "cert_reqs": "CERT_REQUIRED",
-            "ca_certs": ca_bundle or certifi.where(),
+            "ca_certs": ca_certs,
             "headers": {"User-Agent": USER_AGENT},
         }
         self._direct = urllib3.PoolManager(**self._pool_options)
@@ -413,7 +440,8 @@ class HubSession:
     """The MLHub API as seen from one configured client: root URL, key, pool, policies.
 
     The key travels as the ``key`` query parameter, as the API expects, and only to URLs
-    under the configured root URL; asset hosts and redirects elsewhere never see it.
+    under the configured root URL; asset hosts and redirects elsewhere never see it. TLS is
+    verified against ``settings.ca_bundle`` when one is set (on a given session too).
     """
 
     def __init__(
@@ -430,6 +458,8 @@ class HubSession:
         self.timeouts = timeouts or Timeouts()
         self.retry = retry or RetryPolicy()
         self._http = session or new_requests_session(pool_size)
+        if settings.ca_bundle is not None:
+            self._http.verify = str(settings.ca_bundle)
         self._http.headers["Accept"] = "application/json"
         register_secret(settings.api_key)
 
@@ -492,6 +522,7 @@ class HubSession:
                 stream=stream,
                 allow_redirects=allow_redirects,
                 timeout=self.timeouts.as_tuple(),
+                verify=verify_of(self._http),
             )
             log.debug("%s %s -> %d", method, shown, response.status_code)
             if response.status_code in self.retry.statuses:
@@ -641,7 +672,8 @@ class StacSession:
     These hosts are not the hub, so the hub's API key is never sent to them. Retryable
     failures (connection errors, timeouts, 408/429/5xx with ``Retry-After``, a body cut
     short) are retried under ``retry``; a body is read whole, up to ``max_bytes``. Safe to
-    use from several threads: each thread gets its own pooled ``requests`` session.
+    use from several threads: each thread gets its own pooled ``requests`` session. TLS is
+    verified against ``ca_bundle`` when given, as for the hub.
     """
 
     def __init__(
@@ -651,10 +683,12 @@ class StacSession:
         timeouts: Timeouts | None = None,
         pool_size: int = 4,
         max_bytes: int = MAX_DOCUMENT_BYTES,
+        ca_bundle: Path | None = None,
     ) -> None:
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         self.max_bytes = max_bytes
+        self.ca_bundle = ca_bundle
         self._pool_size = pool_size
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
@@ -675,7 +709,7 @@ class StacSession:
     def _http(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = new_requests_session(self._pool_size)
+            session = new_requests_session(self._pool_size, self.ca_bundle)
             session.headers["Accept"] = "application/json, application/geo+json;q=0.9, */*;q=0.5"
             self._local.session = session
             with self._lock:
@@ -709,7 +743,8 @@ class StacSession:
 
         def attempt() -> Fetched | requests.Response:
             log.debug("%s %s", method, shown)
-            response = self._http().request(
+            http = self._http()
+            response = http.request(
                 method,
                 url,
                 params=params,
@@ -718,6 +753,7 @@ class StacSession:
                 stream=True,
                 allow_redirects=True,
                 timeout=self.timeouts.as_tuple(),
+                verify=verify_of(http),
             )
             log.debug("%s %s -> %d", method, shown, response.status_code)
             with response:

@@ -17,15 +17,20 @@ def make_source(
     policy: RetryPolicy,
     timeouts: Timeouts,
 ) -> CatalogSource:
-    """The source ``target`` names: its ``source`` spec, else the hub dataset ``target.ref``."""
+    """The source ``target`` names: its ``source`` spec, else the hub dataset ``target.ref``.
+
+    STAC sources verify TLS against the session's CA bundle, as the hub and transfers do."""
+    bundle = session.settings.ca_bundle
     if target.source is not None and target.source.kind == "stac":
         from mlsync.sources.static import StaticCatalogSource
 
-        return StaticCatalogSource(target, sink=sink, policy=policy, timeouts=timeouts)
+        return StaticCatalogSource(
+            target, sink=sink, policy=policy, timeouts=timeouts, ca_bundle=bundle
+        )
     if target.source is not None and target.source.kind == "stac_api":
         from mlsync.sources.stac_api import StacApiSource
 
-        return StacApiSource(target, sink=sink, policy=policy, timeouts=timeouts)
+        return StacApiSource(target, sink=sink, policy=policy, timeouts=timeouts, ca_bundle=bundle)
     from mlsync.sources.mlhub import MLHubSource
 
     return MLHubSource(session, target, sink=sink, policy=policy)

@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urljoin
 
-import shapely.geometry
-
 from mlsync.assetdb import AssetDB
 from mlsync.errors import CatalogError, ConfigurationError, HubResponseError, MLHubError
 from mlsync.events import EventSink, Task
@@ -70,7 +68,9 @@ def search_body(target: SyncTarget) -> dict[str, Any]:
     if f.bbox is not None:
         body["bbox"] = list(f.bbox)
     if f.intersects is not None:
-        body["intersects"] = json.loads(json.dumps(shapely.geometry.mapping(f.intersects)))
+        from shapely.geometry import mapping  # loaded on first use: ~70 ms of start-up
+
+        body["intersects"] = json.loads(json.dumps(mapping(f.intersects)))
     if f.time is not None:
         body["datetime"] = f.time.to_interval()
     body["limit"] = spec.limit or DEFAULT_LIMIT
@@ -94,7 +94,13 @@ class StacApiSource(Notifying):
     """A STAC API search at ``target.source.url``; ``target.name`` is its directory."""
 
     def __init__(
-        self, target: SyncTarget, *, sink: EventSink, policy: RetryPolicy, timeouts: Timeouts
+        self,
+        target: SyncTarget,
+        *,
+        sink: EventSink,
+        policy: RetryPolicy,
+        timeouts: Timeouts,
+        ca_bundle: Path | None = None,
     ) -> None:
         assert target.source is not None and target.source.kind == "stac_api"
         self.target = target
@@ -102,6 +108,7 @@ class StacApiSource(Notifying):
         self.sink = sink
         self.policy = policy
         self.timeouts = timeouts
+        self.ca_bundle = ca_bundle
 
     def resolve(self) -> dict[str, Any]:
         source: dict[str, Any] = {"stac_api": self.url}
@@ -184,7 +191,9 @@ class StacApiSource(Notifying):
         items = pages = 0
         with (
             DocumentCache.open(dataset_dir / CACHE_NAME) as cache,
-            StacSession(retry=self.policy, timeouts=self.timeouts) as http,
+            StacSession(
+                retry=self.policy, timeouts=self.timeouts, ca_bundle=self.ca_bundle
+            ) as http,
         ):
             cache.begin()
             try:

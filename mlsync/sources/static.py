@@ -239,6 +239,7 @@ class StaticCatalogSource(Notifying):
         policy: RetryPolicy,
         timeouts: Timeouts,
         workers: int = DEFAULT_WORKERS,
+        ca_bundle: Path | None = None,
     ) -> None:
         assert target.source is not None and target.source.kind == "stac"
         self.target = target
@@ -247,6 +248,7 @@ class StaticCatalogSource(Notifying):
         self.policy = policy
         self.timeouts = timeouts
         self.workers = workers
+        self.ca_bundle = ca_bundle
 
     def resolve(self) -> dict[str, Any]:
         return {"id": self.target.name, "source": {"stac": self.url}}
@@ -257,7 +259,12 @@ class StaticCatalogSource(Notifying):
         problems = ProblemNotices(self._notice)
         with (
             DocumentCache.open(dataset_dir / CACHE_NAME) as cache,
-            StacSession(retry=self.policy, timeouts=self.timeouts, pool_size=self.workers) as http,
+            StacSession(
+                retry=self.policy,
+                timeouts=self.timeouts,
+                pool_size=self.workers,
+                ca_bundle=self.ca_bundle,
+            ) as http,
         ):
             cache.begin()
             try:
