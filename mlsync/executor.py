@@ -108,7 +108,9 @@ class Executor:
         timeouts: Timeouts | None = None,
         sink: EventSink = ignore,
         client_factory: Callable[[Timeouts], TransferClient] | None = None,
+        ca_bundle: Path | None = None,
     ) -> None:
+        """``ca_bundle``: the CA certificates the default transfer clients verify against."""
         self.dataset = dataset
         self.dataset_dir = dataset_dir
         self.state = state
@@ -116,20 +118,30 @@ class Executor:
         self.policy = policy or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         self.sink = sink
-        self.client_factory = client_factory or (lambda timeouts: TransferClient(timeouts=timeouts))
+        self.client_factory = client_factory or (
+            lambda timeouts: TransferClient(timeouts=timeouts, ca_bundle=ca_bundle)
+        )
         self.stop = threading.Event()
         self._checked_folders: set[str] = set()
 
     def run(
-        self, actions: Iterable[PlannedAction], *, count: int, total_bytes: int | None
+        self,
+        actions: Iterable[PlannedAction],
+        *,
+        count: int,
+        total_bytes: int | None,
+        report: ExecutionReport | None = None,
     ) -> ExecutionReport:
         """Transfer every add/resume/replace action; other kinds are ignored here.
+
+        ``report`` is filled as results come in, so a caller that passes its own still has
+        the failures so far when the run ends with Ctrl-C or a disk error.
 
         Workers take the next action from one shared iterator and append results to a deque
         that this thread drains every few milliseconds: no queue hand-off and no wake-up per
         asset, which on small files cost more than the transfer itself (futex storms).
         """
-        report = ExecutionReport()
+        report = ExecutionReport() if report is None else report
         started = time.monotonic()
         take = _SharedIterator(
             group
@@ -159,7 +171,7 @@ class Executor:
             except KeyboardInterrupt:
                 report.interrupted = True
                 self.stop.set()
-                self._drain(results, threads, report)
+                self._drain(results, threads, report, count_task)
                 self.state.commit()
                 raise
             finally:
@@ -303,6 +315,7 @@ class Executor:
         results: deque[_Done | _Failed],
         threads: list[threading.Thread],
         report: ExecutionReport,
+        count_task: Task,
     ) -> None:
         """After Ctrl-C: give workers a moment to drop their chunk, record what finished."""
         deadline = time.monotonic() + 5.0
@@ -310,13 +323,7 @@ class Executor:
             for thread in threads:
                 thread.join(timeout=0.1)
         while results:
-            result = results.popleft()
-            if isinstance(result, _Done):
-                self.state.record_complete(
-                    result.action.rel_path, result.size, result.mtime_ns, result.action.checksum
-                )
-                report.transferred += 1
-                report.bytes += result.size
+            self._record(results.popleft(), report, count_task)
 
 
 def _folder_of(action: PlannedAction) -> str:

@@ -9,6 +9,7 @@ the filters → classify against the database and the disk (pure planner) → ex
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -261,8 +262,18 @@ class DatasetSync:
                 policy=self.policy,
                 timeouts=self.timeouts,
                 sink=self.sink,
+                ca_bundle=self.session.settings.ca_bundle,
             )
-            report = executor.run(transfers, count=len(transfers), total_bytes=plan.transfer_bytes)
+            try:
+                executor.run(
+                    transfers, count=len(transfers), total_bytes=plan.transfer_bytes, report=report
+                )
+            except BaseException:
+                # Ctrl-C or a disk error: the assets that failed before it are still reported.
+                if report.failed:
+                    with contextlib.suppress(LocalWriteError):
+                        write_error_report(report_path, dataset_plan.dataset_id, report.failed)
+                raise
         pruned = self._prune(db, dataset_dir, plan.actions) if prune else []
         write_error_report(report_path, dataset_plan.dataset_id, report.failed)
         result = DatasetResult(dataset_plan, report, pruned, report_path if report.failed else None)

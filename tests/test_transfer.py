@@ -7,6 +7,7 @@ be staged exactly; end-to-end runs against the real local hub live in the apply 
 from __future__ import annotations
 
 import email.utils
+import errno
 import hashlib
 import io
 import os
@@ -17,7 +18,9 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 from mlsync.errors import LocalWriteError, TransferError
+from mlsync.executor import ExecutionReport, Executor
 from mlsync.hub.http import RetryPolicy
+from mlsync.records import ActionKind, PlannedAction
 from mlsync.transfer import FileTransfer, TransferStopped, parse_checksum
 
 DATA = bytes(range(256)) * 40  # 10,240 bytes
@@ -239,3 +242,69 @@ def test_parse_checksum_multihash():
     assert parse_checksum("1220abcd") is None
     assert parse_checksum("ff20" + "0" * 64) is None
     assert parse_checksum(None) is None
+
+
+# --- the executor around transfers ----------------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self):
+        self.complete, self.failed, self.commits = [], [], 0
+
+    def record_complete(self, rel_path, size, mtime_ns, checksum):
+        self.complete.append(rel_path)
+
+    def record_failed(self, rel_path, error, attempts):
+        self.failed.append(rel_path)
+
+    def commit(self):
+        self.commits += 1
+
+
+class _FakeClient:
+    """Per href: '404', 'full' (a body the disk refuses), or the DATA file."""
+
+    def __init__(self, timeouts):
+        pass
+
+    def open(self, href, *, offset=0, if_range=None):
+        if href.endswith("404"):
+            return response(404)
+        if href.endswith("full"):
+            r = response(200, DATA, {"Content-Length": str(len(DATA))})
+
+            def refuse(chunk_size):
+                raise OSError(errno.ENOSPC, "No space left on device")
+                yield b""
+
+            r.iter_content = refuse
+            return r
+        return response(200, DATA, {"Content-Length": str(len(DATA))})
+
+    def close(self):
+        pass
+
+
+def test_failures_before_a_fatal_disk_error_stay_in_the_callers_report(tmp_path):
+    actions = [
+        PlannedAction(ActionKind.ADD, "a/missing.bin", "http://h/404", len(DATA)),
+        PlannedAction(ActionKind.ADD, "b/fine.bin", "http://h/ok", len(DATA)),
+        PlannedAction(ActionKind.ADD, "c/refused.bin", "http://h/full", len(DATA)),
+        PlannedAction(ActionKind.ADD, "d/never.bin", "http://h/ok", len(DATA)),
+    ]
+    state = _Recorder()
+    executor = Executor(
+        dataset="d", dataset_dir=tmp_path, state=state, workers=1, policy=FAST,
+        client_factory=_FakeClient,
+    )  # fmt: skip
+    report = ExecutionReport()
+
+    with pytest.raises(LocalWriteError, match="the disk is full"):
+        executor.run(actions, count=len(actions), total_bytes=None, report=report)
+
+    assert [f.rel_path for f in report.failed] == ["a/missing.bin"]
+    assert report.failed[0].status == 404 and report.failed[0].attempts == 1
+    assert state.failed == ["a/missing.bin"] and state.complete == ["b/fine.bin"]
+    assert (tmp_path / "b" / "fine.bin").read_bytes() == DATA
+    assert not (tmp_path / "d").exists()  # the run stopped at the disk error
+    assert state.commits >= 1
