@@ -219,6 +219,7 @@ class Executor:
             policy=self.policy,
             on_bytes=on_bytes,
             stop=self.stop,
+            root=self.dataset_dir,
         )
         if action.kind is ActionKind.REPLACE:
             transfer.part.unlink(missing_ok=True)

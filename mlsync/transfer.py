@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import hashlib
 import os
 import re
@@ -100,7 +101,10 @@ class FileTransfer:
         on_bytes: Callable[[int], None] | None = None,
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] | None = None,
+        root: Path | None = None,
     ) -> None:
+        """``root``: the tree the file belongs to; folders are made below it, never it (a
+        dataset directory deleted during a run is an error, not silently made again)."""
         self.open_response = open_response
         self.dest = dest
         self.part = dest.with_name(dest.name + PART_SUFFIX)
@@ -111,6 +115,7 @@ class FileTransfer:
         self.on_bytes = on_bytes or (lambda _n: None)
         self.stop = stop or threading.Event()
         self._sleep = sleep
+        self.root = root
         self.attempts = 0
         self.resumed_from: int | None = None
         self.last_status: int | None = None
@@ -285,6 +290,9 @@ class FileTransfer:
             try:
                 return os.open(self.part, flags, 0o666)
             except FileNotFoundError:
+                if self.root is not None and not self.root.is_dir():
+                    gone = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+                    raise _disk_error(gone, self.root) from None
                 self.part.parent.mkdir(parents=True, exist_ok=True)
                 return os.open(self.part, flags, 0o666)
         except OSError as exc:

@@ -308,3 +308,15 @@ def test_failures_before_a_fatal_disk_error_stay_in_the_callers_report(tmp_path)
     assert (tmp_path / "b" / "fine.bin").read_bytes() == DATA
     assert not (tmp_path / "d").exists()  # the run stopped at the disk error
     assert state.commits >= 1
+
+
+def test_a_vanished_dataset_directory_is_an_error_not_made_again(tmp_path):
+    root = tmp_path / "dataset"
+    dest = root / "col" / "item" / "file.bin"
+    transfer = FileTransfer(Server(), dest, label="t", policy=FAST, root=root)
+    with pytest.raises(LocalWriteError, match=r"dataset: the output directory vanished"):
+        transfer.run()
+    assert not root.exists()
+    root.mkdir()
+    FileTransfer(Server(), dest, label="t", policy=FAST, root=root).run()
+    assert dest.read_bytes() == DATA
