@@ -25,7 +25,7 @@ import pytest
 
 from mlsync.localhub import FaultConfig, make_sample
 from mlsync.localhub.server import RunningHub
-from mlsync.runlock import LOCK_FILE_NAME
+from mlsync.runlock import LOCK_FILE_NAME, RunLock
 from tests.conftest import SAMPLE_DATASET
 from tests.test_faults_e2e import assert_synced, asset_files, recorded, served_files, sha256
 
@@ -344,3 +344,23 @@ def test_short_soak_random_kills_through_faults_lose_nothing(tmp_path: Path) -> 
     assert result.files_verified == result.files
     assert result.bytes_lost == 0
     assert sum(result.faults.values()) > 0, report
+
+
+def test_apply_while_a_plan_holds_the_tree_is_refused_and_runs_once_it_is_done(
+    hub_factory: HubFactory, slow_root: Path, tmp_path: Path, apply: Apply
+) -> None:
+    """``plan`` takes the same run lock as ``apply``: an apply started during a plan (of a
+    big catalog, say) refuses at once, naming it, and touches nothing."""
+    hub = hub_factory(root=slow_root)
+    dataset_dir = tmp_path / "out" / DATASET
+    dataset_dir.mkdir(parents=True)
+    with RunLock.for_dataset(dataset_dir, command="plan"):
+        refused = apply.run(hub)
+        assert refused.returncode == 1
+        assert f"pid {os.getpid()}" in refused.stderr and "`mlsync plan`" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert hub.stats["by_kind"]["asset"] == 0
+        assert sorted(p.name for p in dataset_dir.iterdir()) == [LOCK_FILE_NAME]
+    done = apply.run(hub)
+    assert done.returncode == 0, done.stderr
+    assert_synced(tmp_path / "out", slow_root, DATASET)
