@@ -9,7 +9,9 @@ A local hub (in this process) serves a generated dataset of ``--assets`` small a
 enlarged to a few MiB, spread through the dataset, so that kills also leave ``.part`` files
 that are resumed with ``Range``. About ``--fault-rate`` of all requests (API, catalog archive
 and assets) fail: 500, 503, 429, connection reset, body cut short of its Content-Length,
-stall, Range ignored.
+stall, Range ignored; on top of that, a share of the asset responses serve another version of
+the file ("the file changed between two requests": same length, other bytes, other ETag and
+Last-Modified), which the catalog's ``file:checksum`` must keep from ever landing.
 
 ``mlsync apply`` runs as a subprocess, exactly as a user runs it, and is sent SIGKILL a random
 delay (up to ``--max-delay``) after the hub sees its first request, ``--kills`` times: counting
@@ -25,6 +27,15 @@ tree is verified: every file byte-identical to the hub's, the database agreeing 
 lock left behind. Exit status 0 only if all of it holds; 1 otherwise. (Temporary files of the
 catalog extraction, ``.mlsync-*.tmp``, that a kill left are counted, not failed: ``archive``
 documents that they may stay behind and are never read.)
+
+Then, unless ``--no-tiny-fs``, the output goes on a tiny filesystem that fills up: as root,
+where ``mount -t tmpfs`` works (else the phase says why it is skipped), a tmpfs of about 40 %
+of the dataset's bytes is mounted under the workdir and ``mlsync apply`` runs into it through
+the same faulty hub. It must exit 1 saying "the disk is full" and "run apply again", with no
+traceback, and every file under its final name must be the served one (and every file the
+database records as complete there as recorded); the tmpfs is then grown (``mount -o
+remount``), apply runs again and the tree on it must pass the final check above. The tmpfs is
+always unmounted (``umount -l``) at the end.
 
 Everything happens in a temporary folder (``--workdir`` to choose it, ``--keep`` to keep it;
 it is kept anyway when something fails, with one log per apply run).
@@ -69,16 +80,44 @@ FAULT_SHARES = {  # of --fault-rate
     "rate_truncate": 0.15,
     "rate_stall": 0.10,
     "rate_ignore_range": 0.10,
+    "rate_change": 0.10,  # asset responses only, drawn on its own (it combines with the others)
 }
 STALL_SECONDS = 0.3
 STARTUP_TIMEOUT = 60.0
 """How long a run may take to send its first request."""
 FINAL_RUN_TIMEOUT = 600.0
+TINY_FS_SHARE = 0.40
+"""The tiny filesystem's size, as a share of the dataset's bytes."""
+TINY_FS_MIN = 256 * 1024
 LOCK_FILE = ".mlsync-apply.lock"
 DB_FILE = "mlhub_stac_assets.db"
 ERR_REPORT = "err_report.csv"
 
 Log = Callable[[str], None]
+
+
+@dataclass
+class TinyFsResult:
+    """The tiny-filesystem phase: what was on it when it filled, and after it grew."""
+
+    skipped: str | None = None
+    size: int = 0
+    used_when_full: int = 0
+    exit_when_full: int | None = None
+    files_when_full: int = 0
+    grown_size: int = 0
+    exit_when_grown: int | None = None
+    files_verified: int = 0
+
+    def summary(self) -> str:
+        if self.skipped is not None:
+            return f"skipped ({self.skipped})"
+        return (
+            f"{self.size / 1e6:,.1f} MB tmpfs full at {self.used_when_full / 1e6:,.1f} MB "
+            f"(exit {self.exit_when_full}, {self.files_when_full:,} files complete and "
+            f"identical); grown to {self.grown_size / 1e6:,.1f} MB: exit {self.exit_when_grown}, "
+            f"{self.files_verified:,} files verified byte-identical"
+        )
 
 
 @dataclass
@@ -99,6 +138,7 @@ class SoakResult:
     bytes_lost: int = 0
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tiny_fs: TinyFsResult | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,6 +157,7 @@ class SoakResult:
             f"files verified:   {self.files_verified:,} byte-identical "
             f"(catalog temp files left by kills: {self.stale_tmp_files})",
             f"bytes lost:       {self.bytes_lost:,}",
+            *([f"tiny fs:          {self.tiny_fs.summary()}"] if self.tiny_fs else []),
             f"time:             {self.seconds:,.1f} s",
         ]
         if self.problems:
@@ -215,6 +256,14 @@ class Checker:
         self.problems: list[str] = []
         self.deleted: set[tuple[str, str]] = set()
         """Files the soak deleted: their records may claim them until a run reconciles."""
+
+    def for_output(self, output_dir: Path) -> Checker:
+        """A checker of another tree of the same datasets (digests shared, no problems yet)."""
+        other = Checker.__new__(Checker)
+        other.output_dir = output_dir
+        other.expected, other.digests = self.expected, self.digests
+        other.problems, other.deleted = [], set()
+        return other
 
     def problem(self, text: str) -> None:
         self.problems.append(text)
@@ -347,6 +396,118 @@ def _wait_for_first_request(hub: RunningHub, proc: subprocess.Popen[bytes]) -> N
         time.sleep(0.005)
 
 
+def _used_bytes(path: Path) -> int:
+    usage = os.statvfs(path)
+    return (usage.f_blocks - usage.f_bfree) * usage.f_frsize
+
+
+def _run_logged(
+    command: list[str], log_path: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run to completion, stdout and stderr apart (and both in ``log_path``)."""
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=FINAL_RUN_TIMEOUT
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        done = subprocess.CompletedProcess(command, -1, out, err + "\n(timed out)")
+    log_path.write_text(
+        f"$ {' '.join(command)}\n--- stdout\n{done.stdout}--- stderr\n{done.stderr}"
+    )
+    return done
+
+
+def tiny_fs_phase(
+    workdir: Path,
+    checker: Checker,
+    mlsync_cmd: list[str],
+    root_url: str,
+    env: dict[str, str],
+    dataset_bytes: int,
+    log: Log,
+) -> TinyFsResult:
+    """Apply onto a tmpfs of ``TINY_FS_SHARE`` of the dataset, then onto the grown tmpfs (see
+    the module docstring). The tmpfs is mounted at ``checker.output_dir``; problems go to
+    ``checker``."""
+    tiny = TinyFsResult()
+    if os.geteuid() != 0:
+        tiny.skipped = "mounting a tmpfs needs root"
+        log(f"tiny fs: phase skipped: {tiny.skipped}")
+        return tiny
+    mountpoint = checker.output_dir
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    tiny.size = max(TINY_FS_MIN, -(-int(dataset_bytes * TINY_FS_SHARE) // 4096) * 4096)
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={tiny.size}", "tmpfs", str(mountpoint)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        tiny.skipped = f"mount -t tmpfs cannot run: {exc}"
+    else:
+        if mounted.returncode != 0:
+            reason = (mounted.stderr or mounted.stdout).strip() or f"exit {mounted.returncode}"
+            tiny.skipped = f"mount -t tmpfs failed: {reason}"
+    if tiny.skipped is not None:
+        log(f"tiny fs: phase skipped: {tiny.skipped}")
+        return tiny
+    try:
+        manifest = workdir / "mlsync-tiny-fs.yaml"
+        datasets = "".join(f"  - id: {ds}\n" for ds in checker.expected)
+        manifest.write_text(f"version: 1\noutput_dir: {mountpoint}\ndatasets:\n{datasets}")
+        command = [*mlsync_cmd, "apply", str(manifest), "--root-url", root_url]
+        logs = workdir / "logs"
+        log(f"tiny fs: apply onto a {tiny.size / 1e6:,.1f} MB tmpfs at {mountpoint}")
+        full = _run_logged(command, logs / "tiny-fs-full.log", env)
+        tiny.exit_when_full = full.returncode
+        tiny.used_when_full = _used_bytes(mountpoint)
+        tiny.files_when_full = sum(len(_asset_files(mountpoint / ds)) for ds in checker.expected)
+        log(
+            f"tiny fs: apply exited with {full.returncode}, {tiny.used_when_full / 1e6:,.1f} MB "
+            f"used, {tiny.files_when_full:,} files under their final name"
+        )
+        if full.returncode != 1:
+            checker.problem(f"full: apply exited with {full.returncode}, not 1")
+        for phrase in ("the disk is full", "run apply again"):
+            if phrase not in full.stderr:
+                checker.problem(f"full: stderr does not say {phrase!r}")
+        if "Traceback" in full.stderr + full.stdout:
+            checker.problem("full: apply printed a traceback")
+        if tiny.files_when_full >= sum(len(files) for files in checker.expected.values()):
+            checker.problem("full: every file fit; the filesystem never filled")
+        checker.after_kill("full")  # final names identical, the database's claims true
+
+        tiny.grown_size = max(3 * dataset_bytes, dataset_bytes + 64 * 2**20)
+        subprocess.run(
+            ["mount", "-o", f"remount,size={tiny.grown_size}", str(mountpoint)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        grown = _run_logged(command, logs / "tiny-fs-grown.log", env)
+        tiny.exit_when_grown = grown.returncode
+        log(
+            f"tiny fs: grown to {tiny.grown_size / 1e6:,.1f} MB, "
+            f"apply exited with {grown.returncode}"
+        )
+        if grown.returncode != 0:
+            checker.problem(f"grown: apply exited with {grown.returncode}, not 0")
+        verified = SoakResult(assets=0, files=0, dataset_bytes=0)
+        checker.final(verified)
+        tiny.files_verified = verified.files_verified
+        if verified.bytes_lost:
+            checker.problem(f"grown: {verified.bytes_lost:,} bytes lost")
+    except (OSError, subprocess.SubprocessError) as exc:
+        checker.problem(f"the phase broke: {exc}")
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
+    return tiny
+
+
 def _hub_counters(hub: RunningHub, result: SoakResult) -> None:
     stats = hub.stats
     result.faults = dict(stats["faults"])
@@ -364,6 +525,7 @@ def run_soak(
     fault_rate: float = 0.10,
     big_files: int = 24,
     max_delay: float = 2.5,
+    tiny_fs: bool = True,
     log: Log = print,
 ) -> SoakResult:
     """The whole soak in ``workdir`` (created if needed); see the module docstring."""
@@ -441,6 +603,13 @@ def run_soak(
             if label == "no-op" and hub.stats["by_kind"]["asset"] != before:
                 checker.problem("the apply after the final one requested asset files again")
         _hub_counters(hub, result)
+        tiny_checker = checker.for_output(workdir / "tiny-fs")
+        if tiny_fs:
+            result.tiny_fs = tiny_fs_phase(
+                workdir, tiny_checker, mlsync_cmd, hub.url, env, result.dataset_bytes, log
+            )
+        else:
+            result.tiny_fs = TinyFsResult(skipped="--no-tiny-fs")
     status = _status_counts([*mlsync_cmd, "status", str(manifest), "--json"], env)
     for name, counts in status.items():
         if counts["complete"] != counts["selected"]:
@@ -448,7 +617,7 @@ def run_soak(
                 f"status: {name}: {counts['complete']} complete of {counts['selected']}"
             )
     checker.final(result)
-    result.problems = checker.problems
+    result.problems = checker.problems + [f"tiny fs: {p}" for p in tiny_checker.problems]
     result.seconds = time.monotonic() - started
     return result
 
@@ -462,6 +631,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-files", type=int, default=24, help="multi-MiB files (default 24)")
     parser.add_argument(
         "--max-delay", type=float, default=2.5, help="latest kill moment, seconds (default 2.5)"
+    )
+    parser.add_argument(
+        "--no-tiny-fs",
+        dest="tiny_fs",
+        action="store_false",
+        help="skip the phase with the output on a tiny tmpfs that fills up",
     )
     parser.add_argument("--workdir", type=Path, help="default: a new temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the workdir")
@@ -477,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         fault_rate=args.fault_rate,
         big_files=args.big_files,
         max_delay=args.max_delay,
+        tiny_fs=args.tiny_fs,
         log=lambda text: print(text, flush=True),
     )
     print(result.summary())

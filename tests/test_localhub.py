@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import urllib3
 
 from mlsync.cli.main import main
 from mlsync.localhub import FaultConfig, running_hub
+from mlsync.localhub.faults import changed_bytes
 from mlsync.localhub.server import RunningHub
 from tests.conftest import (
     SAMPLE_ASSET_SIZE,
@@ -510,10 +512,88 @@ def test_fault_draws_are_deterministic_per_seed():
     assert config.decide("api", "/datasets") is None
 
 
+def test_change_draws_are_deterministic_per_seed_and_leave_other_draws_alone():
+    def sequence(seed: int, rate_change: float) -> list[tuple[str | None, bool]]:
+        config = FaultConfig(seed=seed, rate_500=0.2, rate_truncate=0.2, rate_change=rate_change)
+        return [config.draw("asset", f"/data/x/{n}") for n in range(300)]
+
+    first = sequence(7, 0.3)
+    assert first == sequence(7, 0.3)
+    assert first != sequence(8, 0.3)
+    assert {(None, True), ("truncate", True), (None, False)} <= set(first)
+    assert ("500", True) not in first  # nothing served: nothing changed
+    changed = sum(flag for _, flag in first) / len(first)
+    assert 0.15 < changed < 0.35  # about 0.3 of the requests that carry the file
+    without = FaultConfig(seed=7, rate_500=0.2, rate_truncate=0.2)
+    plain = [without.decide("asset", f"/data/x/{n}") for n in range(300)]
+    assert "change" not in plain  # rate_change 0: no second draw, the old sequence
+    assert FaultConfig(rate_change=1.0).draw("api", "/datasets", method="GET") == (None, False)
+    config = FaultConfig(rate_change=1.0, rate_500=0.5, max_faults=3)
+    draws = [config.draw("asset", f"/data/x/{n}") for n in range(10)]
+    assert sum(f is not None for f, _ in draws) + sum(c for _, c in draws) == 3
+    assert config.injected.get("change", 0) >= 1
+
+
+def test_fault_change_serves_another_version_consistently(hub_factory, web, sample_root):
+    real_path = sample_root / SAMPLE_DATASET / ASSET_REL
+    real = real_path.read_bytes()
+    plain = web.get(asset_url(hub_factory()))
+    hub = hub_factory(faults=FaultConfig(seed=5, rate_change=1.0))
+    changed = web.get(asset_url(hub))
+    assert changed.status_code == 200
+    assert len(changed.content) == len(real) == int(changed.headers["Content-Length"])
+    assert all(a != b for a, b in zip(changed.content, real, strict=True))
+    name = f"{SAMPLE_DATASET}/{ASSET_REL}"
+    assert changed.content == changed_bytes(5, name, real)
+    assert changed_bytes(5, name, changed.content) == real  # XOR: its own inverse
+    assert changed.content != changed_bytes(6, name, real)  # the mask follows the seed
+    assert changed.headers["ETag"] != plain.headers["ETag"]
+    assert changed.headers["Last-Modified"] != plain.headers["Last-Modified"]
+    assert web.get(asset_url(hub)).headers["ETag"] == changed.headers["ETag"]  # one version
+
+    # Ranges and validators are those of the changed version.
+    ranged = web.get(
+        asset_url(hub), headers={"Range": "bytes=100-", "If-Range": changed.headers["ETag"]}
+    )
+    assert ranged.status_code == 206 and ranged.content == changed.content[100:]
+    by_date = web.get(
+        asset_url(hub),
+        headers={"Range": "bytes=7-9", "If-Range": changed.headers["Last-Modified"]},
+    )
+    assert by_date.status_code == 206 and by_date.content == changed.content[7:10]
+    for validator in (plain.headers["ETag"], plain.headers["Last-Modified"]):
+        other = web.get(asset_url(hub), headers={"Range": "bytes=100-", "If-Range": validator})
+        assert other.status_code == 200 and other.content == changed.content
+    not_modified = web.get(asset_url(hub), headers={"If-None-Match": changed.headers["ETag"]})
+    assert not_modified.status_code == 304
+    assert web.get(asset_url(hub), headers={"If-None-Match": plain.headers["ETag"]}).ok
+    assert hub.stats["faults"] == {"change": 8}
+    assert real_path.read_bytes() == real  # the file itself is never touched
+
+
+def test_fault_change_combines_with_truncate(hub_factory, web, sample_root):
+    real = (sample_root / SAMPLE_DATASET / ASSET_REL).read_bytes()
+    hub = hub_factory(faults=FaultConfig(rate_truncate=1.0, rate_change=1.0, cut_fraction=0.25))
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        web.get(asset_url(hub))
+    with web.get(asset_url(hub), stream=True) as response:
+        head = b""
+        with pytest.raises(urllib3.exceptions.ProtocolError):
+            for chunk in response.raw.stream(256, decode_content=False):
+                head += chunk
+    assert 0 < len(head) < len(real)
+    assert head == changed_bytes(0, f"{SAMPLE_DATASET}/{ASSET_REL}", real)[: len(head)]
+    assert hub.stats["faults"] == {"change": 2, "truncate": 2}
+    errors = hub_factory(faults=FaultConfig(rate_500=1.0, rate_change=1.0))
+    assert web.get(asset_url(errors)).status_code == 500
+    assert errors.stats["faults"] == {"500": 1}
+
+
 @pytest.mark.parametrize(
     "options",
     [
         {"rate_500": 0.6, "rate_503": 0.6},
+        {"rate_change": 1.5},
         {"rate_500": -0.1},
         {"kinds": {"everything"}},
         {"fail_first_fault": "explode"},

@@ -55,13 +55,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlsync.localhub.archive import ArchiveCache, ArchiveInfo, rewrite_assets
 from mlsync.localhub.faults import (
+    CHANGE_KEY,
     KIND_API,
     KIND_ARCHIVE,
     KIND_ASSET,
     KIND_CONTROL,
     SERVER_SEND_KEY,
+    ChangedFile,
     FaultConfig,
     FaultMiddleware,
+    changed_validators,
     request_kind,
 )
 from mlsync.localhub.stac import StacEndpoints
@@ -763,12 +766,18 @@ class _Hub:
             st = os.fstat(handle.fileno())
         except OSError:
             raise _not_found(f"File {rel} does not exist in dataset {dataset_id}.") from None
+        etag, last_modified = f'"{st.st_size:x}-{st.st_mtime_ns:x}"', st.st_mtime
+        change_seed = request.scope.get(CHANGE_KEY)
+        if change_seed is not None:  # the change fault: serve the file's other version
+            name = f"{dataset_id}/{rel}"
+            etag, last_modified = changed_validators(change_seed, name, etag, last_modified)
+            handle = ChangedFile(handle, change_seed, name)
         return file_response(
             request,
             handle,
             size=st.st_size,
-            etag=f'"{st.st_size:x}-{st.st_mtime_ns:x}"',
-            last_modified=st.st_mtime,
+            etag=etag,
+            last_modified=last_modified,
             media_type=_media_type(rel),
         )
 

@@ -3,7 +3,9 @@
 mlsync's retry, resume and verification code is only trustworthy if it is exercised against
 the failures it claims to survive, at the HTTP level rather than with mocks: error statuses,
 rate limiting with ``Retry-After``, connections reset before any header, bodies cut short
-of their ``Content-Length``, stalls, and servers that ignore ``Range``. ``FaultConfig`` says
+of their ``Content-Length``, stalls, servers that ignore ``Range``, and files that change
+between two requests (another version: same length, other bytes, other validators).
+``FaultConfig`` says
 which faults to inject and how often (a seeded ``random.Random``, so a run is repeatable);
 ``FaultMiddleware`` is a pure ASGI middleware that applies them.
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import io
 import json
 import random
 import re
@@ -30,6 +34,7 @@ from typing import Any, Final, Literal, cast
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "CHANGE_KEY",
     "FAULTS",
     "KINDS",
     "KIND_API",
@@ -38,14 +43,17 @@ __all__ = [
     "KIND_CONTROL",
     "KIND_STAC",
     "SERVER_SEND_KEY",
+    "ChangedFile",
     "Fault",
     "FaultConfig",
     "FaultMiddleware",
     "InjectedFault",
+    "changed_bytes",
+    "changed_validators",
     "request_kind",
 ]
 
-Fault = Literal["500", "503", "429", "reset", "truncate", "stall", "ignore_range"]
+Fault = Literal["500", "503", "429", "reset", "truncate", "stall", "ignore_range", "change"]
 FAULTS: Final[tuple[Fault, ...]] = (
     "500",
     "503",
@@ -54,8 +62,11 @@ FAULTS: Final[tuple[Fault, ...]] = (
     "truncate",
     "stall",
     "ignore_range",
+    "change",
 )
-"""Every fault, in the order a random draw walks the rates."""
+"""Every fault, in the order a random draw walks the rates (``change`` has its own draw)."""
+_BODYLESS: Final = frozenset({"500", "503", "429", "reset"})
+"""Faults that answer without the file: a ``change`` drawn with them is not applied."""
 
 # Request kinds. They live here because faults are configured per kind; the app's routes
 # and statistics use the same classification.
@@ -79,6 +90,11 @@ STAC_PREFIXES: Final = ("/stac/", "/stac-api/")
 
 SERVER_SEND_KEY: Final = "mlsync.server_send"
 """Scope key holding the server's own ``send`` (whose owner holds the TCP transport)."""
+CHANGE_KEY: Final = "mlsync.change_seed"
+"""Scope key set on an asset request the ``change`` fault picked: the config's seed. The
+app's file endpoint then serves the changed version (see :class:`ChangedFile`)."""
+_CHANGE_PERIOD: Final = 4096
+"""Length of the XOR mask of a changed version (repeated over the file)."""
 
 _STATUS_TEXT: Final = {
     500: "Internal Server Error",
@@ -126,6 +142,15 @@ class FaultConfig:
     * ``stall``: ``cut_fraction`` of the body, a pause of ``stall_seconds``, then the rest.
     * ``ignore_range``: the ``Range`` header is dropped, so the answer is 200 with the whole
       body (only drawn for requests that carry ``Range``).
+    * ``change`` (asset files only): the file changed between two requests. The response is
+      of another version of the file: same length, every byte XOR-ed with a non-zero mask
+      seeded by ``seed`` and the file's path (:func:`changed_bytes`), and another ETag and
+      Last-Modified (:func:`changed_validators`); Range, If-Range and If-None-Match are
+      answered for that version. Each file has one other version, so it flips between the
+      two. ``rate_change`` has a draw of its own after the one above: it combines with
+      ``truncate``, ``stall`` and ``ignore_range`` (a part cut from the other version) and
+      is not applied with faults that send no file. ``fail_first_fault="change"`` serves the
+      first requests changed and draws nothing else for them.
 
     ``kinds`` limits faults to request kinds (default: asset files only), ``path_pattern``
     (a regular expression searched in the path) to some paths, and ``max_faults`` caps the
@@ -140,6 +165,7 @@ class FaultConfig:
     rate_truncate: float = 0.0
     rate_stall: float = 0.0
     rate_ignore_range: float = 0.0
+    rate_change: float = 0.0
     retry_after: int = 0
     """Seconds in ``Retry-After``; 0 keeps tests fast, raise it to watch a client wait."""
     stall_seconds: float = 2.0
@@ -162,8 +188,11 @@ class FaultConfig:
         rates = self.rates()
         if any(rate < 0 or rate > 1 for rate in rates.values()):
             raise ValueError(f"fault rates must be between 0 and 1: {rates}")
-        if sum(rates.values()) > 1 + 1e-9:
-            raise ValueError(f"fault rates must not add up to more than 1: {rates}")
+        exclusive = {name: rate for name, rate in rates.items() if name != "change"}
+        if sum(exclusive.values()) > 1 + 1e-9:
+            raise ValueError(
+                f"fault rates (but rate_change) must not add up to more than 1: {exclusive}"
+            )
         if self.fail_first_fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fail_first_fault!r}; choose from {FAULTS}")
         if self.fail_first < 0 or (self.max_faults is not None and self.max_faults < 0):
@@ -188,6 +217,7 @@ class FaultConfig:
             "truncate": self.rate_truncate,
             "stall": self.rate_stall,
             "ignore_range": self.rate_ignore_range,
+            "change": self.rate_change,
         }
 
     @property
@@ -205,33 +235,111 @@ class FaultConfig:
     def decide(
         self, kind: str, path: str, *, method: str = "GET", has_range: bool = False
     ) -> Fault | None:
-        """The fault for this request, or None; counts it as injected (thread-safe)."""
+        """The fault for this request, or None; counts it as injected (thread-safe).
+
+        With ``rate_change`` a request may get ``change`` on top of the fault returned here;
+        :meth:`draw` returns both."""
+        fault, changed = self.draw(kind, path, method=method, has_range=has_range)
+        return fault if fault is not None or not changed else "change"
+
+    def draw(
+        self, kind: str, path: str, *, method: str = "GET", has_range: bool = False
+    ) -> tuple[Fault | None, bool]:
+        """``(fault, changed)`` for this request: at most one fault of the exclusive kinds,
+        and whether the file is served as its other version (``change``, asset files only).
+        Counts what it returns as injected (thread-safe)."""
         if kind not in self.kinds or (self._pattern and not self._pattern.search(path)):
-            return None
+            return None, False
         with self._lock:
-            if self.max_faults is not None and sum(self.injected.values()) >= self.max_faults:
-                return None
+            if self._capped():
+                return None, False
             chosen: Fault | None = None
+            forced = False
             if self.fail_first:
                 seen = self._per_path.get(path, 0)
                 self._per_path[path] = seen + 1
                 if seen < self.fail_first:
-                    chosen = self.fail_first_fault
+                    chosen, forced = self.fail_first_fault, True
             if chosen is None:
                 draw = self._rng.random()
                 cumulative = 0.0
                 for name, rate in self.rates().items():
+                    if name == "change":
+                        continue
                     cumulative += rate
                     if draw < cumulative:
                         chosen = name
                         break
+            # Its own draw, whatever the first gave, so that one kind's rate never shifts
+            # the other's sequence; none at all without rate_change (older seeds unchanged).
+            changed = chosen == "change"
+            if chosen == "change":
+                chosen = None
+            elif self.rate_change and not forced:
+                changed = self._rng.random() < self.rate_change
+            changed = changed and kind == KIND_ASSET and chosen not in _BODYLESS
             if chosen == "ignore_range" and not has_range:
-                return None
+                chosen = None
             if chosen == "truncate" and method == "HEAD":
                 chosen = "reset"  # nothing to cut short: break the connection instead
+                changed = False
             if chosen is not None:
                 self.injected[chosen] = self.injected.get(chosen, 0) + 1
-            return chosen
+            if changed and not self._capped():
+                self.injected["change"] = self.injected.get("change", 0) + 1
+            else:
+                changed = False
+            return chosen, changed
+
+    def _capped(self) -> bool:
+        return self.max_faults is not None and sum(self.injected.values()) >= self.max_faults
+
+
+# --- the other version of a file (the ``change`` fault) -----------------------------------
+
+
+def _change_mask(seed: int, name: str) -> bytes:
+    """The XOR mask of ``name``'s other version: ``_CHANGE_PERIOD`` bytes, none of them 0."""
+    stream = hashlib.shake_256(f"mlsync-change:{seed}:{name}".encode()).digest(_CHANGE_PERIOD)
+    return bytes(b or 0xA5 for b in stream)
+
+
+def changed_bytes(seed: int, name: str, data: bytes, offset: int = 0) -> bytes:
+    """``data``, found at ``offset`` of the file ``name`` (``{dataset_id}/{path}``, as under
+    ``/data/``), as the other version of that file has it: every byte differs."""
+    if not data:
+        return data
+    mask = _change_mask(seed, name)
+    start = offset % _CHANGE_PERIOD
+    rotated = mask[start:] + mask[:start]
+    stream = (rotated * (len(data) // _CHANGE_PERIOD + 1))[: len(data)]
+    xored = int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")
+    return xored.to_bytes(len(data), "big")
+
+
+def changed_validators(seed: int, name: str, etag: str, last_modified: float) -> tuple[str, float]:
+    """The ETag and Last-Modified of ``name``'s other version, given the real ones: another
+    strong ETag, and a Last-Modified one to two days earlier (so another HTTP date)."""
+    tag = hashlib.sha256(f"mlsync-change-etag:{seed}:{name}".encode()).digest()
+    weak = "W/" if etag.startswith("W/") else ""
+    opaque = etag.removeprefix("W/").strip('"')
+    earlier = 86_400 + int.from_bytes(tag[:4], "big") % 86_400
+    return f'{weak}"{opaque}-changed-{tag[4:8].hex()}"', max(0.0, last_modified - earlier)
+
+
+class ChangedFile(io.BufferedReader):
+    """An open file read as its other version: what ``read`` returns is XOR-ed with the mask
+    of ``name`` at the position it was read from (seeks and preloads keep working)."""
+
+    def __init__(self, handle: io.BufferedReader, seed: int, name: str) -> None:
+        handle.seek(0)
+        super().__init__(handle.detach())
+        self.change_seed = seed
+        self.change_name = name
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        position = self.tell()
+        return changed_bytes(self.change_seed, self.change_name, super().read(size), position)
 
 
 def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
@@ -295,9 +403,13 @@ class FaultMiddleware:
         scope.setdefault(SERVER_SEND_KEY, send)
         headers: list[tuple[bytes, bytes]] = list(scope.get("headers", []))
         has_range = any(name.lower() == b"range" for name, _ in headers)
-        fault = self.config.decide(
+        fault, changed = self.config.draw(
             self.kind_of(scope["path"]), scope["path"], method=scope["method"], has_range=has_range
         )
+        if changed:
+            scope = {**scope, CHANGE_KEY: self.config.seed}
+            if self.on_fault is not None:
+                self.on_fault("change")
         if fault is None:
             await self.app(scope, receive, send)
             return
