@@ -7,11 +7,12 @@ changed. The total length is checked against the response and the catalog (and t
 
 A resume must never splice two versions of a file. Within a run, retries send ``If-Range``
 with the ETag (or Last-Modified) of the first response, so a file that changed in between
-comes back whole (200) and the part is dropped. Across runs, the catalog's size and checksum
-guard a part; when the catalog gives neither, the part's mtime carries the server's
-``Last-Modified`` (stamped after every chunk) and is sent back as ``If-Range``: a part whose
-stamp was not written (killed mid-chunk) or whose file changed upstream is fetched again from
-zero instead of being trusted.
+comes back whole (200) and the part is dropped. Across runs, the catalog's checksum guards
+a part (a splice fails it and starts over); without one (a size alone cannot tell two
+versions of one length apart), the part's mtime carries the server's ``Last-Modified``
+(stamped after every chunk) and is sent back as ``If-Range``: a part whose stamp was not
+written (killed inside the microseconds between a chunk and its stamp) or whose file changed
+upstream is fetched again from zero instead of being trusted.
 """
 
 from __future__ import annotations
@@ -121,8 +122,9 @@ class FileTransfer:
         self.last_status: int | None = None
         self._validator: str | None = None
         """``If-Range`` for later attempts: the first response's strong ETag or Last-Modified."""
-        self._unguarded = self.expected_size is None and self.checksum is None
-        """Nothing in the catalog can tell a part of this file from a part of another version."""
+        self._unguarded = self.checksum is None
+        """Nothing in the catalog can tell a part of this file from a part of another version
+        (a size cannot: two versions of one file often have the same length)."""
         self._written: os.stat_result | None = None
         """The part as the last attempt left it (fstat before close: no extra stat)."""
 
