@@ -17,6 +17,11 @@ Only ``*.json`` files are written: a catalog archive is STAC JSON, and any other
 could pre-seed an asset path with bytes that never came from the asset's href. Other regular
 files are counted in :attr:`ExtractStats.skipped` and logged.
 
+Directories and files are made by a small pool of threads while the stream is read and parsed:
+on a catalog of many small items the work is creating inodes, which the kernel does without
+the GIL, so two cores overlap it with the parsing. A refusal or write error from the pool stops
+the extraction as one from the reader does (the writes already queued may still land, inside).
+
 Files are written to a temporary name in their directory and renamed into place, so a killed
 run never leaves a half-written JSON under its final name (a ``.mlsync-*.tmp`` may stay
 behind; it is never read). There is no fsync per file: that costs minutes for 100k files,
@@ -37,14 +42,17 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import logging
 import math
 import os
 import secrets
 import stat
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +92,10 @@ _EOF_HEADER_ERROR: type[Exception] = tarfile.EOFHeaderError  # type: ignore[attr
 """What ``TarInfo.frombuf`` raises for a zero block (undocumented, missing from typeshed)."""
 _COPY_CHUNK = 1024 * 1024
 _VERIFIED_CACHE = 16_384
+_WRITER_THREADS = 2
+"""Threads creating the catalog's directories and files: inode work overlaps the parsing."""
+_PENDING_WRITES = 512
+"""Member writes queued at most (their bytes are held until written)."""
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -172,7 +184,7 @@ class _Extractor:
         # Directories (relative to dest_dir) known to be real directories inside dest_dir.
         self.verified: set[str] = set()
         self.tmp_prefix = f".mlsync-{secrets.token_hex(4)}-"
-        self.tmp_count = 0
+        self.tmp_numbers = itertools.count(1)  # next() is atomic: writers run in threads
 
     def refuse(self, name: str, why: str) -> UnsafePathError:
         return UnsafePathError(
@@ -244,8 +256,8 @@ class _Extractor:
         ``mtime`` (the member's) is applied when it is a plausible time (finite, 1970-9999).
         """
         final = os.path.join(self.dest_dir, rel)
-        self.tmp_count += 1
-        tmp = os.path.join(os.path.dirname(final), f"{self.tmp_prefix}{self.tmp_count}.tmp")
+        number = next(self.tmp_numbers)
+        tmp = os.path.join(os.path.dirname(final), f"{self.tmp_prefix}{number}.tmp")
         try:
             fd = os.open(tmp, _TMP_FLAGS, 0o666)
         except OSError as exc:
@@ -270,6 +282,53 @@ class _Extractor:
             if isinstance(exc, OSError):
                 raise _write_error(final, exc) from exc
             raise
+
+    def write_member(self, folder: str, rel: str, data: bytes, mtime: float, name: str) -> None:
+        self.ensure_dir(folder, name)
+        self.write_file(rel, data, mtime, name)
+
+
+class _Writers:
+    """A bounded queue of directory and file writes, carried out by a few threads.
+
+    Writes for one folder always go to the same thread, in archive order: a member that
+    appears twice ends as its last copy, as in a plain extraction. At most ``pending`` writes
+    wait (their bytes are in memory); the first error any of them raises is raised again by
+    the next :meth:`submit` or by :meth:`finish`.
+    """
+
+    def __init__(self, workers: int = _WRITER_THREADS, pending: int = _PENDING_WRITES) -> None:
+        self._pools = [
+            ThreadPoolExecutor(1, thread_name_prefix="mlsync-extract") for _ in range(workers)
+        ]
+        self._slots = threading.BoundedSemaphore(pending)
+        self._error: BaseException | None = None
+
+    def submit(self, folder: str, fn: Callable[..., None], *args: object) -> None:
+        self._raise_error()
+        self._slots.acquire()
+        pool = self._pools[hash(folder) % len(self._pools)]
+        pool.submit(fn, *args).add_done_callback(self._done)
+
+    def _done(self, future: Future[None]) -> None:
+        self._slots.release()
+        if self._error is None and not future.cancelled():
+            self._error = future.exception()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def finish(self) -> None:
+        """Wait for every queued write; raise the first error."""
+        for pool in self._pools:
+            pool.shutdown(wait=True)
+        self._raise_error()
+
+    def abandon(self) -> None:
+        """Drop the queued writes, wait for the running ones (the caller is raising)."""
+        for pool in self._pools:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def extract_catalog(
@@ -300,6 +359,7 @@ def extract_catalog(
     safe_component(dataset_id, what="dataset id")
     dest_dir.mkdir(parents=True, exist_ok=True)
     ex = _Extractor(archive, dest_dir, dataset_id)
+    writers = _Writers()
     members = files = written = skipped = unpacked = 0
     try:
         raw = open(archive, "rb")  # noqa: SIM115 - closed in the finally below
@@ -321,7 +381,7 @@ def extract_catalog(
                 rel = "/".join(parts)
                 if member.isdir():
                     _check_filter(ex, member)
-                    ex.ensure_dir(rel, member.name)
+                    writers.submit(rel, ex.ensure_dir, rel, member.name)
                 elif member.isreg():
                     if member.size < 0:
                         raise _BrokenArchive(f"member {member.name!r} has a negative size")
@@ -349,13 +409,16 @@ def extract_catalog(
                             member.name,
                         )
                     else:
-                        ex.ensure_dir("/".join(parts[:-1]), member.name)
                         source = tar.extractfile(member)
                         assert source is not None  # a regular file always has a reader
                         data = source.read()
                         if len(data) != member.size:
                             raise tarfile.ReadError("unexpected end of data")
-                        ex.write_file(rel, data, float(member.mtime), member.name)
+                        folder = "/".join(parts[:-1])
+                        mtime = float(member.mtime)
+                        writers.submit(
+                            folder, ex.write_member, folder, rel, data, mtime, member.name
+                        )
                         files += 1
                         written += len(data)
                         if on_member is not None:
@@ -376,6 +439,7 @@ def extract_catalog(
                         f"catalog archive {archive.name} unpacks to more than "
                         f"{max_total_bytes:,} bytes; refusing it as a likely decompression bomb"
                     )
+        writers.finish()
     except _BrokenArchive as exc:
         raise CatalogError(
             f"catalog archive {archive} is corrupt: {exc}; delete it and re-run"
@@ -386,6 +450,7 @@ def extract_catalog(
             "delete it and re-run"
         ) from exc
     finally:
+        writers.abandon()  # after finish(), nothing is left to drop
         raw.close()
     return ExtractStats(members=members, files=files, bytes=written, skipped=skipped)
 

@@ -162,6 +162,16 @@ def test_reextraction_rewrites_files(tree: Tree) -> None:
     assert (tree.out / DS / "col/i1/i1.json").read_bytes() == ITEM  # not removed
 
 
+def test_a_member_repeated_ends_as_its_last_copy(tree: Tree) -> None:
+    """Writes run in threads, but one folder's writes keep the archive's order."""
+    copies = [reg(f"{DS}/col/i{n % 7}/i.json", b'{"copy": %d}' % n) for n in range(200)]
+    tree.write(tar_bytes([*good_members(), *copies]))
+    tree.extract()
+    for item in range(7):
+        last = max(n for n in range(200) if n % 7 == item)
+        assert (tree.out / DS / f"col/i{item}/i.json").read_bytes() == b'{"copy": %d}' % last
+
+
 def test_names_are_normalised(tree: Tree) -> None:
     tree.write(tar_bytes([reg(f"./{DS}//col/./a.json"), directory(f"{DS}/x/")]))
     names: list[str] = []
