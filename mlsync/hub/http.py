@@ -241,6 +241,16 @@ def verify_of(session: requests.Session) -> bool | str:
     return session.verify if isinstance(session.verify, str) else True
 
 
+def transfer_headers(offset: int, if_range: str | None) -> dict[str, str]:
+    """The headers of a file GET from ``offset``, with the ``If-Range`` guard of a resume."""
+    headers = {"Accept-Encoding": "identity", "Accept": "*/*"}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+        if if_range:
+            headers["If-Range"] = if_range
+    return headers
+
+
 def open_stream(
     session: requests.Session,
     url: str,
@@ -256,11 +266,7 @@ def open_stream(
     bytes rather than a compressed encoding of them. ``if_range`` (an ETag or HTTP date) makes
     the server send the whole file instead of the range when the file is no longer that one.
     """
-    headers = {"Accept-Encoding": "identity", "Accept": "*/*"}
-    if offset > 0:
-        headers["Range"] = f"bytes={offset}-"
-        if if_range:
-            headers["If-Range"] = if_range
+    headers = transfer_headers(offset, if_range)
     log.debug("GET %s from byte %d", redact(url), offset)
     return session.get(
         url,
@@ -358,11 +364,7 @@ class TransferClient:
 
     def open(self, url: str, *, offset: int = 0, if_range: str | None = None) -> _TransferResponse:
         """A streamed GET from ``offset``, as :func:`open_stream`; the caller owns retries."""
-        headers = {"Accept-Encoding": "identity", "Accept": "*/*"}
-        if offset > 0:
-            headers["Range"] = f"bytes={offset}-"
-            if if_range:
-                headers["If-Range"] = if_range
+        headers = transfer_headers(offset, if_range)
         log.debug("GET %s from byte %d", redact(url), offset)
         for _ in range(MAX_REDIRECTS + 1):
             try:
