@@ -138,6 +138,15 @@ def hub_env(hub: RunningHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     return hub
 
 
+def isolate_cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user profile, key or root URL from this machine; plain, wide console output (so a
+    message stays on one line for the assertions)."""
+    monkeypatch.setenv("MLHUB_HOME", str(tmp_path / "mlhub-home"))
+    for name in ("MLHUB_API_KEY", "MLHUB_PROFILE", "MLHUB_ROOT_URL", "FORCE_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "300")
+
+
 @dataclass
 class CliResult:
     code: int

@@ -33,7 +33,7 @@ from mlsync.cli.main import main
 from mlsync.localhub import FaultConfig
 from mlsync.localhub.faults import Fault, changed_bytes, changed_validators
 from mlsync.localhub.server import RunningHub
-from tests.conftest import SAMPLE_DATASET
+from tests.conftest import SAMPLE_DATASET, isolate_cli
 from tests.test_faults_e2e import (
     FAST,
     assert_synced,
@@ -58,10 +58,7 @@ class Run:
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No user profile or key; fast retries (4 attempts, backoffs of at most 0.05 s)."""
-    monkeypatch.setenv("MLHUB_HOME", str(tmp_path / "mlhub-home"))
-    for name in ("MLHUB_API_KEY", "MLHUB_PROFILE", "MLHUB_ROOT_URL", "FORCE_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "300")
+    isolate_cli(monkeypatch, tmp_path)
     use_session_options(monkeypatch, retry=FAST)
 
 

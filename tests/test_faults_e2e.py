@@ -36,7 +36,7 @@ from mlsync.localhub import FaultConfig
 from mlsync.localhub.faults import KINDS
 from mlsync.localhub.server import RunningHub
 from mlsync.records import FileState
-from tests.conftest import SAMPLE_DATASET
+from tests.conftest import SAMPLE_DATASET, isolate_cli
 
 SOURCE = f"{SAMPLE_DATASET}_source"
 LABELS = f"{SAMPLE_DATASET}_labels"
@@ -148,10 +148,7 @@ def read_err_report(dataset_dir: Path) -> dict[str, dict[str, str]]:
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No user profile or key; logging restored afterwards (the CLI replaces handlers)."""
-    monkeypatch.setenv("MLHUB_HOME", str(tmp_path / "mlhub-home"))
-    for name in ("MLHUB_API_KEY", "MLHUB_PROFILE", "MLHUB_ROOT_URL", "FORCE_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "300")
+    isolate_cli(monkeypatch, tmp_path)
     root = logging.getLogger()
     saved = root.handlers[:], root.level, logging.getLogger("mlsync").level
     yield

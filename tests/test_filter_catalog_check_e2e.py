@@ -11,7 +11,7 @@ import pytest
 from mlsync import Dataset
 from mlsync.errors import FilterError
 from mlsync.localhub.server import RunningHub
-from tests.conftest import CliResult
+from tests.conftest import CliResult, isolate_cli
 
 DATASET = "demo_flood_v1"
 SOURCE = f"{DATASET}_source"
@@ -26,10 +26,7 @@ TYPO_COLLECTIONS = f"""\
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No user profile or key; wide, plain console output (messages stay on one line)."""
-    monkeypatch.setenv("MLHUB_HOME", str(tmp_path / "mlhub-home"))
-    for name in ("MLHUB_API_KEY", "MLHUB_PROFILE", "MLHUB_ROOT_URL", "FORCE_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "300")
+    isolate_cli(monkeypatch, tmp_path)
 
 
 def _entry(kind: str, hub: RunningHub) -> str:

@@ -39,7 +39,7 @@ from mlsync.layout import ASSET_DB_NAME, ERR_REPORT_NAME
 from mlsync.localhub import FaultConfig, running_hub
 from mlsync.localhub.faults import KIND_API, KIND_ARCHIVE, Fault, request_kind
 from mlsync.localhub.server import RunningHub
-from tests.conftest import SAMPLE_DATASET, CliResult
+from tests.conftest import SAMPLE_DATASET, CliResult, isolate_cli
 
 FAST = RetryPolicy(attempts=4, backoff_initial=0.01, backoff_max=0.05)
 ALWAYS_FAILING = f"{SAMPLE_DATASET}_source/{SAMPLE_DATASET}_source_000003/B02.tif"
@@ -104,10 +104,7 @@ def plausible_key(key: str) -> bool:
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No user profile or key; fast retries; logging restored (the CLI replaces handlers)."""
-    monkeypatch.setenv("MLHUB_HOME", str(tmp_path / "mlhub-home"))
-    for name in ("MLHUB_API_KEY", "MLHUB_PROFILE", "MLHUB_ROOT_URL", "FORCE_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "300")
+    isolate_cli(monkeypatch, tmp_path)
     fast = functools.partial(HubSession, retry=FAST)
     monkeypatch.setattr(sync_cmd, "HubSession", fast)
     monkeypatch.setattr("mlsync.client.HubSession", fast)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mlsync.localhub.server import RunningHub
-from tests.conftest import CliResult
+from tests.conftest import CliResult, isolate_cli
 
 FLOOD = "demo_flood_v1"
 CROPS = "demo_crops_v1"
@@ -22,10 +22,7 @@ CROPS_SOURCE = f"{CROPS}_source"
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("MLHUB_HOME", str(tmp_path / "mlhub-home"))
-    for name in ("MLHUB_API_KEY", "MLHUB_PROFILE", "MLHUB_ROOT_URL", "FORCE_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "300")
+    isolate_cli(monkeypatch, tmp_path)
     # The hub re-reads its catalog at most every FINGERPRINT_TTL seconds; make it immediate.
     monkeypatch.setattr("mlsync.localhub.archive.FINGERPRINT_TTL", 0.0)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from mlsync.localhub.server import RunningHub
-from tests.conftest import CliResult
+from tests.conftest import CliResult, isolate_cli
 
 DATASET = "demo_flood_v1"
 SECOND = "demo_crops_v1"
@@ -46,10 +46,7 @@ FILTERED_COLLECTIONS: dict[str, list[str]] = {
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No user profile or key; wide, plain console output."""
-    monkeypatch.setenv("MLHUB_HOME", str(tmp_path / "mlhub-home"))
-    for name in ("MLHUB_API_KEY", "MLHUB_PROFILE", "MLHUB_ROOT_URL", "FORCE_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "300")
+    isolate_cli(monkeypatch, tmp_path)
 
 
 # --- the catalog as served, read independently of mlsync ------------------------------------
