@@ -32,7 +32,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -133,6 +133,10 @@ class LockFile:
     def with_entry(self, name: str, entry: LockEntry) -> LockFile:
         """A copy with ``name`` pinned to ``entry`` (other datasets untouched)."""
         return LockFile({**self.datasets, name: entry})
+
+    def restricted_to(self, names: Container[str]) -> LockFile:
+        """A copy without the datasets not in ``names`` (removed or renamed in the manifest)."""
+        return LockFile({name: e for name, e in self.datasets.items() if name in names})
 
     def to_json(self) -> str:
         data = {

@@ -471,6 +471,19 @@ def test_lock_file_is_deterministic_and_frozen_passes_when_unchanged(
     assert cli("plan", manifest, "--frozen", "--detailed-exitcode").code == 0
 
 
+def test_a_dataset_renamed_in_the_manifest_leaves_the_lock_file(
+    tmp_path: Path, hub: RunningHub, cli: Callable[..., CliResult]
+) -> None:
+    manifest = filtered_manifest(tmp_path, hub)
+    lock = tmp_path / "sync.lock"
+    assert cli("plan", manifest).code == 0
+    assert list(json.loads(lock.read_text())["datasets"]) == [NAME]
+
+    manifest.write_text(manifest.read_text().replace(f"name: {NAME}", "name: renamed"))
+    assert cli("plan", manifest).code == 0
+    assert list(json.loads(lock.read_text())["datasets"]) == ["renamed"]
+
+
 def test_frozen_without_lock_entry_fails(
     tmp_path: Path, hub: RunningHub, cli: Callable[..., CliResult]
 ) -> None:

@@ -250,7 +250,8 @@ def _make_plans(
 def _update_lock(project: Project, plans: list[DatasetPlan], frozen: bool) -> None:
     if frozen or not plans:
         return
-    lock = project.lock
+    # A dataset no longer in the manifest (removed, renamed) no longer belongs in its lock.
+    lock = project.lock.restricted_to({spec.label for spec in project.manifest.datasets})
     for dataset_plan in plans:
         lock = lock.with_entry(dataset_plan.target.name, dataset_plan.lock_entry())
     write_lock(project.lock_path, lock)
