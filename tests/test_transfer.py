@@ -19,7 +19,7 @@ from requests.structures import CaseInsensitiveDict
 
 from mlsync.errors import LocalWriteError, TransferError
 from mlsync.executor import ExecutionReport, Executor
-from mlsync.hub.http import RetryPolicy
+from mlsync.hub.http import RetryPolicy, parse_retry_after
 from mlsync.records import ActionKind, PlannedAction
 from mlsync.transfer import FileTransfer, TransferStopped, parse_checksum
 
@@ -320,3 +320,58 @@ def test_a_vanished_dataset_directory_is_an_error_not_made_again(tmp_path):
     root.mkdir()
     FileTransfer(Server(), dest, label="t", policy=FAST, root=root).run()
     assert dest.read_bytes() == DATA
+
+
+# --- retry decisions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        (" 12 ", 12.0),
+        ("Wed, 01 Dec 2026 10:00:30 GMT", 30.0),  # an HTTP date, 30 s after "now"
+        ("Wed, 01 Dec 2026 09:59:00 GMT", 0.0),  # in the past: retry at once
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_is_seconds_or_an_http_date(header, seconds):
+    now = email.utils.parsedate_to_datetime("Wed, 01 Dec 2026 10:00:00 GMT").timestamp()
+    assert parse_retry_after(header, now=now) == seconds
+
+
+def test_retry_after_is_honoured_up_to_its_cap_and_backoff_stays_under_its_own():
+    policy = RetryPolicy(backoff_initial=0.5, backoff_max=4.0, retry_after_max=120.0)
+    assert policy.wait_seconds(3, 30.0) == 30.0
+    assert policy.wait_seconds(3, 3600.0) == 120.0  # a server asking for an hour gets 2 min
+    assert policy.wait_seconds(1, -5.0) == 0.0
+    waits = [policy.wait_seconds(attempt, None) for attempt in range(1, 12) for _ in range(20)]
+    assert all(0.0 <= w <= 4.0 for w in waits) and max(waits) > 0.5  # full jitter, capped
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410])
+def test_a_status_that_cannot_succeed_is_not_retried(tmp_path, status):
+    class Refusing(Server):
+        def _answer(self, offset, action):
+            return response(status)
+
+    server = Refusing()
+    with pytest.raises(TransferError) as failed:
+        run(tmp_path, server, expected_size=len(DATA))
+    assert failed.value.status == status and not failed.value.retryable
+    assert server.offsets == [0]  # one request, no retry
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_a_status_that_may_pass_is_retried_until_the_attempts_run_out(tmp_path, status):
+    class Busy(Server):
+        def _answer(self, offset, action):
+            return response(status, headers={"Retry-After": "0"})
+
+    server = Busy()
+    with pytest.raises(TransferError) as failed:
+        run(tmp_path, server, expected_size=len(DATA))
+    assert failed.value.status == status and failed.value.retryable
+    assert len(server.offsets) == FAST.attempts
