@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -738,14 +739,29 @@ def test_dropped_collection_is_orphaned_and_prune_removes_exactly_it(
     assert run.code == 0, run.err
     assert _files(out) == before
 
+    # One orphan's folder is now a symlink to a folder outside the tree holding a file of the
+    # same name: prune must not follow it.
+    label = next(rel for rel in sorted(dropped) if rel.endswith("labels.geojson"))
+    folder = out / DATASET / label.rsplit("/", 1)[0]
+    outside = tmp_path / "outside"
+    shutil.move(folder, outside)
+    folder.symlink_to(outside, target_is_directory=True)
+    before = _files(out)
+
     hub.reset_stats()
     run = cli("apply", manifest, "--prune")
     assert run.code == 0, run.err
-    assert f"{len(dropped)} removed" in run.out
+    listed = " ".join(run.err.split())
+    for rel in dropped - {label}:
+        assert f"will remove {out / DATASET / rel}" in listed, rel
+    assert f"not removing {label}" in listed
+    assert (outside / "labels.geojson").is_file()  # outside the tree: untouched
+    assert f"{len(dropped) - 1} removed" in run.out
     removed = before - _files(out)
-    assert removed == {f"{DATASET}/{rel}" for rel in dropped}
-    assert _files(out) <= before
+    assert removed == {f"{DATASET}/{rel}" for rel in dropped - {label}}
     assert hub.stats["by_kind"]["asset"] == 0
+    folder.unlink()  # the refused orphan's record goes with the next prune
+    assert cli("apply", manifest, "--prune").code == 0
 
     run = cli("plan", manifest)
     assert run.out.splitlines()[-1] == _no_changes_line(len(kept))
