@@ -9,15 +9,55 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
 
 from mlsync.cli.render import stderr_console, stdout_console
 from mlsync.errors import ConfigurationError
+
+if TYPE_CHECKING:  # importing mlsync.localhub imports uvicorn: only done when serving
+    from mlsync.localhub.faults import FaultConfig
 
 DEFAULT_PORT = 8765
 """The port the examples' manifests name (mlsync.localhub.server.DEFAULT_PORT, which imports
 uvicorn: the CLI imports it only when serving)."""
 
 EXIT_OK = 0
+
+
+def _fault_config(text: str) -> FaultConfig:
+    """``--faults SPEC`` (see ``FaultConfig.from_spec``); a bad spec is a usage error."""
+    from mlsync.localhub.faults import FaultConfig
+
+    try:
+        return FaultConfig.from_spec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def fault_spec(config: FaultConfig) -> str:
+    """The ``--faults`` spec that makes ``config`` again: every rate above 0, the seed, and
+    the other settings that differ from their defaults."""
+    from mlsync.localhub.faults import FAULTS, KINDS_SEPARATOR, SPEC_FIELDS, FaultConfig
+
+    defaults = FaultConfig()
+    pairs = [
+        f"{fault}={getattr(config, SPEC_FIELDS[fault])!r}"
+        for fault in FAULTS
+        if getattr(config, SPEC_FIELDS[fault])
+    ]
+    pairs.append(f"seed={config.seed}")
+    for name, field_name in SPEC_FIELDS.items():
+        if name in FAULTS or name in ("seed", "path_pattern"):
+            continue
+        value = getattr(config, field_name)
+        if value == getattr(defaults, field_name):
+            continue
+        if field_name == "kinds":
+            value = KINDS_SEPARATOR.join(sorted(value))
+        pairs.append(f"{name}={value}")
+    return ",".join(pairs)
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,6 +96,18 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--cache-dir",
         type=Path,
         help="where built catalog archives are kept (default: ROOT/.mlsync/archives)",
+    )
+    serve.add_argument(
+        "--faults",
+        type=_fault_config,
+        metavar="SPEC",
+        help=(
+            "inject faults, e.g. 500=0.05,429=0.05,retry_after=1,reset=0.02,seed=7,path=B02: "
+            "name=value pairs, a fault's name sets its rate (0..1); other names: seed, "
+            "retry_after, stall_seconds, cut_fraction, path (a regex), kinds (asset+archive"
+            "+api+stac; default asset), max_faults, fail_first, fail_first_fault "
+            "(default: no faults)"
+        ),
     )
     serve.set_defaults(func=run_serve)
 
@@ -106,6 +158,8 @@ def run_serve(args: argparse.Namespace) -> int:
         keys = f", {len(args.api_keys)} API key(s) accepted" if args.api_keys else ""
         console.print(f"serving [bold]{args.root}[/] at [bold]{url}[/]{keys} (Ctrl-C to stop)")
         console.print(f"  export MLHUB_ROOT_URL={url}")
+        if args.faults is not None:
+            console.print(f"  faults: {escape(_fault_summary(args.faults))}")
 
     try:
         serve(
@@ -116,6 +170,7 @@ def run_serve(args: argparse.Namespace) -> int:
             asset_base_url=args.asset_base_url,
             api_keys=args.api_keys,
             cache_dir=args.cache_dir,
+            faults=args.faults,
         )
     except OSError as exc:
         raise ConfigurationError(str(exc)) from None
@@ -123,6 +178,22 @@ def run_serve(args: argparse.Namespace) -> int:
         pass  # uvicorn has shut down gracefully and re-raised Ctrl-C: stopping is success
     console.print("hub stopped")
     return EXIT_OK
+
+
+def _fault_summary(config: FaultConfig) -> str:
+    """One line: which faults at which rates, on what, with which seed, and how to replay."""
+    from mlsync.localhub.faults import KINDS_SEPARATOR
+
+    rates = [f"{fault} at {rate!r}" for fault, rate in config.rates().items() if rate]
+    if config.fail_first:
+        rates.insert(0, f"{config.fail_first_fault} on the first {config.fail_first} per path")
+    where = f"{KINDS_SEPARATOR.join(sorted(config.kinds))} requests"
+    if config.path_pattern:
+        where += f" with a path matching {config.path_pattern!r}"
+    return (
+        f"{', '.join(rates) or 'none'} of {where}, seed {config.seed} "
+        f"(replay: --faults {fault_spec(config)})"
+    )
 
 
 def run_make_sample(args: argparse.Namespace) -> int:

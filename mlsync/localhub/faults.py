@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import random
 import re
 import socket
@@ -37,12 +38,14 @@ __all__ = [
     "CHANGE_KEY",
     "FAULTS",
     "KINDS",
+    "KINDS_SEPARATOR",
     "KIND_API",
     "KIND_ARCHIVE",
     "KIND_ASSET",
     "KIND_CONTROL",
     "KIND_STAC",
     "SERVER_SEND_KEY",
+    "SPEC_FIELDS",
     "ChangedFile",
     "Fault",
     "FaultConfig",
@@ -95,6 +98,27 @@ CHANGE_KEY: Final = "mlsync.change_seed"
 app's file endpoint then serves the changed version (see :class:`ChangedFile`)."""
 _CHANGE_PERIOD: Final = 4096
 """Length of the XOR mask of a changed version (repeated over the file)."""
+
+SPEC_FIELDS: Final[dict[str, str]] = {
+    **{fault: f"rate_{fault}" for fault in FAULTS},
+    "seed": "seed",
+    "retry_after": "retry_after",
+    "stall_seconds": "stall_seconds",
+    "cut_fraction": "cut_fraction",
+    "path": "path_pattern",
+    "path_pattern": "path_pattern",
+    "kinds": "kinds",
+    "max_faults": "max_faults",
+    "fail_first": "fail_first",
+    "fail_first_fault": "fail_first_fault",
+}
+"""The names of :meth:`FaultConfig.from_spec` (``name=value``) and the field each sets: the
+rates by fault name (``500`` sets ``rate_500``), ``path`` (or ``path_pattern``) the path
+pattern, every other name the field of that name."""
+_SPEC_INTS: Final = frozenset({"seed", "retry_after", "max_faults", "fail_first"})
+_SPEC_FLOATS: Final = frozenset({"stall_seconds", "cut_fraction"})
+KINDS_SEPARATOR: Final = "+"
+"""Between the kinds of a spec's ``kinds=`` (``kinds=asset+archive``): ``,`` separates pairs."""
 
 _STATUS_TEXT: Final = {
     500: "Internal Server Error",
@@ -291,8 +315,83 @@ class FaultConfig:
                 changed = False
             return chosen, changed
 
+    @classmethod
+    def from_spec(cls, text: str) -> FaultConfig:
+        """A config from a spec such as ``500=0.05,429=0.05,retry_after=1,seed=7,path=B02``.
+
+        The spec is ``name=value`` pairs separated by ``,``; the names are in
+        :data:`SPEC_FIELDS`: a fault's name sets its rate (a number in 0..1), ``seed``,
+        ``retry_after``, ``max_faults`` and ``fail_first`` take integers, ``stall_seconds``
+        and ``cut_fraction`` numbers, ``path`` a regular expression searched in the request
+        path, ``kinds`` request kinds joined by ``+`` (``asset+archive``) and
+        ``fail_first_fault`` a fault name. Names left out keep their defaults. Values cannot
+        contain ``,``. Raises ValueError naming the problem and listing the valid names.
+        """
+
+        def invalid(problem: str) -> ValueError:
+            names = ", ".join(SPEC_FIELDS)
+            return ValueError(f"invalid fault spec {text!r}: {problem}; valid names: {names}")
+
+        values: dict[str, Any] = {}
+        if not text.strip():
+            raise invalid("it is empty")
+        for entry in text.split(","):
+            name, sep, raw = (part.strip() for part in entry.partition("="))
+            if not name and not sep:
+                raise invalid("an empty entry (two commas in a row, or one at an end)")
+            if not sep:
+                raise invalid(f"{name!r} is not name=value")
+            field_name = SPEC_FIELDS.get(name)
+            if field_name is None:
+                raise invalid(f"unknown name {name!r}")
+            if field_name in values:
+                raise invalid(f"{name!r} is given twice")
+            if not raw:
+                raise invalid(f"{name}= has no value")
+            values[field_name] = _spec_value(name, field_name, raw, invalid)
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+
     def _capped(self) -> bool:
         return self.max_faults is not None and sum(self.injected.values()) >= self.max_faults
+
+
+def _spec_value(
+    name: str, field_name: str, raw: str, invalid: Callable[[str], ValueError]
+) -> object:
+    """The value of one ``name=raw`` pair of a spec (see :meth:`FaultConfig.from_spec`)."""
+    if field_name in _SPEC_INTS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise invalid(f"{name}={raw!r} is not an integer") from None
+    if field_name.startswith("rate_") or field_name in _SPEC_FLOATS:
+        try:
+            number = float(raw)
+        except ValueError:
+            raise invalid(f"{name}={raw!r} is not a number") from None
+        if not math.isfinite(number):
+            raise invalid(f"{name}={raw!r} is not a finite number")
+        if field_name.startswith("rate_") and not 0 <= number <= 1:
+            raise invalid(f"{name}={raw}: a rate must be between 0 and 1")
+        return number
+    if field_name == "path_pattern":
+        try:
+            re.compile(raw)
+        except re.error as exc:
+            raise invalid(f"{name}={raw!r} is not a regular expression: {exc}") from None
+        return raw
+    if field_name == "kinds":
+        kinds = [kind.strip() for kind in raw.split(KINDS_SEPARATOR)]
+        unknown = sorted(set(kinds) - KINDS)
+        if unknown:
+            raise invalid(f"{name}={raw!r}: unknown kinds {unknown}; choose from {sorted(KINDS)}")
+        return frozenset(kinds)
+    if raw not in FAULTS:  # fail_first_fault
+        raise invalid(f"{name}={raw!r}: unknown fault; choose from {', '.join(FAULTS)}")
+    return raw
 
 
 # --- the other version of a file (the ``change`` fault) -----------------------------------
