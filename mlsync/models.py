@@ -320,7 +320,9 @@ class Dataset(_SessionHolder):
         self,
         output_dir: str | Path | None = None,
         *,
+        asset_output_dir: str | Path | None = None,
         catalog_only: bool = False,
+        if_exists: str = "resume",
         collection_filter: Mapping[str, Sequence[str]] | None = None,
         datetime: datetime | tuple[datetime, datetime] | str | None = None,
         bbox: Sequence[float] | None = None,
@@ -333,16 +335,23 @@ class Dataset(_SessionHolder):
     ) -> DownloadResult:
         """Download the catalog and the selected assets into ``output_dir`` (default: cwd).
 
-        Re-running it transfers only what is missing or partial. Raises ``DownloadFailed``
-        (after every other asset completed) when some assets could not be fetched; they
-        are listed in ``{output_dir}/{id}/err_report.csv``.
+        Re-running it transfers only what is missing or partial. ``if_exists`` is the
+        reference client's: ``"resume"`` (mlsync's plan), ``"skip"`` (keep any file that
+        exists, whatever its size) or ``"overwrite"`` (fetch everything again, the catalog
+        archive too). ``asset_output_dir`` puts the assets, ``mlhub_stac_assets.db`` and
+        ``err_report.csv`` under ``{asset_output_dir}/{id}`` instead; the archive and the
+        catalog stay under ``output_dir``. Raises ``DownloadFailed`` (after every other
+        asset completed) when some assets could not be fetched; they are listed in
+        ``err_report.csv``.
         """
         from mlsync import sync
 
         return sync.download_dataset(
             self,
             output_dir=Path.cwd() if output_dir is None else Path(output_dir),
+            asset_output_dir=None if asset_output_dir is None else Path(asset_output_dir),
             catalog_only=catalog_only,
+            if_exists=if_exists,
             collection_filter=collection_filter,
             datetime=datetime,
             bbox=bbox,

@@ -10,19 +10,21 @@ checked for staleness here too, as pure functions over JSON text.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from mlsync import __version__
-from mlsync.errors import StalePlanError, StateError
+from mlsync.errors import FilterError, StalePlanError, StateError
 from mlsync.records import ActionKind, DesiredAsset, FileState, LocalFile, PlannedAction
 
 __all__ = [
     "FORMAT_VERSION",
+    "IfExists",
     "KindTotals",
     "MultiPlan",
     "Plan",
@@ -56,8 +58,55 @@ _SHA_SHOWN = 12
 # --- classification ----------------------------------------------------------------------------
 
 
-def classify(desired: DesiredAsset, local: LocalFile) -> PlannedAction:
-    """Decide what to do about one desired asset. Every pair lands in exactly one class.
+class IfExists(enum.StrEnum):
+    """What to do with a destination that already exists: the reference client's
+    ``download(if_exists=...)``, as a policy over the planner's own judgement."""
+
+    RESUME = "resume"
+    """mlsync's plan as :func:`classify` judges it (add, resume, replace or up to date)."""
+    SKIP = "skip"
+    """A final file that exists is kept whatever its size; missing ones are fetched and a
+    ``.part`` without a final file is resumed."""
+    OVERWRITE = "overwrite"
+    """Everything that exists (a final file or a ``.part``) is fetched again from zero."""
+
+    @classmethod
+    def parse(cls, value: str) -> IfExists:
+        """``value`` as a policy; :class:`FilterError` naming the allowed values otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(repr(member.value) for member in cls)
+            raise FilterError(f"if_exists must be one of {allowed}, not {value!r}") from None
+
+
+def classify(
+    desired: DesiredAsset, local: LocalFile, *, if_exists: IfExists = IfExists.RESUME
+) -> PlannedAction:
+    """Decide what to do about one desired asset under the ``if_exists`` policy.
+
+    The default (``RESUME``) is mlsync's judgement, :func:`_judge`. The other policies only
+    change what it says about something that exists (an asset to add stays one):
+
+    * ``SKIP``: a final file that is not up to date is kept anyway (**up to date**, reason
+      prefixed ``kept (if_exists='skip')``) — the reference client returns without a
+      request; a ``.part`` without a final file is still resumed.
+    * ``OVERWRITE``: anything that exists is **replaced** from offset 0 (its ``.part`` is
+      dropped by the executor), up-to-date files included.
+    """
+    action = _judge(desired, local)
+    if if_exists is IfExists.RESUME or action.kind is _ADD:
+        return action
+    if if_exists is IfExists.SKIP:
+        if action.kind is _UP_TO_DATE or local.disk_size is None:
+            return action
+        reason = f"kept (if_exists='skip'; would {action.kind.value}: {action.reason})"
+        return replace(action, kind=_UP_TO_DATE, offset=0, reason=reason)
+    return replace(action, kind=_REPLACE, offset=0, reason="if_exists='overwrite'")
+
+
+def _judge(desired: DesiredAsset, local: LocalFile) -> PlannedAction:
+    """mlsync's own judgement of one desired asset. Every pair lands in exactly one class.
 
     The final file is judged first (``size`` is the catalog's, ``recorded`` the database's):
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -38,6 +39,7 @@ from mlsync.filters import (
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
 from mlsync.lockfile import LockEntry, compare, describe_differences
+from mlsync.planner import IfExists
 from mlsync.records import (
     ActionKind,
     DesiredAsset,
@@ -47,6 +49,7 @@ from mlsync.records import (
 )
 from mlsync.runlock import RunLock
 from mlsync.sources import CatalogSource, CatalogStatus, SourceSpec, SyncTarget, make_source
+from mlsync.sources.mlhub import MLHubSource
 
 if TYPE_CHECKING:
     from mlsync.models import Dataset
@@ -102,7 +105,16 @@ DownloadResult = DatasetResult
 
 
 class DatasetSync:
-    """Plans and applies one dataset against one hub session."""
+    """Plans and applies one dataset against one hub session.
+
+    ``if_exists`` is the policy the planner applies to existing files (see
+    :class:`mlsync.planner.IfExists`); ``OVERWRITE`` also makes an MLHub source fetch and
+    extract its catalog archive again (other sources still revalidate by ETag).
+    ``asset_output_dir`` moves the assets and the dataset's state (asset database, run lock,
+    ``err_report.csv``) to ``{asset_output_dir}/{id}`` while the catalog stays under the
+    target's ``output_dir``, as the reference client's argument of that name does. The CLI
+    passes neither.
+    """
 
     def __init__(
         self,
@@ -113,6 +125,8 @@ class DatasetSync:
         workers: int | None = None,
         policy: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
+        if_exists: IfExists = IfExists.RESUME,
+        asset_output_dir: Path | None = None,
     ) -> None:
         self.session = session
         self.target = target
@@ -120,9 +134,13 @@ class DatasetSync:
         self.workers = workers
         self.policy = policy or session.retry
         self.timeouts = timeouts or session.timeouts
+        self.if_exists = if_exists
+        self.asset_output_dir = asset_output_dir
         self.source: CatalogSource = make_source(
             session, target, sink=sink, policy=self.policy, timeouts=self.timeouts
         )
+        if if_exists is IfExists.OVERWRITE and isinstance(self.source, MLHubSource):
+            self.source.refetch = True
 
     # --- catalog --------------------------------------------------------------------------
 
@@ -136,11 +154,16 @@ class DatasetSync:
     # --- plan and apply -------------------------------------------------------------------
 
     def _build_plan(
-        self, db: AssetDB, dataset_dir: Path, keep: int | None = None
+        self,
+        db: AssetDB,
+        dataset_dir: Path,
+        keep: int | None = None,
+        if_exists: IfExists = IfExists.RESUME,
     ) -> tuple[planner.Plan, list[FileUpdate]]:
         """Selected assets against the database and the disk, streamed through the planner;
         also the database rows the disk contradicts (see ``DatasetPlan.reconcile``).
-        ``keep``: actions kept per kind, for a plan that is only shown (None: all)."""
+        ``keep``: actions kept per kind, for a plan that is only shown (None: all);
+        ``if_exists``: the planner's policy for existing files."""
         f = self.target.filter
         builder = planner.PlanBuilder(self.target.name, keep=keep)
         reconcile: list[FileUpdate] = []
@@ -152,14 +175,19 @@ class DatasetSync:
         asset_pred: AssetPredicate | None = (
             None if f.collections is None else partial(asset_selected, f)
         )
+        skip = if_exists is IfExists.SKIP
         with db.select(item_pred, asset_pred) as selection:
             for desired, local in selection.iter_with_state(dataset_dir):
-                action = planner.classify(desired, local)
+                action = planner.classify(desired, local, if_exists=if_exists)
                 builder.add(action)
                 if local.state is FileState.COMPLETE:
                     if local.disk_size is None:
                         reconcile.append(FileUpdate(desired.rel_path, FileState.MISSING))
-                elif action.kind is ActionKind.UP_TO_DATE:
+                elif action.kind is ActionKind.UP_TO_DATE and (
+                    # A file "skip" keeps unverified is not recorded as complete: a later
+                    # default run still judges it (and replaces it if it is wrong).
+                    not skip or planner.classify(desired, local).kind is ActionKind.UP_TO_DATE
+                ):
                     reconcile.append(_adoption(desired, local))
             builder.extend(planner.orphans(selection.iter_orphaned()))
         return builder.build(), reconcile
@@ -192,26 +220,36 @@ class DatasetSync:
         self,
         db: AssetDB,
         dataset: dict[str, Any],
-        dataset_dir: Path,
+        dirs: _Dirs,
         frozen: LockEntry | None,
         keep: int | None = None,
     ) -> DatasetPlan:
-        status = self.source.refresh(db, dataset_dir, frozen=frozen)
+        status = self.source.refresh(db, dirs.catalog, frozen=frozen)
         self._check_filter(db)
-        plan, reconcile = self._build_plan(db, dataset_dir, keep)
-        return DatasetPlan(self.target, dataset, dataset_dir, status, plan, reconcile)
+        plan, reconcile = self._build_plan(db, dirs.assets, keep, self.if_exists)
+        return DatasetPlan(self.target, dataset, dirs.assets, status, plan, reconcile)
 
     @contextmanager
-    def _locked(self, command: str) -> Iterator[tuple[AssetDB, dict[str, Any], Path]]:
-        """Resolve the dataset, then hold its run lock and database for one plan or apply."""
+    def _locked(self, command: str) -> Iterator[tuple[AssetDB, dict[str, Any], _Dirs]]:
+        """Resolve the dataset, then hold its run lock(s) and database for one plan or apply.
+
+        With a separate asset directory both dataset directories are locked (the catalog's
+        first): two runs sharing either one would write the same files.
+        """
         dataset = self.resolve_dataset()
-        dataset_dir = layout.dataset_dir(self.target.output_dir, str(dataset["id"]))
-        _make_dir(dataset_dir)
-        with (
-            RunLock.for_dataset(dataset_dir, command=command),
-            AssetDB.open(dataset_dir / layout.ASSET_DB_NAME) as db,
-        ):
-            yield db, dataset, dataset_dir
+        dataset_id = str(dataset["id"])
+        catalog_dir = layout.dataset_dir(self.target.output_dir, dataset_id)
+        asset_dir = catalog_dir
+        if self.asset_output_dir is not None:
+            asset_dir = layout.dataset_dir(self.asset_output_dir, dataset_id)
+        _make_dir(catalog_dir)
+        _make_dir(asset_dir)
+        with ExitStack() as stack:
+            if not os.path.samefile(catalog_dir, asset_dir):
+                stack.enter_context(RunLock.for_dataset(catalog_dir, command=command))
+            stack.enter_context(RunLock.for_dataset(asset_dir, command=command))
+            db = stack.enter_context(AssetDB.open(asset_dir / layout.ASSET_DB_NAME))
+            yield db, dataset, _Dirs(catalog_dir, asset_dir)
 
     def plan(self, *, frozen: LockEntry | None = None, keep: int | None = None) -> DatasetPlan:
         """What apply would do; fetches and ingests the catalog only when it changed.
@@ -219,8 +257,8 @@ class DatasetSync:
         ``keep``: list at most that many actions of each kind, for a plan to show (its
         counts stay exact); None lists them all, as saving or applying a plan needs.
         """
-        with self._locked("plan") as (db, dataset, dataset_dir):
-            return self._plan_locked(db, dataset, dataset_dir, frozen, keep)
+        with self._locked("plan") as (db, dataset, dirs):
+            return self._plan_locked(db, dataset, dirs, frozen, keep)
 
     def apply(
         self,
@@ -234,8 +272,8 @@ class DatasetSync:
         ``before_execute`` sees the fresh plan before any transfer (still under the lock): the
         CLI prints it there and checks a saved plan or the lock file, raising to stop.
         """
-        with self._locked("apply") as (db, dataset, dataset_dir):
-            dataset_plan = self._plan_locked(db, dataset, dataset_dir, frozen)
+        with self._locked("apply") as (db, dataset, dirs):
+            dataset_plan = self._plan_locked(db, dataset, dirs, frozen)
             if frozen is not None and (differences := compare(frozen, dataset_plan.lock_entry())):
                 raise FrozenLockError(
                     f"--frozen: {describe_differences(self.target.name, differences)}; review "
@@ -320,6 +358,17 @@ class DatasetSync:
 
 _TRANSFER_KINDS = frozenset({ActionKind.ADD, ActionKind.RESUME, ActionKind.REPLACE})
 
+
+@dataclass(frozen=True)
+class _Dirs:
+    """A dataset's two directories; the same one unless ``asset_output_dir`` is given."""
+
+    catalog: Path
+    """``{output_dir}/{id}``: where the source extracts or caches the catalog."""
+    assets: Path
+    """``{asset_output_dir or output_dir}/{id}``: assets, asset database, run lock, report."""
+
+
 _MISSING_HINTS: dict[str | None, str] = {
     "stac_api": "a STAC API search returns only items matching the bbox/intersects and "
     "datetime: the keys listed are those of the items it returned",
@@ -355,7 +404,9 @@ def download_dataset(
     dataset: Dataset,
     *,
     output_dir: Path,
+    asset_output_dir: Path | None = None,
     catalog_only: bool = False,
+    if_exists: str = IfExists.RESUME,
     collection_filter: Mapping[str, Sequence[str]] | None = None,
     datetime: datetime | tuple[datetime, datetime] | str | None = None,
     bbox: Sequence[float] | None = None,
@@ -367,9 +418,16 @@ def download_dataset(
     profile: str | None = None,
     root_url: str | None = None,
 ) -> DatasetResult:
-    """``Dataset.download``: the guide's arguments, mlsync's planner and executor."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise LocalWriteError(f"output_dir {output_dir} exists and is not a directory")
+    """``Dataset.download``: the guide's arguments, mlsync's planner and executor.
+
+    ``if_exists``, the directories and the filters are checked before anything is sent or
+    made.
+    """
+    policy = IfExists.parse(if_exists)
+    dirs = {"output_dir": output_dir, "asset_output_dir": asset_output_dir}
+    for name, path in dirs.items():
+        if path is not None and path.exists() and not path.is_dir():
+            raise LocalWriteError(f"{name} {path} exists and is not a directory")
     target = SyncTarget(
         name=dataset.id,
         ref=dataset.id,
@@ -383,12 +441,20 @@ def download_dataset(
         ),
         catalog_only=catalog_only,
     )
-    _make_dir(output_dir)
+    for path in dirs.values():
+        if path is not None:
+            _make_dir(path)
     settings = resolve_settings(api_key=api_key, profile=profile, root_url=root_url)
     with HubSession(settings) as session:
-        return DatasetSync(session, target, sink=on_event or ignore, workers=workers).apply(
-            prune=prune
+        sync = DatasetSync(
+            session,
+            target,
+            sink=on_event or ignore,
+            workers=workers,
+            if_exists=policy,
+            asset_output_dir=asset_output_dir,
         )
+        return sync.apply(prune=prune)
 
 
 __all__ = [

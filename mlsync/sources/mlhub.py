@@ -53,6 +53,10 @@ def _sha256(path: Path) -> str:
 class MLHubSource(Notifying):
     """A dataset of the MLHub API, by id or DOI (``target.ref``)."""
 
+    refetch: bool = False
+    """Download and extract the archive again even when unchanged: ``if_exists='overwrite'``,
+    as the reference client does."""
+
     def __init__(
         self, session: HubSession, target: SyncTarget, *, sink: EventSink, policy: RetryPolicy
     ) -> None:
@@ -131,9 +135,10 @@ class MLHubSource(Notifying):
             not etag or not recorded["etag"] or etag == recorded["etag"]
         )
         fetched = False
-        if not (unchanged_locally and unchanged_remotely):
+        if self.refetch or not (unchanged_locally and unchanged_remotely):
             if (
-                stat is not None
+                not self.refetch
+                and stat is not None
                 and remote_size is not None
                 and stat.st_size == remote_size
                 and (not etag or etag == recorded["etag"] or recorded["etag"] is None)
@@ -170,7 +175,7 @@ class MLHubSource(Notifying):
     ) -> None:
         archive.parent.mkdir(parents=True, exist_ok=True)
         part = archive.with_name(archive.name + layout.PART_SUFFIX)
-        if part.exists() and (not etag or db.get_meta(META_PART_ETAG) != etag):
+        if part.exists() and (self.refetch or not etag or db.get_meta(META_PART_ETAG) != etag):
             part.unlink()  # a part of another version of the archive: never splice the two
         db.set_meta(META_PART_ETAG, etag or "")
         db.commit()
@@ -192,7 +197,11 @@ class MLHubSource(Notifying):
         """Extract and index the archive when its content changed since the last ingest."""
         assert status.archive is not None
         catalog_json = dataset_dir / layout.CATALOG_JSON
-        if db.get_meta(META_INGESTED_SHA) == status.sha256 and catalog_json.is_file():
+        if (
+            not self.refetch
+            and db.get_meta(META_INGESTED_SHA) == status.sha256
+            and catalog_json.is_file()
+        ):
             return status
         problems = ProblemNotices(self._notice)
         ingest = db.begin_ingest()
