@@ -16,7 +16,7 @@ or a profile), and every error names the file, line, column and field so a perso
         bbox: [-13.278254, 8.447033, -13.231551, 8.493532]   # or intersects:, not both
         intersects: aoi.geojson            # path inside the manifest's dir, or inline GeoJSON
       - name: crops                        # not on the hub: a static STAC catalog ...
-        source: {stac: "https://example.org/crops/catalog.json"}
+        source: {stac: "https://example.org/crops/catalog.json"}   # or a path: ./crops/catalog.json
       - name: floods                       # ... or a STAC API search (name is required)
         source: {stac_api: "https://example.org/stac/v1/", collections: [floods]}
 
@@ -26,10 +26,13 @@ manifest that loads is one that filters. Choices made here:
 * ``output_dir`` defaults to ``.``, the manifest's directory (the reference defaults to the
   working directory, which makes a manifest mean different things from different places).
   A dataset's files land in ``<output_dir>/<dataset id>/`` as the reference lays them out.
-* Relative paths (``output_dir``, ``intersects``, ``hub.ca_bundle``) resolve against the
-  manifest's directory; ``~`` is expanded in ``output_dir`` and ``hub.ca_bundle``. An
-  ``intersects`` file must resolve (symlinks followed) inside the manifest's directory tree,
-  so a shared manifest cannot read arbitrary files.
+* Relative paths (``output_dir``, ``intersects``, ``hub.ca_bundle``, a ``source.stac`` path)
+  resolve against the manifest's directory; ``~`` is expanded in ``output_dir``,
+  ``hub.ca_bundle`` and ``source.stac``. An ``intersects`` file must resolve (symlinks
+  followed) inside the manifest's directory tree, so a shared manifest cannot read arbitrary
+  files. A local STAC catalog (``source.stac`` a path or a ``file://`` URL) may be anywhere
+  (a catalog unpacked on disk), but must exist; its crawl reads only JSON documents under
+  the root document's folder, and never a local asset file.
 * YAML timestamps are not converted (``datetime: 2019-01-01`` stays the string the user
   wrote) so dates follow the filters' ISO 8601 rules rather than YAML 1.1's.
 * A collection listed with no value (``coll:``) means every asset key, like ``coll: []``.
@@ -56,6 +59,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Self
 from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import yaml
 from pydantic import (
@@ -213,6 +217,63 @@ def _check_http_url(value: str, what: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class LocalCatalog:
+    """A ``source.stac`` that names a catalog on disk."""
+
+    path: Path
+    """The root document, absolute (normalised, symlinks not resolved)."""
+    lock_name: str
+    """How the lock file names it: the path relative to the manifest's directory (POSIX
+    separators) when inside it, so the lock is the same on every checkout; else the
+    absolute ``file:`` URL."""
+
+    @property
+    def url(self) -> str:
+        return self.path.as_uri()
+
+
+def _local_catalog(value: str, base: Path) -> LocalCatalog:
+    """``source.stac`` as a path (``~`` expanded, relative to ``base``) or a ``file://`` URL
+    to a catalog file that exists."""
+    text = value.strip()
+    if not text:
+        raise _fail("stac is empty: give a catalog's URL or path", at=("stac",))
+    if text.lower().startswith("file:"):
+        try:
+            parts = urlsplit(text)
+        except ValueError:
+            raise _fail(f"{value!r} is not a valid file URL", at=("stac",)) from None
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise _fail(
+                f"a file URL must be file:///absolute/path (got {value!r}); give a "
+                "relative path without file: for a path relative to the manifest",
+                at=("stac",),
+            )
+        if parts.query or parts.fragment:
+            raise _fail("a file URL must not have a ?query or #fragment", at=("stac",))
+        path = Path(url2pathname(parts.path))
+    else:
+        path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = base / path
+    path = Path(os.path.normpath(path.absolute()))
+    if path.is_dir():
+        raise _fail(
+            f"{value!r} is a directory; give the path of its catalog.json (or collection.json)",
+            at=("stac",),
+        )
+    if not path.is_file():
+        raise _fail(
+            f"catalog file {value!r} not found (looked for {path}); stac is an "
+            "http(s) URL, a file:// URL or a path relative to the manifest's directory",
+            at=("stac",),
+        )
+    root = Path(os.path.normpath(base.absolute()))
+    name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_uri()
+    return LocalCatalog(path, name)
+
+
 class SourceSettings(_Strict):
     """A dataset that is not on the MLHub API: a static STAC catalog or a STAC API search."""
 
@@ -224,10 +285,12 @@ class SourceSettings(_Strict):
 
     stac: str | None = Field(
         default=None,
-        description="URL of a static STAC catalog: its root catalog.json (or a "
-        "collection.json). Its child, item and items links are crawled. Exactly one of "
-        "stac/stac_api.",
-        examples=["https://example.org/stac/catalog.json"],
+        description="A static STAC catalog: the http(s) URL of its root catalog.json (or a "
+        "collection.json), or a local path to one (relative to the manifest's directory, "
+        "~ expanded) or a file:// URL. Its child, item and items links are crawled; a local "
+        "catalog's links must stay in its folder and its assets be remote (http(s), s3): "
+        "local asset files are never copied. Exactly one of stac/stac_api.",
+        examples=["https://example.org/stac/catalog.json", "./catalog/catalog.json"],
     )
     stac_api: str | None = Field(
         default=None,
@@ -248,10 +311,14 @@ class SourceSettings(_Strict):
         description="STAC API only: items per search page (default 100).",
     )
 
+    _local: LocalCatalog | None = PrivateAttr(default=None)
+
     @field_validator("stac")
     @classmethod
     def _check_stac(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value, "stac")
+        if value is None or _is_local(value):
+            return value  # a path: checked against the manifest's directory below
+        return _check_http_url(value, "stac")
 
     @field_validator("stac_api")
     @classmethod
@@ -272,7 +339,7 @@ class SourceSettings(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _check_source(self) -> Self:
+    def _check_source(self, info: ValidationInfo) -> Self:
         if self.stac is None and self.stac_api is None:
             raise _fail("a source needs stac: URL (a static catalog) or stac_api: URL")
         if self.stac is not None and self.stac_api is not None:
@@ -286,7 +353,26 @@ class SourceSettings(_Strict):
                         at=(key,),
                         point="key",
                     )
+            if _is_local(self.stac):
+                self._local = _local_catalog(self.stac, _base_dir(info))
         return self
+
+    @property
+    def local_catalog(self) -> LocalCatalog | None:
+        """The catalog on disk that ``stac`` names (None for a URL or a STAC API)."""
+        return self._local
+
+
+def _is_local(value: str) -> bool:
+    """``stac`` names a local catalog: a ``file:`` URL, or a path (no URL scheme)."""
+    text = value.strip()
+    if text.lower().startswith("file:"):
+        return True
+    try:
+        scheme = urlsplit(text).scheme
+    except ValueError:
+        return False
+    return not scheme and not text.startswith("//")
 
 
 class TimeRange(_Strict):
@@ -538,6 +624,11 @@ class DatasetSpec(_Strict):
         if self.source is None:
             return None
         if self.source.stac is not None:
+            local = self.source.local_catalog
+            if local is not None:
+                from mlsync.sources.static import LocalCatalogSpec
+
+                return LocalCatalogSpec("stac", local.lock_name, root_url=local.url)
             return SourceSpec("stac", self.source.stac)
         assert self.source.stac_api is not None
         collections = self.source.collections

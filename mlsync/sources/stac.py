@@ -180,14 +180,22 @@ class DocumentCache:
 
     # --- reading the current resolution ------------------------------------------------
 
-    def digest(self) -> Digest:
-        """The pin of the resolution: sha256 over every document in key order."""
+    def digest(self, *, relative_to: str = "") -> Digest:
+        """The pin of the resolution: sha256 over every document in key order.
+
+        ``relative_to`` is a prefix taken off the keys that start with it before they are
+        hashed: a catalog on disk passes its folder's ``file:`` URL, so that its pin does not
+        depend on where the folder is (a checkout on another machine pins the same sha256).
+        Every key of such a catalog starts with it, so the key order is unchanged.
+        """
         digest = hashlib.sha256()
         size = count = 0
         for key, sha, length in self._conn.execute(
             "SELECT r.key, d.sha256, d.size FROM resolved AS r JOIN docs AS d USING (key) "
             "ORDER BY r.key"
         ):
+            if relative_to and key.startswith(relative_to):
+                key = key[len(relative_to) :]
             digest.update(f"{key}\0{sha}\n".encode("utf-8", "surrogatepass"))
             size += int(length)
             count += 1
@@ -205,9 +213,19 @@ class DocumentCache:
 # --- STAC JSON helpers ---------------------------------------------------------------------
 
 
-def links(obj: dict[str, Any], base_url: str, rels: frozenset[str]) -> list[dict[str, Any]]:
+def links(
+    obj: dict[str, Any],
+    base_url: str,
+    rels: frozenset[str],
+    *,
+    schemes: tuple[str, ...] = _HTTP_SCHEMES,
+) -> list[dict[str, Any]]:
     """The object's links with a ``rel`` in ``rels``, each with ``href`` made absolute
-    against ``base_url`` (the document's URL) and any fragment removed."""
+    against ``base_url`` (the document's URL) and any fragment removed.
+
+    Links whose absolute URL has a scheme not in ``schemes`` are dropped: by default only
+    http(s), so a catalog served over HTTP can never make the crawl read a local file. The
+    crawl of a catalog on disk also passes ``file`` (and confines what it reads itself)."""
     found = []
     for link in obj.get("links") or []:
         if type(link) is not dict or link.get("rel") not in rels:
@@ -220,7 +238,7 @@ def links(obj: dict[str, Any], base_url: str, rels: frozenset[str]) -> list[dict
             scheme = urlsplit(absolute).scheme
         except ValueError:
             continue
-        if scheme not in _HTTP_SCHEMES:
+        if scheme not in schemes:
             continue
         found.append({**link, "href": absolute})
     return found

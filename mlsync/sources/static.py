@@ -1,4 +1,4 @@
-"""A static STAC catalog as a catalog source: crawled over HTTP, cached, re-validated.
+"""A static STAC catalog as a catalog source: crawled over HTTP (or read from disk), cached.
 
 The crawl starts at the manifest's URL (a ``catalog.json`` or a ``collection.json``) and
 follows ``child``, ``item`` and ``items`` (or ``item_collection``) links; the last two lead to
@@ -18,30 +18,53 @@ them, as STAC says; absolute ones are taken as they are, on any host.
 * **Conditional requests.** Every document is cached with its ``ETag``/``Last-Modified``; a
   re-plan sends ``If-None-Match``/``If-Modified-Since`` and a 304 reuses the cached body, so
   only what changed is downloaded, and the catalog is re-ingested only when the pin changed.
+
+**A catalog on disk** (``source: {stac: ./catalog/catalog.json}``, a ``file:`` URL) is crawled
+the same way (same links, pruning, bound, parsing and size limit), :class:`LocalDocuments`
+reading the files in place of the HTTP session. What it reads is confined to the root
+document's folder: a link that climbs out of it (``..``, an absolute path, an http(s) URL),
+or that resolves out of it through a symlink, is refused with a warning, like a broken link.
+Asset hrefs are not its business: one that resolves to a local file (``file:``) is refused
+at ingest by the href policy (:func:`mlsync.catalog.asset_url`), so mlsync never copies a
+local file; such a catalog must point at remote (http(s), s3) assets. Local files are read
+again on every refresh (no validators): see :class:`LocalDocuments`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from types import TracebackType
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from mlsync.assetdb import AssetDB
 from mlsync.errors import CatalogError, EntityDoesNotExist
 from mlsync.events import EventSink, Task
 from mlsync.filters import DownloadFilter
-from mlsync.hub.http import Fetched, RetryPolicy, StacSession, Timeouts, redact
+from mlsync.hub.http import (
+    MAX_DOCUMENT_BYTES,
+    Fetched,
+    RetryPolicy,
+    StacSession,
+    Timeouts,
+    redact,
+)
 from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
     META_INGESTED_SHA,
     CatalogStatus,
     Notifying,
     ProblemNotices,
+    SourceSpec,
     SyncTarget,
     check_frozen_sha,
 )
@@ -53,7 +76,16 @@ from mlsync.sources.stac import (
     links,
 )
 
-__all__ = ["DEFAULT_WORKERS", "CrawlStats", "StaticCatalogSource", "crawl"]
+__all__ = [
+    "DEFAULT_WORKERS",
+    "CrawlStats",
+    "DocumentFetcher",
+    "LinkRefused",
+    "LocalCatalogSpec",
+    "LocalDocuments",
+    "StaticCatalogSource",
+    "crawl",
+]
 
 log = logging.getLogger("mlsync.sources")
 
@@ -65,6 +97,146 @@ _NODE_RELS: Final = frozenset({"child"})
 _ITEM_RELS: Final = frozenset({"item"})
 _PAGE_RELS: Final = frozenset({"items", "item_collection"})
 _NEXT_RELS: Final = frozenset({"next"})
+_HTTP_LINKS: Final = ("http", "https")
+_LOCAL_LINKS: Final = ("file", "http", "https")
+"""A catalog on disk follows http(s) links too, only to refuse them with a warning."""
+
+
+@dataclass(frozen=True)
+class LocalCatalogSpec(SourceSpec):
+    """A static catalog on disk, as the manifest names it.
+
+    ``url`` is what the lock file records and plans show: the root document's path relative
+    to the manifest's directory when it is inside it (``catalog/catalog.json``, the same on
+    every machine and checkout), else its absolute ``file:`` URL. ``root_url`` is the
+    absolute ``file:`` URL that is crawled.
+    """
+
+    root_url: str = ""
+
+
+class LinkRefused(CatalogError):
+    """A linked document the crawl does not read (outside a local catalog's folder): a
+    catalog problem, warned about and skipped like a broken link."""
+
+
+class DocumentFetcher(Protocol):
+    """What :func:`crawl` reads documents with: a :class:`StacSession` or
+    :class:`LocalDocuments`."""
+
+    def fetch(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> Fetched: ...
+
+
+def file_url_path(url: str) -> Path | None:
+    """The local path of a ``file:`` URL (host empty or ``localhost``), else None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
+        return None
+    path = Path(url2pathname(parts.path))
+    return path if path.is_absolute() else None
+
+
+class LocalDocuments:
+    """The documents of a static catalog on disk, read for :func:`crawl` as if fetched.
+
+    Only regular files under the root document's folder are read (checked on the lexical
+    path and again once symlinks are resolved; the file itself is opened without following
+    a symlink); anything else raises :class:`LinkRefused`, a missing file
+    :class:`EntityDoesNotExist`, an unreadable one :class:`CatalogError` (which stops the
+    refresh, as any failure other than a broken link does over HTTP). The root document
+    itself may be anywhere (the manifest names it). A document larger than
+    :data:`~mlsync.hub.http.MAX_DOCUMENT_BYTES` is refused, as over HTTP.
+
+    **No revalidation**: every refresh reads every document again and answers 200 without
+    validators (so the cache never sees a 304 for a local file). A local read costs about
+    what the ``stat`` of an mtime+size validator would, and the pin is then always the
+    bytes on disk (a same-size edit within the file system's timestamp granularity cannot
+    hide from ``--frozen``); the catalog is still re-ingested only when the pin changed.
+    """
+
+    def __init__(self, root_url: str, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> None:
+        root = file_url_path(root_url)
+        if root is None:
+            raise CatalogError(f"{root_url} is not a local file: URL")
+        self.root_url = root_url
+        self.folder = Path(os.path.normpath(root)).parent
+        self.real_folder = self.folder.resolve()
+        self.max_bytes = max_bytes
+
+    def __enter__(self) -> LocalDocuments:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def _path(self, url: str) -> Path:
+        path = file_url_path(url)
+        if path is None:
+            raise LinkRefused(
+                "not a file of the catalog's folder; a catalog on disk is read only from there"
+            )
+        lexical = Path(os.path.normpath(path))
+        if url == self.root_url:
+            return lexical
+        if not lexical.is_relative_to(self.folder):
+            raise LinkRefused(f"outside the catalog's folder {self.folder}")
+        real = lexical.resolve()
+        if not real.is_relative_to(self.real_folder):
+            raise LinkRefused(f"a symlink out of the catalog's folder {self.folder} (to {real})")
+        return real
+
+    def fetch(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> Fetched:
+        """Read the document at the ``file:`` URL ``url`` (``method``, ``etag`` and
+        ``last_modified`` are ignored: see the class doc)."""
+        path = self._path(url)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+        if url != self.root_url:
+            flags |= getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            raise EntityDoesNotExist(f"{what}: {path} not found", status=404, url=url) from None
+        except IsADirectoryError:
+            raise LinkRefused("a directory, not a STAC document") from None
+        except OSError as exc:
+            raise CatalogError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise LinkRefused("not a regular file")
+            try:
+                body = file.read(self.max_bytes + 1)
+            except OSError as exc:
+                raise CatalogError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+        if len(body) > self.max_bytes:
+            raise CatalogError(
+                f"{what}: {path} is larger than {self.max_bytes // 2**20} MiB; a STAC "
+                "document that large is refused"
+            )
+        return Fetched(url=url, status=200, body=body, etag=None, last_modified=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +268,7 @@ def _label(root_url: str) -> Callable[[str], str]:
 
 
 def crawl(
-    http: StacSession,
+    http: DocumentFetcher,
     cache: DocumentCache,
     root_url: str,
     *,
@@ -105,9 +277,15 @@ def crawl(
     task: Task | None = None,
     workers: int = DEFAULT_WORKERS,
 ) -> CrawlStats:
-    """Resolve the catalog at ``root_url`` into ``cache`` (between ``begin`` and ``commit``)."""
+    """Resolve the catalog at ``root_url`` into ``cache`` (between ``begin`` and ``commit``).
+
+    ``http`` reads the documents: a :class:`StacSession`, or :class:`LocalDocuments` for a
+    ``file:`` root (whose links may then be ``file:`` URLs too)."""
     wanted = filter.collections
     label = _label(root_url)
+    local = root_url.startswith("file:")
+    schemes = _LOCAL_LINKS if local else _HTTP_LINKS
+    not_found = "linked, but not found" if local else "linked, but not found (404)"
     queue: deque[_Job] = deque([_Job(root_url, "node", None)])
     visited = {root_url}
     in_flight: dict[Future[Fetched], _Job] = {}
@@ -176,12 +354,12 @@ def crawl(
         documents += 1
         cache.resolve(job.url, resolved, context)
         if resolved in ("catalog", "collection"):
-            follow(links(obj, base, _NODE_RELS), "node", context)
+            follow(links(obj, base, _NODE_RELS, schemes=schemes), "node", context)
             if not pruned(context):
-                follow(links(obj, base, _ITEM_RELS), "item", context)
-                follow(links(obj, base, _PAGE_RELS), "items", context)
+                follow(links(obj, base, _ITEM_RELS, schemes=schemes), "item", context)
+                follow(links(obj, base, _PAGE_RELS, schemes=schemes), "items", context)
         elif resolved == "items" and not pruned(context):
-            follow(links(obj, base, _NEXT_RELS), "items", context)
+            follow(links(obj, base, _NEXT_RELS, schemes=schemes), "items", context)
 
     def submit(pool: ThreadPoolExecutor, job: _Job) -> None:
         etag, last_modified = cache.validators(job.url)
@@ -210,7 +388,12 @@ def crawl(
                     if job.url == root_url:
                         raise
                     # A broken link is a catalog problem, like a broken document.
-                    problems.add(f"{label(job.url)}: linked, but not found (404); skipped")
+                    problems.add(f"{label(job.url)}: {not_found}; skipped")
+                    continue
+                except LinkRefused as exc:
+                    if job.url == root_url:
+                        raise
+                    problems.add(f"refused the link to {label(job.url)}: {exc}; skipped")
                     continue
                 handle(job, fetched)
                 if task is not None:
@@ -228,8 +411,29 @@ def crawl(
     )
 
 
+def _root_url(source: SourceSpec) -> str:
+    """The URL to crawl: a LocalCatalogSpec's ``root_url``; else ``url`` as it is (http(s)
+    or ``file:``), or, with no scheme, a path (relative to the working directory)."""
+    if isinstance(source, LocalCatalogSpec) and source.root_url:
+        return source.root_url
+    url = source.url
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        return url
+    if scheme:
+        return url
+    return Path(os.path.normpath(Path(url).expanduser().absolute())).as_uri()
+
+
 class StaticCatalogSource(Notifying):
-    """A static STAC catalog at ``target.source.url``; ``target.name`` is its directory."""
+    """A static STAC catalog at ``target.source.url``; ``target.name`` is its directory.
+
+    The catalog is on disk when the source is a :class:`LocalCatalogSpec` (from a manifest),
+    or its ``url`` a ``file:`` URL or a path (relative to the working directory): then it is
+    read with :class:`LocalDocuments`, its pin is taken over keys relative to its folder
+    (the same wherever the folder is) and carries no ETag or Last-Modified.
+    """
 
     def __init__(
         self,
@@ -244,6 +448,10 @@ class StaticCatalogSource(Notifying):
         assert target.source is not None and target.source.kind == "stac"
         self.target = target
         self.url = target.source.url
+        """How the lock names the source (for a local catalog, see LocalCatalogSpec)."""
+        self.root_url = _root_url(target.source)
+        """What is crawled: an http(s) URL, or a ``file:`` URL for a catalog on disk."""
+        self.local = self.root_url.startswith("file:")
         self.sink = sink
         self.policy = policy
         self.timeouts = timeouts
@@ -257,22 +465,24 @@ class StaticCatalogSource(Notifying):
         self, db: AssetDB, dataset_dir: Path, *, frozen: LockEntry | None = None
     ) -> CatalogStatus:
         problems = ProblemNotices(self._notice)
-        with (
-            DocumentCache.open(dataset_dir / CACHE_NAME) as cache,
-            StacSession(
+        reader: LocalDocuments | StacSession
+        if self.local:
+            reader = LocalDocuments(self.root_url)
+        else:
+            reader = StacSession(
                 retry=self.policy,
                 timeouts=self.timeouts,
                 pool_size=self.workers,
                 ca_bundle=self.ca_bundle,
-            ) as http,
-        ):
+            )
+        with DocumentCache.open(dataset_dir / CACHE_NAME) as cache, reader as http:
             cache.begin()
             try:
                 with Task(self.sink, self.target.name, "crawl stac catalog", None, "items") as task:
                     stats = crawl(
                         http,
                         cache,
-                        self.url,
+                        self.root_url,
                         filter=self.target.filter,
                         problems=problems,
                         task=task,
@@ -283,7 +493,8 @@ class StaticCatalogSource(Notifying):
                         f"{redact(self.url)} is not a STAC catalog or collection; check the "
                         "dataset's source URL"
                     )
-                digest = cache.digest()
+                folder = self.root_url.rsplit("/", 1)[0] + "/"
+                digest = cache.digest(relative_to=folder if self.local else "")
                 check_frozen_sha(self.target.name, digest.sha256, frozen, "STAC catalog")
                 cache.commit()
             except BaseException:
@@ -305,7 +516,7 @@ class StaticCatalogSource(Notifying):
                     name=self.target.name,
                     sink=self.sink,
                     problems=problems,
-                    label=_label(self.url),
+                    label=_label(self.root_url),
                 )
                 ingested = True
                 log.info("%s: %s assets in stac catalog", self.target.name, f"{indexed.assets:,}")
@@ -318,7 +529,8 @@ class StaticCatalogSource(Notifying):
             sha256=digest.sha256,
             etag=stats.root_etag,
             last_modified=stats.root_last_modified,
-            fetched=stats.downloaded > 0,
+            # On disk nothing is downloaded: "fetched" says the content changed.
+            fetched=ingested if self.local else stats.downloaded > 0,
             ingested=ingested,
             documents=digest.documents,
         )
