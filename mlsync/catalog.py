@@ -198,12 +198,28 @@ def _rejected(rel_name: str, message: str) -> CatalogEntry:
     return CatalogEntry(None, None, [], [f"{rel_name}: {message}"])
 
 
+def _is_text(value: str) -> bool:
+    """Whether ``value`` is real Unicode: JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no file name, database row or terminal can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _parse_item(obj: dict[str, Any], rel_name: str, base_url: str | None) -> CatalogEntry:
     problems = _Problems(rel_name)
     item_id = obj.get("id")
-    if type(item_id) is not str or not item_id:
+    if type(item_id) is not str or not item_id or not _is_text(item_id):
         return _rejected(rel_name, f"STAC item without a usable id ({_shown(item_id)}); skipped")
     collection_id = obj.get("collection")
+    if type(collection_id) is str and not _is_text(collection_id):
+        return _rejected(
+            rel_name,
+            f"STAC item {_shown(item_id)}: collection {_shown(collection_id)} is not "
+            "valid Unicode; skipped",
+        )
     if type(collection_id) is not str or not collection_id:
         if collection_id is not None:
             problems.add(f"item {_shown(item_id)}: ignoring collection {_shown(collection_id)}")
@@ -248,7 +264,7 @@ def _parse_item(obj: dict[str, Any], rel_name: str, base_url: str | None) -> Cat
 
 def _parse_collection(obj: dict[str, Any], rel_name: str, base_url: str | None) -> CatalogEntry:
     collection_id = obj.get("id")
-    if type(collection_id) is not str or not collection_id:
+    if type(collection_id) is not str or not collection_id or not _is_text(collection_id):
         return _rejected(
             rel_name, f"STAC collection without a usable id ({_shown(collection_id)}); skipped"
         )
@@ -278,6 +294,9 @@ def _parse_assets(
         href = asset.get("href")
         if type(href) is not str or not href:
             problems.add(f"asset {_shown(key)} skipped: no href ({_shown(href)})")
+            continue
+        if not (_is_text(key) and _is_text(href)):
+            problems.add(f"asset {_shown(key)} skipped: its key or href is not valid Unicode")
             continue
         try:
             local = False

@@ -9,6 +9,7 @@ import threading
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -42,7 +43,8 @@ PIPE_WIDTH = 200
 
 def _console(stream: TextIO) -> Console:
     width = None if stream.isatty() or "COLUMNS" in os.environ else PIPE_WIDTH
-    return Console(file=stream, highlight=False, soft_wrap=True, width=width)
+    # emoji=False: ":name:" in a catalog value or an error is text to show, not a picture.
+    return Console(file=stream, highlight=False, soft_wrap=True, width=width, emoji=False)
 
 
 def stdout_console() -> Console:
@@ -133,12 +135,9 @@ class ProgressRenderer:
                 return
             style = {"info": "", "warning": "yellow", "error": "bold red"}[event.level]
             prefix = f"{event.dataset}: " if event.dataset else ""
-            self.console.print(
-                f"[{style}]{prefix}{redact(event.text)}[/]"
-                if style
-                else f"{prefix}{redact(event.text)}",
-                markup=bool(style),
-            )
+            # Notices quote catalog values: "[", "]" in them are text, never markup.
+            text = escape(f"{prefix}{redact(event.text)}")
+            self.console.print(f"[{style}]{text}[/]" if style else text)
         elif isinstance(event, TaskStarted):
             label = f"{event.dataset}: {event.description}"
             self._descriptions[event.task_id] = (label, event.total, event.unit)
@@ -171,6 +170,5 @@ class ProgressRenderer:
                 self.console.print(f"{label} done", markup=False, highlight=False)
             self._descriptions.pop(event.task_id, None)
         elif isinstance(event, AssetFinished) and not event.ok:
-            self.console.print(
-                f"[red]failed[/] {event.dataset}/{event.rel_path}: {redact(event.error or '')}"
-            )
+            detail = escape(f"{event.dataset}/{event.rel_path}: {redact(event.error or '')}")
+            self.console.print(f"[red]failed[/] {detail}")
