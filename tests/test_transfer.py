@@ -375,3 +375,25 @@ def test_a_status_that_may_pass_is_retried_until_the_attempts_run_out(tmp_path, 
         run(tmp_path, server, expected_size=len(DATA))
     assert failed.value.status == status and failed.value.retryable
     assert len(server.offsets) == FAST.attempts
+
+
+def test_a_refused_connection_is_reported_as_such_not_as_a_timeout(tmp_path):
+    """urllib3's NewConnectionError is a ConnectTimeoutError subclass; the message must not
+    say 'timed out' for a port nobody listens on."""
+    import socket
+
+    from mlsync.hub.http import TransferClient
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = TransferClient()
+    transfer = FileTransfer(
+        lambda offset, if_range: client.open(f"http://127.0.0.1:{port}/x", offset=offset),
+        tmp_path / "x", label="t", policy=RetryPolicy(attempts=2, backoff_initial=0.0),
+    )  # fmt: skip
+    with pytest.raises(TransferError) as failed:
+        transfer.run()
+    assert str(failed.value).startswith("connection failed:"), str(failed.value)
+    assert "timed out" not in str(failed.value) and failed.value.retryable
+    client.close()

@@ -423,6 +423,8 @@ def _requests_error(
 ) -> requests.RequestException:
     """urllib3's failure as the requests exception requests itself would have raised."""
     shown = f"{redact(str(exc))} ({redact(url)})"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a ConnectTimeoutError too
+        return requests.ConnectionError(shown)
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
         return requests.exceptions.ConnectTimeout(shown)
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
