@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -541,7 +542,11 @@ def test_stac_api_search_datetime_and_intersects(
 
 def test_429_during_search_is_retried(tmp_path: Path, hub_factory: HubFactory) -> None:
     faults = FaultConfig(
-        kinds={"stac"}, path_pattern=r"/search$", fail_first=2, fail_first_fault="429"
+        kinds={"stac"},
+        path_pattern=r"/search$",
+        fail_first=2,
+        fail_first_fault="429",
+        retry_after=1,
     )
     hub = hub_factory(faults=faults)
     t = target(
@@ -551,7 +556,10 @@ def test_429_during_search_is_retried(tmp_path: Path, hub_factory: HubFactory) -
         source_collections=(SOURCE,),
         limit=5,
     )
+    started = time.monotonic()
     p = plan(hub, t)
+    # Two waits of Retry-After: 1 s each (the tests' own backoff is a few milliseconds).
+    assert time.monotonic() - started >= 2.0
     assert p.plan.selected_count == 12 * 3
     assert hub.stats["faults"] == {"429": 2}
     assert hub.stats["by_status"]["429"] == 2
