@@ -29,7 +29,7 @@ from mlsync.errors import (
     UnsafePathError,
 )
 from mlsync.events import EventSink, Level, Notice, ignore
-from mlsync.executor import ExecutionReport, Executor, write_error_report
+from mlsync.executor import TRANSFER_KINDS, ExecutionReport, Executor, write_error_report
 from mlsync.filters import (
     asset_selected,
     build_filter,
@@ -289,7 +289,7 @@ class DatasetSync:
         dataset_dir = dataset_plan.dataset_dir
         plan = dataset_plan.plan
         report_path = dataset_dir / layout.ERR_REPORT_NAME
-        transfers = [a for a in plan.actions if a.kind in _TRANSFER_KINDS]
+        transfers = [a for a in plan.actions if a.kind in TRANSFER_KINDS]
         report = ExecutionReport()
         if transfers:
             executor = Executor(
@@ -354,9 +354,6 @@ class DatasetSync:
             self._notice("info", f"removed orphan {action.rel_path}")
         db.commit()
         return removed
-
-
-_TRANSFER_KINDS = frozenset({ActionKind.ADD, ActionKind.RESUME, ActionKind.REPLACE})
 
 
 @dataclass(frozen=True)

@@ -83,10 +83,6 @@ def parse_checksum(checksum: str | None) -> tuple[str, str] | None:
     return name, digest
 
 
-def _disk_error(exc: OSError, path: Path) -> LocalWriteError:
-    return LocalWriteError.from_os_error(exc, path)
-
-
 class FileTransfer:
     """Downloads one file; ``run`` retries per ``policy`` and returns what was written."""
 
@@ -160,7 +156,7 @@ class FileTransfer:
             os.replace(self.part, self.dest)  # a rename keeps the size and mtime written
             stat = self._written or self.dest.stat()
         except OSError as exc:
-            raise _disk_error(exc, self.dest) from None
+            raise LocalWriteError.from_os_error(exc, self.dest) from None
         return TransferOutcome(
             stat.st_size, stat.st_mtime_ns, self.attempts, self.resumed_from or 0
         )
@@ -178,7 +174,7 @@ class FileTransfer:
         except FileNotFoundError:
             return 0
         except OSError as exc:
-            raise _disk_error(exc, self.part) from None
+            raise LocalWriteError.from_os_error(exc, self.part) from None
 
     def _attempt(self) -> None:
         if self.stop.is_set():
@@ -239,7 +235,7 @@ class FileTransfer:
         try:
             self.part.unlink(missing_ok=True)
         except OSError as exc:
-            raise _disk_error(exc, self.part) from None
+            raise LocalWriteError.from_os_error(exc, self.part) from None
         return 0
 
     def _check_response(self, response: StreamResponse, offset: int) -> int | None:
@@ -294,11 +290,11 @@ class FileTransfer:
             except FileNotFoundError:
                 if self.root is not None and not self.root.is_dir():
                     gone = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-                    raise _disk_error(gone, self.root) from None
+                    raise LocalWriteError.from_os_error(gone, self.root) from None
                 self.part.parent.mkdir(parents=True, exist_ok=True)
                 return os.open(self.part, flags, 0o666)
         except OSError as exc:
-            raise _disk_error(exc, self.part) from None
+            raise LocalWriteError.from_os_error(exc, self.part) from None
 
     def _write_body(self, response: StreamResponse, offset: int, total: int) -> os.stat_result:
         """Append the body to the part from ``offset``; its size and mtime when done.
@@ -327,7 +323,7 @@ class FileTransfer:
         except OSError as exc:
             if isinstance(exc, NETWORK_ERRORS):
                 raise
-            raise _disk_error(exc, self.part) from None
+            raise LocalWriteError.from_os_error(exc, self.part) from None
         finally:
             os.close(fd)
         if total >= 0 and received < total:
