@@ -94,6 +94,8 @@ _COPY_CHUNK = 1024 * 1024
 _VERIFIED_CACHE = 16_384
 _WRITER_THREADS = 2
 """Threads creating the catalog's directories and files: inode work overlaps the parsing."""
+_PROGRESS_EVERY = 64
+"""Members between two progress calls."""
 _PENDING_WRITES = 512
 """Member writes queued at most (their bytes are held until written)."""
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -338,6 +340,7 @@ def extract_catalog(
     *,
     on_member: Callable[[str, bytes], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    write: bool = True,
     max_member_bytes: int = MAX_MEMBER_BYTES,
     max_members: int = MAX_MEMBERS,
     max_total_bytes: int = MAX_TOTAL_BYTES,
@@ -349,17 +352,22 @@ def extract_catalog(
     ``.json`` file is in place, with its name relative to the dataset directory (e.g.
     ``col/item/item.json``) and its bytes, so the caller parses during the single pass; an
     exception from it stops the extraction. ``progress(members_done, archive_bytes_read)`` is
-    called after each member; the byte count is of the compressed archive, so it can be shown
-    against the archive's size on disk.
+    called every :data:`_PROGRESS_EVERY` members and at the end; the byte count is of the
+    compressed archive, so it can be shown against the archive's size on disk.
+
+    ``write=False`` reads and checks every member exactly as an extraction does (the same
+    refusals, limits and ``on_member`` calls) but writes nothing: how ``plan`` indexes a
+    catalog without creating its files (``apply`` extracts them).
 
     Raises :class:`UnsafePathError` for a refused member (see the module doc),
     :class:`CatalogError` for a corrupt or truncated archive or an exceeded limit, and
     :class:`~mlsync.errors.LocalWriteError` when a file cannot be written (disk full...).
     """
     safe_component(dataset_id, what="dataset id")
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    if write:
+        dest_dir.mkdir(parents=True, exist_ok=True)
     ex = _Extractor(archive, dest_dir, dataset_id)
-    writers = _Writers()
+    writers = _Writers(workers=_WRITER_THREADS if write else 0)
     members = files = written = skipped = unpacked = 0
     try:
         raw = open(archive, "rb")  # noqa: SIM115 - closed in the finally below
@@ -380,8 +388,9 @@ def extract_catalog(
                 parts = ex.member_parts(member)
                 rel = "/".join(parts)
                 if member.isdir():
-                    _check_filter(ex, member)
-                    writers.submit(rel, ex.ensure_dir, rel, member.name)
+                    if write:
+                        _check_filter(ex, member)
+                        writers.submit(rel, ex.ensure_dir, rel, member.name)
                 elif member.isreg():
                     if member.size < 0:
                         raise _BrokenArchive(f"member {member.name!r} has a negative size")
@@ -400,7 +409,8 @@ def extract_catalog(
                             f"{max_total_bytes:,} bytes; refusing it as a likely "
                             "decompression bomb"
                         )
-                    _check_filter(ex, member)
+                    if write:
+                        _check_filter(ex, member)
                     if not parts[-1].endswith(".json"):
                         skipped += 1
                         log.warning(
@@ -414,19 +424,20 @@ def extract_catalog(
                         data = source.read()
                         if len(data) != member.size:
                             raise tarfile.ReadError("unexpected end of data")
-                        folder = "/".join(parts[:-1])
-                        mtime = float(member.mtime)
-                        writers.submit(
-                            folder, ex.write_member, folder, rel, data, mtime, member.name
-                        )
+                        if write:
+                            folder = "/".join(parts[:-1])
+                            mtime = float(member.mtime)
+                            writers.submit(
+                                folder, ex.write_member, folder, rel, data, mtime, member.name
+                            )
                         files += 1
                         written += len(data)
                         if on_member is not None:
                             on_member("/".join(parts[1:]), data)
                 else:
                     raise ex.refuse(member.name, f"is a {_kind(member)}, not a file or directory")
-                if progress is not None:
-                    progress(members, raw.tell())
+                if progress is not None and members % _PROGRESS_EVERY == 0:
+                    progress(members, raw.tell())  # tell() is a syscall: not per member
             # Read to the end, so gzip checks the CRC and length of the whole stream. After
             # the end-of-archive marker a tar has only zero padding; anything else would be
             # members (a second archive appended) this extraction silently ignored.
@@ -440,6 +451,8 @@ def extract_catalog(
                         f"{max_total_bytes:,} bytes; refusing it as a likely decompression bomb"
                     )
         writers.finish()
+        if progress is not None:
+            progress(members, raw.tell())
     except _BrokenArchive as exc:
         raise CatalogError(
             f"catalog archive {archive} is corrupt: {exc}; delete it and re-run"

@@ -3,8 +3,9 @@
 refresh the catalog from the dataset's source (:mod:`mlsync.sources`: the MLHub API's
 archive, a static STAC catalog or a STAC API search; each fetches only what changed and
 re-ingests the asset database only when the resolved content's sha256 changed) → select with
-the filters → classify against the database and the disk (pure planner) → execute transfers
-→ record. A re-run on a synced tree therefore makes no asset request.
+the filters → classify against the database and the disk (pure planner); apply then
+writes the catalog's own files (an MLHub archive is extracted there, never by plan) →
+executes transfers → records. A re-run on a synced tree therefore makes no asset request.
 """
 
 from __future__ import annotations
@@ -283,6 +284,7 @@ class DatasetSync:
                 before_execute(dataset_plan)
             if dataset_plan.reconcile:
                 db.apply_updates(dataset_plan.reconcile)
+            self.source.materialize(db, dirs.catalog, dataset_plan.catalog)
             return self._execute(db, dataset_plan, prune)
 
     def _execute(self, db: AssetDB, dataset_plan: DatasetPlan, prune: bool) -> DatasetResult:

@@ -147,10 +147,41 @@ def test_normal_archive(tree: Tree) -> None:
     assert (dataset / "col/i1/i1.json").read_bytes() == ITEM
     assert os.stat(dataset / "col/i1/i1.json").st_mtime == 1_600_000_000
     assert not (dataset / "col/i1/thumb.png").exists()  # only JSON is written
-    assert [n for n, _ in progress] == [1, 2, 3, 4, 5, 6]
-    assert all(b > 0 for _, b in progress)
+    assert progress == [(6, tree.archive.stat().st_size)]  # at the end, at least
     assert tree.snapshot() == before  # only out/ds is new
     assert not list(dataset.rglob(".mlsync-*"))
+
+
+def test_read_only_mode_reads_every_member_and_writes_nothing(tree: Tree) -> None:
+    """``write=False`` (how plan indexes): the same members and stats, and no file at all."""
+    tree.write(tar_bytes([*good_members(), reg(f"{DS}/col/i1/thumb.png", b"PNG")]))
+    before = tree.snapshot()
+    seen: list[tuple[str, bytes]] = []
+    stats = tree.extract(on_member=lambda name, data: seen.append((name, data)), write=False)
+    assert stats == ExtractStats(members=6, files=3, bytes=len(CATALOG) + 35 + len(ITEM), skipped=1)
+    assert [name for name, _ in seen] == ["catalog.json", "col/collection.json", "col/i1/i1.json"]
+    assert tree.snapshot() == before
+    assert not tree.out.exists() or list(tree.out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        [reg(f"{DS}/catalog.json"), reg(f"{DS}/../victim.txt", b"pwned")],
+        [reg("/etc/x.json")],
+        [reg("other/x.json")],
+        [special(f"{DS}/col", tarfile.SYMTYPE, "../outside")],
+        [special(f"{DS}/hard.json", tarfile.LNKTYPE, f"{DS}/catalog.json")],
+        [special(f"{DS}/dev", tarfile.CHRTYPE)],
+    ],
+)
+def test_read_only_mode_refuses_what_extraction_refuses(tree: Tree, members: list[Member]) -> None:
+    tree.write(tar_bytes(members))
+    before = tree.snapshot()
+    with pytest.raises(UnsafePathError) as read_only:
+        tree.extract(write=False)
+    assert tree.snapshot() == before
+    assert str(read_only.value) == refused(tree, members)
 
 
 def test_reextraction_rewrites_files(tree: Tree) -> None:

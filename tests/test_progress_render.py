@@ -316,7 +316,13 @@ def test_download_events_add_up_to_what_is_on_disk(hub_env: RunningHub, tmp_path
             assert event.advance > 0
             advanced[event.task_id] += event.advance
     by_description = {e.description: e for e in started.values()}
-    assert set(by_description) == {"fetch stac catalog", "unarchive and index", "assets", "bytes"}
+    assert set(by_description) == {
+        "fetch stac catalog",
+        "index stac catalog",
+        "unarchive stac catalog",
+        "assets",
+        "bytes",
+    }
     assert {e.dataset for e in started.values()} == {SAMPLE_DATASET}
 
     # The catalog archive: its byte task counts the file on disk.

@@ -187,5 +187,17 @@ def test_mixed_sources_plan_apply_replan_and_frozen(
     by_name = {d["name"]: d for d in run.json()["datasets"]}
     assert by_name["floodlabels"]["catalog"]["ingested"] is True
     assert by_name["crops"]["catalog"]["ingested"] is False
-    assert run.json()["has_changes"] is False  # metadata changed, no file did
+    # No asset changed, but the item's JSON did: apply unpacks flood's new archive, plan did
+    # not (the STAC sources keep no catalog files in the tree).
+    assert by_name["flood"]["catalog"]["unpack"] is True
+    assert by_name["floodlabels"]["catalog"]["unpack"] is False
+    assert by_name["crops"]["catalog"]["unpack"] is False
+    assert run.json()["counts"] == {**run.json()["counts"], "add": 0, "replace": 0}
+    assert run.json()["has_changes"] is True
+    extracted = tmp_path / "out" / FLOOD / LABELS / label["id"] / f"{label['id']}.json"
+    assert "revised upstream" not in extracted.read_text()
     assert cli("plan", manifest, "--frozen").code == 0
+    assert cli("apply", manifest, "--frozen").code == 0
+    assert "revised upstream" in extracted.read_text()
+    run = cli("plan", manifest, "--json")
+    assert run.json()["has_changes"] is False

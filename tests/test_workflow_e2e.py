@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -354,16 +355,56 @@ def test_plan_fresh_tree_exact_counts_summary_json_and_exit_codes(
     assert run.code == 2, run.err
     assert run.out.splitlines()[-1].startswith("Plan: 12 to add (24.6 kB),")
 
-    # Nothing selected at all: no changes, and the detailed exit code says so.
+    # Plan wrote no file of the catalog: apply unpacks it.
+    dataset_dir = tmp_path / "out" / DATASET
+    assert not (dataset_dir / "catalog.json").exists()
+    assert [p.name for p in dataset_dir.iterdir() if p.is_dir()] == []
+    # Nothing selected at all: no asset changes, but the catalog is still to unpack; once
+    # applied, the detailed exit code says "no changes".
     empty = write_manifest(
         tmp_path / "empty.yaml", hub.url, collections={SOURCE: ["B02"]}, bbox=(0, 0, 1, 1)
     )
+    run = cli("plan", empty, "--detailed-exitcode")
+    assert run.code == 2, run.err
+    assert _no_changes_line(0) in run.out
+    assert "catalog unchanged, to unpack" in " ".join(run.out.split())
+    assert cli("apply", empty).code == 0
+    assert (tmp_path / "out" / DATASET / "catalog.json").is_file()
     run = cli("plan", empty, "--detailed-exitcode")
     assert run.code == 0, run.err
     assert _no_changes_line(0) in run.out
 
 
 # --- apply ----------------------------------------------------------------------------------
+
+
+def test_apply_unpacks_the_catalog_plan_only_indexed(
+    tmp_path: Path, hub: RunningHub, cli: Callable[..., CliResult]
+) -> None:
+    manifest = filtered_manifest(tmp_path, hub)
+    tree = tmp_path / "out" / DATASET
+    assert cli("plan", manifest).code == 0
+    assert not (tree / "catalog.json").exists()
+    assert cli("apply", manifest).code == 0
+    assert (tree / "catalog.json").is_file()
+    unpacked = {f for f in _files(tree) if f.endswith(".json")}
+    assert cli("plan", manifest, "--json").json()["datasets"][0]["catalog"]["unpack"] is False
+
+    # A tree of an mlsync that extracted while it ingested records no extraction: the
+    # ingest's sha256 is taken for it, so nothing is unpacked again...
+    with sqlite3.connect(tree / "mlhub_stac_assets.db") as conn:
+        assert conn.execute("DELETE FROM meta WHERE key = 'archive.extracted_sha256'").rowcount
+    assert cli("plan", manifest, "--json").json()["datasets"][0]["catalog"]["unpack"] is False
+
+    # ... while a catalog deleted by hand is unpacked again by apply, with no request for it.
+    shutil.rmtree(tree / SOURCE)
+    (tree / "catalog.json").unlink()
+    run = cli("plan", manifest, "--json", "--detailed-exitcode")
+    assert run.code == 2 and run.json()["datasets"][0]["catalog"]["unpack"] is True
+    hub.reset_stats()
+    assert cli("apply", manifest).code == 0
+    assert hub.stats["bytes_sent"]["archive"] == 0
+    assert {f for f in _files(tree) if f.endswith(".json")} == unpacked
 
 
 def test_apply_downloads_exact_bytes_and_second_run_transfers_nothing(

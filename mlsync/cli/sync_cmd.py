@@ -275,6 +275,7 @@ def _dataset_document(dataset_plan: DatasetPlan) -> dict[str, Any]:
             "size": dataset_plan.catalog.size,
             "fetched": dataset_plan.catalog.fetched,
             "ingested": dataset_plan.catalog.ingested,
+            "unpack": dataset_plan.catalog.unpack_pending,
         },
         "plan": dataset_plan.plan.to_dict(),
     }
@@ -284,15 +285,22 @@ def plan_document(plans: list[DatasetPlan]) -> dict[str, Any]:
     combined = planner.combine(p.plan for p in plans)
     return {
         "summary": combined.summary_line(),
-        "has_changes": combined.has_changes,
+        "has_changes": _has_changes(plans),
         "counts": {kind.value: count for kind, count in combined.counts.items()},
         "datasets": [_dataset_document(p) for p in plans],
     }
 
 
+def _has_changes(plans: list[DatasetPlan]) -> bool:
+    """Apply would change the tree: transfers, removals or a catalog to unpack."""
+    return any(p.plan.has_changes or p.catalog.unpack_pending for p in plans)
+
+
 def _dataset_heading(dataset_plan: DatasetPlan) -> str:
     catalog = dataset_plan.catalog
     state = "fetched" if catalog.fetched else "unchanged"
+    if catalog.unpack_pending:
+        state += ", to unpack"
     source = dataset_plan.target.source
     origin = dataset_plan.dataset_id if source is None else source.describe()
     return (
@@ -367,7 +375,7 @@ def run_plan(args: argparse.Namespace) -> int:
                 f"Saved the plan to {args.out}; run `mlsync apply {args.out}` to carry it out.",
                 markup=False,
             )
-    if args.detailed_exitcode and any(p.plan.has_changes for p in plans):
+    if args.detailed_exitcode and _has_changes(plans):
         return EXIT_CHANGES
     return EXIT_OK
 

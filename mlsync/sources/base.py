@@ -39,6 +39,7 @@ __all__ = [
     "META_INGESTED_SHA",
     "CatalogSource",
     "CatalogStatus",
+    "NoCatalogFiles",
     "Notifying",
     "ProblemNotices",
     "SourceSpec",
@@ -110,6 +111,9 @@ class CatalogStatus:
     ingested: bool
     documents: int = 0
     """STAC documents (catalogs, collections, items, pages) that make up the content."""
+    unpack_pending: bool = False
+    """The catalog's own files in the dataset directory are missing or of other content:
+    apply writes them (:meth:`CatalogSource.materialize`) before any asset."""
 
     def pin(self) -> CatalogPin:
         return CatalogPin(
@@ -132,6 +136,11 @@ class CatalogSource(Protocol):
         content."""
         ...
 
+    def materialize(self, db: AssetDB, dataset_dir: Path, status: CatalogStatus) -> None:
+        """Write the catalog's own files into ``dataset_dir`` if ``status.unpack_pending``
+        (apply only: a plan changes no file of the tree)."""
+        ...
+
 
 class Notifying:
     """For sources: notices carry the manifest's name for the dataset."""
@@ -141,6 +150,13 @@ class Notifying:
 
     def _notice(self, level: Level, text: str) -> None:
         self.sink(Notice(level, self.target.name, text))
+
+
+class NoCatalogFiles:
+    """For sources whose catalog lives only in the database (and their document cache)."""
+
+    def materialize(self, db: AssetDB, dataset_dir: Path, status: CatalogStatus) -> None:
+        """Nothing to write: a STAC source keeps no copy of the catalog in the tree."""
 
 
 class ProblemNotices:

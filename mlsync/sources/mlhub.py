@@ -1,14 +1,17 @@
 """An MLHub API dataset as a catalog source: its catalog archive (``{id}.tar.gz``).
 
 refresh: one HEAD; the archive is downloaded only when its size or ETag changed (resuming a
-``.part`` of the same version), then extracted and ingested only when its sha256 changed.
-A re-plan of a synced tree therefore makes one metadata request.
+``.part`` of the same version), then indexed (read, never extracted) only when its sha256
+changed. A re-plan of a synced tree therefore makes one metadata request. materialize
+(apply only) extracts the archive into the dataset directory, the guide's layout, when the
+extracted copy is not of this archive.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,21 @@ META_ARCHIVE_SHA = "archive.sha256"
 META_ARCHIVE_ETAG = "archive.etag"
 META_ARCHIVE_LAST_MODIFIED = "archive.last_modified"
 META_PART_ETAG = "archive.part_etag"
+META_EXTRACTED_SHA = "archive.extracted_sha256"
+"""The sha256 of the archive last extracted into the dataset directory (by apply)."""
+
+
+def _advance_to(task: Task) -> Callable[[int, int], None]:
+    """An ``extract_catalog`` progress callback moving ``task`` to the members done."""
+    done = 0
+
+    def progress(members: int, _archive_bytes: int) -> None:
+        nonlocal done
+        if members > done:
+            task.advance(members - done)
+            done = members
+
+    return progress
 
 
 def _sha256(path: Path) -> str:
@@ -74,13 +92,44 @@ class MLHubSource(Notifying):
         self, db: AssetDB, dataset_dir: Path, *, frozen: LockEntry | None = None
     ) -> CatalogStatus:
         dataset_id = dataset_dir.name
+        catalog_json = dataset_dir / layout.CATALOG_JSON
+        if (
+            db.get_meta(META_EXTRACTED_SHA) is None
+            and (ingested := db.get_meta(META_INGESTED_SHA)) is not None
+            and catalog_json.is_file()
+        ):
+            # A tree of an mlsync that extracted while it ingested: the ingest's is the copy.
+            db.set_meta(META_EXTRACTED_SHA, ingested)
+            db.commit()
         status = self.refresh_catalog(dataset_id, db, frozen=frozen)
         if not self.target.catalog_only:
-            return self.ingest(status, db, dataset_dir)
-        if status.fetched or not (dataset_dir / layout.CATALOG_JSON).is_file():
-            assert status.archive is not None
-            archive_mod.extract_catalog(status.archive, self.target.output_dir, dataset_id)
-        return status
+            status = self.ingest(status, db)
+        return replace(status, unpack_pending=self._unpack_pending(status, db, dataset_dir))
+
+    def _unpack_pending(self, status: CatalogStatus, db: AssetDB, dataset_dir: Path) -> bool:
+        """The extracted catalog is not this archive's (or is gone, or overwrite asks for it)."""
+        if self.refetch or not (dataset_dir / layout.CATALOG_JSON).is_file():
+            return True
+        return db.get_meta(META_EXTRACTED_SHA) != status.sha256
+
+    def materialize(self, db: AssetDB, dataset_dir: Path, status: CatalogStatus) -> None:
+        """Extract the archive into the dataset directory when :meth:`refresh` said it must.
+
+        Apply does this, not plan: a plan of a million-asset catalog indexes it without
+        creating its 250,000 folders and files.
+        """
+        if not status.unpack_pending:
+            return
+        assert status.archive is not None
+        with Task(self.sink, self.target.name, "unarchive stac catalog", None, "items") as task:
+            archive_mod.extract_catalog(
+                status.archive,
+                self.target.output_dir,
+                status.dataset_id,
+                progress=_advance_to(task),
+            )
+        db.set_meta(META_EXTRACTED_SHA, status.sha256)
+        db.commit()
 
     # --- the archive ----------------------------------------------------------------------
 
@@ -193,20 +242,20 @@ class MLHubSource(Notifying):
 
     # --- the ingest -----------------------------------------------------------------------
 
-    def ingest(self, status: CatalogStatus, db: AssetDB, dataset_dir: Path) -> CatalogStatus:
-        """Extract and index the archive when its content changed since the last ingest."""
+    def ingest(self, status: CatalogStatus, db: AssetDB) -> CatalogStatus:
+        """Index the archive (without extracting it) when its content changed since the last
+        ingest."""
         assert status.archive is not None
-        catalog_json = dataset_dir / layout.CATALOG_JSON
-        if (
-            not self.refetch
-            and db.get_meta(META_INGESTED_SHA) == status.sha256
-            and catalog_json.is_file()
-        ):
+        if not self.refetch and db.get_meta(META_INGESTED_SHA) == status.sha256:
             return status
         problems = ProblemNotices(self._notice)
         ingest = db.begin_ingest()
+        has_root = False
 
         def on_member(name: str, data: bytes) -> None:
+            nonlocal has_root
+            if name == layout.CATALOG_JSON:
+                has_root = True
             try:
                 entry = catalog_mod.parse_stac_object(data, rel_name=name, base_url=None)
             except UnsafePathError as exc:
@@ -234,24 +283,25 @@ class MLHubSource(Notifying):
             ingest.add_item(entry.item, rows)
 
         try:
-            with Task(self.sink, self.target.name, "unarchive and index", None, "items") as task:
+            with Task(self.sink, self.target.name, "index stac catalog", None, "items") as task:
                 archive_mod.extract_catalog(
                     status.archive,
                     self.target.output_dir,
                     status.dataset_id,
                     on_member=on_member,
-                    progress=lambda members, _bytes: task.advance(1),
+                    progress=_advance_to(task),
+                    write=False,
+                )
+            if not has_root:
+                raise CatalogError(
+                    f"the catalog archive of {status.dataset_id!r} has no "
+                    f"{status.dataset_id}/catalog.json; it is not an MLHub catalog archive"
                 )
             stats = ingest.finish(common_path)
         except BaseException:
             ingest.abort()
             raise
         problems.summarise()
-        if not catalog_json.is_file():
-            raise CatalogError(
-                f"the catalog archive of {status.dataset_id!r} has no "
-                f"{status.dataset_id}/catalog.json; it is not an MLHub catalog archive"
-            )
         db.set_meta(META_INGESTED_SHA, status.sha256)
         db.commit()
         log.info("%s: %s assets in stac catalog", status.dataset_id, f"{stats.assets:,}")

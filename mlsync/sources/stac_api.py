@@ -34,6 +34,7 @@ from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
     META_INGESTED_SHA,
     CatalogStatus,
+    NoCatalogFiles,
     Notifying,
     ProblemNotices,
     SyncTarget,
@@ -90,7 +91,7 @@ def _get_params(body: dict[str, Any]) -> dict[str, str]:
     return params
 
 
-class StacApiSource(Notifying):
+class StacApiSource(NoCatalogFiles, Notifying):
     """A STAC API search at ``target.source.url``; ``target.name`` is its directory."""
 
     def __init__(

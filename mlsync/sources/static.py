@@ -62,6 +62,7 @@ from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
     META_INGESTED_SHA,
     CatalogStatus,
+    NoCatalogFiles,
     Notifying,
     ProblemNotices,
     SourceSpec,
@@ -426,7 +427,7 @@ def _root_url(source: SourceSpec) -> str:
     return Path(os.path.normpath(Path(url).expanduser().absolute())).as_uri()
 
 
-class StaticCatalogSource(Notifying):
+class StaticCatalogSource(NoCatalogFiles, Notifying):
     """A static STAC catalog at ``target.source.url``; ``target.name`` is its directory.
 
     The catalog is on disk when the source is a :class:`LocalCatalogSpec` (from a manifest),
