@@ -159,6 +159,27 @@ def test_catalog_info_matches_archive_and_files(shared, web, sample_root):
     }
 
 
+@pytest.mark.parametrize(("catalog_ttl", "edit_seen"), [(0.0, True), (3600.0, False)])
+def test_catalog_ttl_is_how_long_a_catalog_walk_is_trusted(
+    hub_factory, sample_root_copy, web, catalog_ttl, edit_seen
+):
+    hub = hub_factory(sample_root_copy, catalog_ttl=catalog_ttl)
+    url = f"{hub.url}catalog/{SAMPLE_DATASET}"
+    before = web.head(url, allow_redirects=True).headers["etag"]
+    catalog = sample_root_copy / SAMPLE_DATASET / "catalog" / "catalog.json"
+    catalog.write_text(catalog.read_text().replace("}", ', "title": "edited"}', 1))
+    after = web.head(url, allow_redirects=True).headers["etag"]
+    assert (after != before) is edit_seen
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_catalog_ttl_must_be_seconds(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["hub", "serve", "--catalog-ttl", value, "."])
+    assert exit_info.value.code == 2
+    assert "expected a number of seconds" in capsys.readouterr().err
+
+
 def test_catalog_redirects_to_a_tar_gz_with_hrefs_to_the_server(shared, web, sample_root):
     redirect = web.get(f"{shared.url}catalog/{SAMPLE_DATASET}", allow_redirects=False)
     assert redirect.status_code == 303

@@ -26,6 +26,17 @@ uvicorn: the CLI imports it only when serving)."""
 EXIT_OK = 0
 
 
+def _seconds(text: str) -> float:
+    """A finite, non-negative number of seconds; anything else is a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    return value
+
+
 def _fault_config(text: str) -> FaultConfig:
     """``--faults SPEC`` (see ``FaultConfig.from_spec``); a bad spec is a usage error."""
     from mlsync.localhub.faults import FaultConfig
@@ -91,6 +102,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         dest="api_keys",
         metavar="KEY",
         help="a key API requests must carry as ?key= (repeatable; default: no key needed)",
+    )
+    serve.add_argument(
+        "--catalog-ttl",
+        type=_seconds,
+        metavar="SECONDS",
+        help=(
+            "how long a walk of a catalog folder is trusted before edits to it are looked for "
+            "again (default: 2; raise it for a large catalog that does not change while "
+            "served: each walk stats every file)"
+        ),
     )
     serve.add_argument(
         "--cache-dir",
@@ -171,6 +192,7 @@ def run_serve(args: argparse.Namespace) -> int:
             api_keys=args.api_keys,
             cache_dir=args.cache_dir,
             faults=args.faults,
+            **({} if args.catalog_ttl is None else {"catalog_ttl": args.catalog_ttl}),
         )
     except OSError as exc:
         raise ConfigurationError(str(exc)) from None

@@ -53,7 +53,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlsync.localhub.archive import ArchiveCache, ArchiveInfo, rewrite_assets
+from mlsync.localhub.archive import FINGERPRINT_TTL, ArchiveCache, ArchiveInfo, rewrite_assets
 from mlsync.localhub.faults import (
     CHANGE_KEY,
     KIND_API,
@@ -861,17 +861,22 @@ def create_app(
     api_keys: Collection[str] | None = None,
     faults: FaultConfig | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    catalog_ttl: float = FINGERPRINT_TTL,
 ) -> Starlette:
     """The local hub over ROOT (see the module docstring for the URL space).
 
     ``asset_base_url`` replaces ``{server}/data`` in asset hrefs (a CDN in front, or
     another server holding the files); ``api_keys``, when non-empty, are the keys API
     requests must carry; ``faults`` injects failures; ``cache_dir`` holds built catalog
-    archives (default ``ROOT/.mlsync/archives``). State is on ``app.state``: ``store``,
+    archives (default ``ROOT/.mlsync/archives``); ``catalog_ttl`` is how many seconds a walk of
+    a dataset's catalog folder is trusted before a change there is looked for again. State is on ``app.state``: ``store``,
     ``archives``, ``stats`` (a :class:`HubStats`), ``faults``, ``api_keys``.
     """
     store = HubStore(root)
-    archives = ArchiveCache(cache_dir if cache_dir is not None else _default_cache_dir(store.root))
+    archives = ArchiveCache(
+        cache_dir if cache_dir is not None else _default_cache_dir(store.root),
+        fingerprint_ttl=catalog_ttl,
+    )
     stats = HubStats()
     keys = frozenset(k for k in (api_keys or ()) if k)
     hub = _Hub(store, archives, stats, faults, asset_base_url)

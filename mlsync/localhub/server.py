@@ -42,6 +42,7 @@ class AppOptions(TypedDict, total=False):
     api_keys: Collection[str] | None
     faults: FaultConfig | None
     cache_dir: str | os.PathLike[str] | None
+    catalog_ttl: float
 
 
 def _bind(host: str, port: int) -> socket.socket:
