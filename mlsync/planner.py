@@ -181,6 +181,31 @@ def _judge_final(desired: DesiredAsset, local: LocalFile, disk_size: int) -> tup
     return _RESUME, "unrecorded file of unknown size"
 
 
+def recorded_up_to_date(
+    size: int | None,
+    checksum: str | None,
+    state: FileState,
+    recorded_size: int | None,
+    recorded_mtime_ns: int | None,
+    recorded_checksum: str | None,
+    disk_size: int | None,
+    disk_mtime_ns: int | None,
+) -> bool:
+    """The common case of a synced tree, from plain values: a complete record that the final
+    file and the catalog agree with. True only where :func:`classify` says up to date
+    (``resume`` and ``skip``) and the record needs no correction, so the caller may count the
+    asset without building its objects; False says nothing (classify then decides)."""
+    return (
+        state is FileState.COMPLETE
+        and disk_size is not None
+        and recorded_size == disk_size
+        and recorded_mtime_ns is not None
+        and recorded_mtime_ns == disk_mtime_ns
+        and (size is None or size == disk_size)
+        and not _checksums_differ(recorded_checksum, checksum)
+    )
+
+
 def _add_reason(local: LocalFile) -> str:
     if local.state is FileState.COMPLETE:
         return "deleted locally"
@@ -489,6 +514,15 @@ class PlanBuilder:
             )
         if self.keep is None or totals[0] <= self.keep:
             self._actions.append(action)
+
+    def add_up_to_date(self, size: int | None) -> None:
+        """Count an up-to-date asset without its action (see :func:`recorded_up_to_date`)."""
+        totals = self._totals[_UP_TO_DATE]
+        totals[0] += 1
+        if size is None:
+            totals[2] += 1
+        else:
+            totals[1] += size
 
     def extend(self, actions: Iterable[PlannedAction]) -> None:
         for action in actions:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsync import layout, planner
-from mlsync.assetdb import AssetDB, AssetPredicate, FileUpdate, ItemPredicate
+from mlsync.assetdb import AssetDB, AssetPredicate, FileUpdate, ItemPredicate, row_objects
 from mlsync.errors import (
     DownloadFailed,
     FrozenLockError,
@@ -177,8 +177,14 @@ class DatasetSync:
             None if f.collections is None else partial(asset_selected, f)
         )
         skip = if_exists is IfExists.SKIP
+        counted_fast = if_exists is not IfExists.OVERWRITE  # overwrite replaces even these
+        up_to_date, count_up_to_date = planner.recorded_up_to_date, builder.add_up_to_date
         with db.select(item_pred, asset_pred) as selection:
-            for desired, local in selection.iter_with_state(dataset_dir):
+            for row in selection.iter_state_rows(dataset_dir):
+                if counted_fast and up_to_date(*row[2:8], row[9], row[10]):
+                    count_up_to_date(row[2])
+                    continue
+                desired, local = row_objects(row, dataset_dir)
                 action = planner.classify(desired, local, if_exists=if_exists)
                 builder.add(action)
                 if local.state is FileState.COMPLETE:

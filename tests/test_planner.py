@@ -194,6 +194,31 @@ def test_every_asset_lands_in_exactly_one_class(desired: DesiredAsset, local: Lo
         assert action.offset == 0
 
 
+@given(desired_assets, local_files())
+def test_the_fast_up_to_date_check_agrees_with_classify(
+    desired: DesiredAsset, local: LocalFile
+) -> None:
+    """``recorded_up_to_date`` (a synced plan's shortcut) is classify's "up to date" for a
+    complete record with its final file, under resume and skip, whatever the .part."""
+    fast = planner.recorded_up_to_date(
+        desired.size,
+        desired.checksum,
+        local.state,
+        local.recorded_size,
+        local.recorded_mtime_ns,
+        local.recorded_checksum,
+        local.disk_size,
+        local.disk_mtime_ns,
+    )
+    judged = classify(desired, local).kind is UP_TO_DATE
+    if local.state is FileState.COMPLETE and local.disk_size is not None:
+        assert fast == judged
+    else:
+        assert not fast
+    if fast:
+        assert classify(desired, local, if_exists=planner.IfExists.SKIP).kind is UP_TO_DATE
+
+
 @given(desired_assets, local_files(), st.integers(0, 4), st.integers(1, 10**18))
 def test_done_action_is_up_to_date_next_time(
     desired: DesiredAsset, local: LocalFile, unknown_size: int, mtime: int
