@@ -29,6 +29,7 @@ Everything except :func:`resolve_inside` is pure (no file system access).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -102,6 +103,8 @@ MAX_EXTENSION_CHARS = 16
 """Longest extension kept, without its dot; a longer suffix is not an extension."""
 
 _MAX_DISAMBIGUATOR_CHARS = 16
+_URLSPLIT_SPECIAL_RE = re.compile(r"[\[\]\t\r\n]")
+"""What makes urlsplit do more than cut (IPv6 brackets, characters it strips)."""
 _EXTENSION_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EXTENSION_CHARS}}}")
 _DISAMBIGUATOR_RE = re.compile(rf"[0-9a-f]{{1,{_MAX_DISAMBIGUATOR_CHARS}}}")
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
@@ -177,10 +180,12 @@ def asset_extension(href: str) -> str:
     ``x.tif.aux.xml`` → ``.xml``, ``x.tar.gz`` → ``.gz``, ``x.tiff`` → ``.tiff``. Never
     raises: an href ``urlsplit`` refuses (``http://[::1/x.tif``) is cut at ``#`` and ``?``.
     """
-    try:
-        path = urlsplit(href).path
-    except ValueError:  # e.g. "Invalid IPv6 URL" for an unbalanced "[": cut it by hand
-        path = href.split("#", 1)[0].split("?", 1)[0]
+    path = _http_url_path(href)
+    if path is None:
+        try:
+            path = urlsplit(href).path
+        except ValueError:  # e.g. "Invalid IPv6 URL" for an unbalanced "[": cut it by hand
+            path = href.split("#", 1)[0].split("?", 1)[0]
     segment = unquote(path.rsplit("/", 1)[-1], errors="replace")
     dot = segment.rfind(".")
     if dot <= 0:  # no dot, or a hidden name like ".env": no extension (as pathlib says)
@@ -189,6 +194,24 @@ def asset_extension(href: str) -> str:
     if not _EXTENSION_RE.fullmatch(suffix) or f".{suffix}".lower() == PART_SUFFIX:
         return ""
     return f".{suffix}"
+
+
+def _http_url_path(href: str) -> str | None:
+    """``urlsplit(href).path`` for a plain ASCII ``http(s)://`` URL without brackets, tabs
+    or newlines, by string cuts (an ingest of 1M assets spent 2 s in urlsplit); None for any
+    other href, which urlsplit handles."""
+    if href.startswith("https://"):
+        rest = href[8:]
+    elif href.startswith("http://"):
+        rest = href[7:]
+    else:
+        return None
+    if not href.isascii() or _URLSPLIT_SPECIAL_RE.search(rest):
+        return None
+    slash = rest.find("/")
+    if slash < 0 or "?" in rest[:slash] or "#" in rest[:slash]:
+        return ""  # no path: the host ends the URL, or a query or fragment follows it
+    return rest[slash:].split("#", 1)[0].split("?", 1)[0]
 
 
 def href_digest(href: str) -> str:
@@ -207,7 +230,7 @@ def is_common(asset_key: str, shared: bool) -> bool:
 
 def _file_name(asset_key: str, href: str, *, tag: str = "") -> str:
     """``{asset_key}{tag}{ext}``; ``tag`` is trusted (``-{hex}``), the key is checked here."""
-    name = safe_component(asset_key, what="asset key") + tag + asset_extension(href)
+    name = _asset_key(asset_key) + tag + asset_extension(href)
     if name.lower().endswith(PART_SUFFIX):
         raise _refuse("asset key", asset_key, f"the file name {name!r} ends with {PART_SUFFIX}")
     return name
@@ -219,6 +242,16 @@ def _refuse_if_same(name: str, reserved: str, what: str, value: str) -> None:
         raise _refuse(what, value, f"the file name {name!r} would overwrite {reserved!r}")
 
 
+# The checks below are pure and the same few collection ids, asset keys and (in a row) item
+# ids come back for every asset: an ingest of 1M assets made 3M safe_component calls.
+
+
+@functools.lru_cache(maxsize=1024)
+def _asset_key(asset_key: str) -> str:
+    return safe_component(asset_key, what="asset key")
+
+
+@functools.lru_cache(maxsize=1024)
 def _collection(collection_id: str) -> str:
     """A collection id checked as a folder of the dataset dir: safe, and not one of its files."""
     collection = safe_component(collection_id, what="collection id")
@@ -230,6 +263,7 @@ def _collection(collection_id: str) -> str:
     return collection
 
 
+@functools.lru_cache(maxsize=64)
 def _item(item_id: str) -> str:
     """An item id checked as a folder of a collection: safe, not ``_common`` or its JSON."""
     item = safe_component(item_id, what="item id")

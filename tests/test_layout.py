@@ -113,6 +113,48 @@ def test_asset_extension(href: str, ext: str) -> None:
     assert asset_extension(href) == ext
 
 
+_URL_PIECES = st.sampled_from(
+    [
+        "http://",
+        "https://",
+        "HTTP://",
+        "h",
+        "/",
+        "//",
+        "?",
+        "#",
+        ".",
+        "..",
+        "%2F",
+        "%2e",
+        "%",
+        "tif",
+        "x.TIF",
+        "[",
+        "]",
+        "\t",
+        "\n",
+        " ",
+        ":",
+        "@",
+        "é",
+        "a.b",
+        ".part",
+        "\x00",
+    ]
+)
+
+
+@given(st.lists(_URL_PIECES, max_size=8).map("".join))
+def test_the_http_fast_path_agrees_with_urlsplit(href: str) -> None:
+    """``_http_url_path`` is ``urlsplit(href).path`` wherever it answers at all."""
+    from urllib.parse import urlsplit
+
+    fast = layout._http_url_path(href)
+    if fast is not None:
+        assert fast == urlsplit(href).path
+
+
 @pytest.mark.parametrize("href", ["http://[::1/x.tif", "s3://b]/k.tif", "//[x/y.tif"])
 def test_malformed_urls_do_not_crash(href: str) -> None:
     # urlsplit raises ValueError on an unbalanced IPv6 bracket; that must not stop an ingest.
