@@ -50,6 +50,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+import orjson
+
 from mlsync import layout
 from mlsync.errors import LocalWriteError, StateError, UnsafePathError
 from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile
@@ -256,6 +258,19 @@ def _iso(value: datetime | None) -> str | None:
 
 def _from_iso(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
+
+
+def _geometry_json(geometry: Mapping[str, Any]) -> str:
+    """Compact JSON of a geometry, by orjson (5x faster) unless the geometry holds what orjson
+    writes otherwise than the standard library (NaN or infinity as ``null``) or refuses
+    (integers beyond 64 bits, non-string keys, lone surrogates)."""
+    try:
+        data = orjson.dumps(geometry, default=_json_default)
+    except TypeError:  # orjson.JSONEncodeError is one
+        data = b"null"
+    if b"null" in data:
+        return json.dumps(geometry, separators=(",", ":"), default=_json_default)
+    return data.decode()
 
 
 def _json_default(value: object) -> Any:
@@ -621,9 +636,7 @@ class CatalogIngest:
                 south,
                 east,
                 north,
-                None
-                if geometry is None
-                else json.dumps(geometry, separators=(",", ":"), default=_json_default),
+                None if geometry is None else _geometry_json(geometry),
                 _iso(meta.datetime),
                 _iso(meta.start_datetime),
                 _iso(meta.end_datetime),
@@ -961,6 +974,7 @@ class Selection:
         states = _STATE_BY_NAME
         base = None if dataset_dir is None else os.path.join(dataset_dir, "")
         previous = None
+        folder, folder_exists = None, False  # the last folder asked about, and the answer
         for (
             rel_path,
             href,
@@ -981,14 +995,21 @@ class Selection:
                 continue
             previous = rel_path
             disk_size = disk_mtime = None
+            probe_part = False
             if base is not None:
                 # One full-path stat: listing each folder to skip the failing stat of an
                 # absent .part costs more than it saves (1M assets: 5.5 s against 2.9 s).
                 try:
                     st = os.stat(base + rel_path)
                 except (FileNotFoundError, NotADirectoryError):
-                    pass
+                    # No file; a .part can only be there if its folder is (a fresh tree has
+                    # none: one check per folder instead of a failing stat per asset).
+                    parent = rel_path.rpartition("/")[0]
+                    if parent != folder:
+                        folder, folder_exists = parent, os.path.isdir(base + parent)
+                    probe_part = folder_exists
                 else:
+                    probe_part = True
                     if stat_mod.S_ISREG(st.st_mode):
                         disk_size, disk_mtime = st.st_size, st.st_mtime_ns
             yield (
@@ -1003,6 +1024,7 @@ class Selection:
                 error,
                 disk_size,
                 disk_mtime,
+                probe_part,
             )
 
     def iter_orphaned(self) -> Iterator[LocalFile]:
@@ -1052,15 +1074,17 @@ StateRow = tuple[
     str | None,  # last error
     int | None,  # disk size of the final file (None: absent, not a regular file, or not probed)
     int | None,  # disk mtime_ns of the final file
+    bool,  # a .part may be on disk (the disk was probed and the file's folder exists)
 ]
 """One row of :meth:`Selection.iter_state_rows`, in :class:`LocalFile`'s field order."""
 
 
 def row_objects(row: StateRow, dataset_dir: Path | None) -> tuple[DesiredAsset, LocalFile]:
-    """The objects of one state row; with ``dataset_dir``, the ``.part`` is stat'ed too."""
+    """The objects of one state row; with ``dataset_dir``, the ``.part`` is stat'ed too
+    (when its folder exists)."""
     rel_path, href, size, checksum, state, rec_size, rec_mtime, rec_checksum, error = row[:9]
     part_size = None
-    if dataset_dir is not None:
+    if dataset_dir is not None and row[11]:
         part = _regular_stat(os.path.join(dataset_dir, rel_path + layout.PART_SUFFIX))
         part_size = None if part is None else part.st_size
     return (

@@ -1,8 +1,9 @@
 """Reading one STAC JSON document of a catalog archive into the ingest's records.
 
 :func:`parse_stac_object` runs once per ``.json`` member of the archive, so up to a million
-times per dataset: it calls :func:`json.loads` once, uses plain type checks and string
-methods on the common path, and only falls back to slower tools (``dateutil``, URL
+times per dataset: it decodes the JSON once (orjson, the standard library for what orjson
+refuses; orjson reads an integer beyond 64 bits as a float, which no STAC field needs exact),
+uses plain type checks and string methods on the common path, and only falls back to slower tools (``dateutil``, URL
 splitting, path normalisation) for values that need them.
 
 Decisions, for a caller that must know them:
@@ -67,6 +68,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
+import orjson
 from dateutil import parser as _dateutil_parser
 
 from mlsync.errors import UnsafePathError
@@ -172,10 +174,15 @@ def parse_stac_object(
     :class:`~mlsync.errors.UnsafePathError` for an href that would leave the dataset.
     """
     try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        # ValueError covers JSONDecodeError, UnicodeDecodeError and the int digit limit.
-        return _rejected(rel_name, f"not valid JSON ({_shown(str(exc))}); skipped")
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        # orjson is 3x faster on the common case; what it refuses (NaN, integers beyond 64
+        # bits, lone surrogate escapes, UTF-16, deep nesting) the standard library decides.
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers JSONDecodeError, UnicodeDecodeError and the int digit limit.
+            return _rejected(rel_name, f"not valid JSON ({_shown(str(exc))}); skipped")
     if type(obj) is not dict:
         return None
     return parse_stac_dict(obj, rel_name=rel_name, base_url=base_url)

@@ -433,3 +433,25 @@ def test_meta_round_trip(db: AssetDB) -> None:
     db.set_meta("x", "2")
     db.commit()
     assert db.get_meta("x") == "2"
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"type": "Point", "coordinates": [1.5, -2.25]},
+        {"type": "Point", "coordinates": [float("nan"), 0]},  # orjson would write null
+        {"type": "Point", "coordinates": [2**70, 0]},  # orjson refuses
+        {"type": "Point", "coordinates": [0, 0], "note": "caf\u00e9", "bad": "\ud800"},
+        {"type": "Point", "coordinates": None},
+    ],
+)
+def test_geometry_json_reads_back_as_the_standard_library_wrote_it(geometry: object) -> None:
+    import json
+
+    from mlsync.assetdb import _geometry_json
+
+    text = _geometry_json(geometry)  # type: ignore[arg-type]
+    expected = json.dumps(geometry, separators=(",", ":"))
+    assert json.dumps(json.loads(text), sort_keys=True) == json.dumps(
+        json.loads(expected), sort_keys=True
+    )

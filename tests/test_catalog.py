@@ -828,3 +828,40 @@ def test_zones_compare_as_instants() -> None:
     zoned = datetime(2020, 6, 1, 12, tzinfo=timezone(timedelta(hours=-8)))
     entry = parse(item(properties={"datetime": zoned.isoformat()}))
     assert entry.item is not None and entry.item.datetime == zoned
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Valid for the standard library, refused by orjson: the fallback decides.
+        '{"type": "Feature", "id": "i", "collection": "c", "bbox": [NaN, 0, 1, 1],'
+        ' "assets": {"a": {"href": "https://h/a.tif"}}}',
+        '{"type": "Feature", "id": "i", "collection": "c",'
+        ' "assets": {"\\ud800": {"href": "https://h/a.tif"}, "b": {"href": "https://h/b.tif"}}}',
+        # Accepted by both.
+        '{"type": "Feature", "id": "i", "collection": "c", "properties": {"datetime":'
+        ' "2021-01-01T00:00:00Z"}, "assets": {"a": {"href": "https://h/a.tif", "file:size": 7}}}',
+    ],
+)
+def test_documents_decode_as_the_standard_library_decodes_them(text: str) -> None:
+    from mlsync.catalog import parse_stac_dict
+
+    expected = parse_stac_dict(json.loads(text), rel_name="c/i/i.json")
+    for data in (text, text.encode()):
+        assert parse_stac_object(data, rel_name="c/i/i.json") == expected
+
+
+def test_json_too_deep_for_either_decoder_is_rejected() -> None:
+    entry = parse_stac_object("[" * 100_000 + "]" * 100_000, rel_name="c/i/i.json")
+    assert entry is not None and "not valid JSON" in entry.warnings[0]
+
+
+def test_an_integer_beyond_64_bits_is_refused_as_a_size() -> None:
+    # orjson reads it as a float (the standard library as an int): refused either way.
+    text = (
+        '{"type": "Feature", "id": "i", "collection": "c",'
+        ' "assets": {"a": {"href": "https://h/a.tif", "file:size": 123456789012345678901234}}}'
+    )
+    entry = parse_stac_object(text, rel_name="c/i/i.json")
+    assert entry is not None and [a.size for a in entry.assets] == [None]
+    assert "ignoring file:size" in entry.warnings[0]
