@@ -206,12 +206,16 @@ def recorded_up_to_date(
     )
 
 
+NEW_REASON: Final = "new"
+"""Why an asset with no record and nothing on disk is added."""
+
+
 def _add_reason(local: LocalFile) -> str:
     if local.state is FileState.COMPLETE:
         return "deleted locally"
     if local.state is FileState.FAILED:
         return "retry after failure"
-    return "new"
+    return NEW_REASON
 
 
 def _checksums_differ(recorded: str | None, catalog: str | None) -> bool:
@@ -514,6 +518,22 @@ class PlanBuilder:
             )
         if self.keep is None or totals[0] <= self.keep:
             self._actions.append(action)
+
+    def add_new(self, rel_path: str, href: str, size: int | None, checksum: str | None) -> None:
+        """An asset with no record and no file or ``.part``: :func:`classify` adds it under
+        every policy; its action is built only when kept (a fresh plan of 1M assets)."""
+        totals = self._totals[_ADD]
+        if self.keep is None or totals[0] < self.keep:
+            self.add(PlannedAction(_ADD, rel_path, href, size, checksum, 0, NEW_REASON))
+            return
+        totals[0] += 1
+        if size is None:
+            totals[2] += 1
+            self._transfer_bytes = None
+        else:
+            totals[1] += size
+            if self._transfer_bytes is not None:
+                self._transfer_bytes += size
 
     def add_up_to_date(self, size: int | None) -> None:
         """Count an up-to-date asset without its action (see :func:`recorded_up_to_date`)."""

@@ -179,10 +179,15 @@ class DatasetSync:
         skip = if_exists is IfExists.SKIP
         counted_fast = if_exists is not IfExists.OVERWRITE  # overwrite replaces even these
         up_to_date, count_up_to_date = planner.recorded_up_to_date, builder.add_up_to_date
+        add_new, missing = builder.add_new, FileState.MISSING
         with db.select(item_pred, asset_pred) as selection:
             for row in selection.iter_state_rows(dataset_dir):
+                # The two common cases without building objects: synced, and never seen.
                 if counted_fast and up_to_date(*row[2:8], row[9], row[10]):
                     count_up_to_date(row[2])
+                    continue
+                if row[4] is missing and row[9] is None and not row[11]:
+                    add_new(*row[:4])
                     continue
                 desired, local = row_objects(row, dataset_dir)
                 action = planner.classify(desired, local, if_exists=if_exists)

@@ -219,6 +219,20 @@ def test_the_fast_up_to_date_check_agrees_with_classify(
         assert classify(desired, local, if_exists=planner.IfExists.SKIP).kind is UP_TO_DATE
 
 
+@given(st.lists(desired_assets, max_size=12), st.one_of(st.none(), st.integers(0, 5)))
+def test_add_new_builds_the_plan_classify_would(
+    desired: list[DesiredAsset], keep: int | None
+) -> None:
+    """``PlanBuilder.add_new`` (a fresh plan's shortcut) equals adding classify's action for
+    an asset with no record and nothing on disk, under every policy."""
+    for policy in planner.IfExists:
+        fast, slow = PlanBuilder("d", keep=keep), PlanBuilder("d", keep=keep)
+        for asset in desired:
+            fast.add_new(asset.rel_path, asset.href, asset.size, asset.checksum)
+            slow.add(classify(asset, LocalFile(asset.rel_path), if_exists=policy))
+        assert fast.build() == slow.build()
+
+
 @given(desired_assets, local_files(), st.integers(0, 4), st.integers(1, 10**18))
 def test_done_action_is_up_to_date_next_time(
     desired: DesiredAsset, local: LocalFile, unknown_size: int, mtime: int

@@ -94,7 +94,8 @@ def test_mixed_sources_plan_apply_replan_and_frozen(
     hub_factory: Callable[..., RunningHub],
     cli: Callable[..., CliResult],
 ) -> None:
-    hub = hub_factory(sample_root_copy)
+    # catalog_ttl=0: the catalog is edited below, and the next request must see the edit.
+    hub = hub_factory(sample_root_copy, catalog_ttl=0)
     manifest = write_manifest(tmp_path / "sync.yaml", hub)
     expected = expected_files(sample_root_copy)
     assert 20 < len(expected) < 40
