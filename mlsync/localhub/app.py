@@ -869,8 +869,9 @@ def create_app(
     another server holding the files); ``api_keys``, when non-empty, are the keys API
     requests must carry; ``faults`` injects failures; ``cache_dir`` holds built catalog
     archives (default ``ROOT/.mlsync/archives``); ``catalog_ttl`` is how many seconds a walk of
-    a dataset's catalog folder is trusted before a change there is looked for again. State is on ``app.state``: ``store``,
-    ``archives``, ``stats`` (a :class:`HubStats`), ``faults``, ``api_keys``.
+    a dataset's catalog folder is trusted before a change there is looked for again. State is
+    on ``app.state``: ``store``, ``archives``, ``stats`` (a :class:`HubStats`), ``faults``,
+    ``api_keys``.
     """
     store = HubStore(root)
     archives = ArchiveCache(
