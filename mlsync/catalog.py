@@ -3,8 +3,8 @@
 :func:`parse_stac_object` runs once per ``.json`` member of the archive, so up to a million
 times per dataset: it decodes the JSON once (orjson, the standard library for what orjson
 refuses; orjson reads an integer beyond 64 bits as a float, which no STAC field needs exact),
-uses plain type checks and string methods on the common path, and only falls back to slower tools (``dateutil``, URL
-splitting, path normalisation) for values that need them.
+uses plain type checks and string methods on the common path, and only falls back to slower
+tools (``dateutil``, URL splitting, path normalisation) for values that need them.
 
 Decisions, for a caller that must know them:
 

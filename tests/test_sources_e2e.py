@@ -23,8 +23,6 @@ CROPS_SOURCE = f"{CROPS}_source"
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     isolate_cli(monkeypatch, tmp_path)
-    # The hub re-reads its catalog at most every FINGERPRINT_TTL seconds; make it immediate.
-    monkeypatch.setattr("mlsync.localhub.archive.FINGERPRINT_TTL", 0.0)
 
 
 def write_manifest(path: Path, hub: RunningHub) -> Path:
@@ -94,7 +92,8 @@ def test_mixed_sources_plan_apply_replan_and_frozen(
     hub_factory: Callable[..., RunningHub],
     cli: Callable[..., CliResult],
 ) -> None:
-    # catalog_ttl=0: the catalog is edited below, and the next request must see the edit.
+    # catalog_ttl=0: the catalog is edited below, and the next request must see the edit
+    # (by default the hub trusts its walk of a catalog folder for 2 s).
     hub = hub_factory(sample_root_copy, catalog_ttl=0)
     manifest = write_manifest(tmp_path / "sync.yaml", hub)
     expected = expected_files(sample_root_copy)

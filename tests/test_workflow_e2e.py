@@ -576,14 +576,12 @@ def test_catalog_change_fails_frozen_and_is_reingested_by_plan(
     tmp_path: Path,
     sample_root_copy: Path,
     hub_factory: Callable[..., RunningHub],
-    monkeypatch: pytest.MonkeyPatch,
     cli: Callable[..., CliResult],
     change: Callable[[Path], str],
     kind: str,
 ) -> None:
-    # The hub re-reads its catalog at most every FINGERPRINT_TTL seconds; make it immediate.
-    monkeypatch.setattr("mlsync.localhub.archive.FINGERPRINT_TTL", 0.0)
-    hub = hub_factory(sample_root_copy)
+    # The hub trusts its walk of a catalog folder for 2 s by default; make it re-walk at once.
+    hub = hub_factory(sample_root_copy, catalog_ttl=0)
     manifest = write_manifest(tmp_path / "sync.yaml", hub.url)
     lock = tmp_path / "sync.lock"
     assert cli("apply", manifest).code == 0
