@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -123,6 +124,9 @@ class Executor:
         )
         self.stop = threading.Event()
         self._checked_folders: set[str] = set()
+        self._real_base: str | None = None
+        self._real_folders: set[str] = set()
+        """Folders (relative) seen to be real directories, not symbolic links."""
 
     def run(
         self,
@@ -220,6 +224,7 @@ class Executor:
             on_bytes=on_bytes,
             stop=self.stop,
             root=self.dataset_dir,
+            fresh=action.kind is not ActionKind.RESUME,  # the planner saw no part to resume
         )
         if action.kind is ActionKind.REPLACE:
             transfer.part.unlink(missing_ok=True)
@@ -241,16 +246,47 @@ class Executor:
     def _destination(self, rel_path: str) -> Path:
         """The last guard before a write: no symlink in the tree may lead it outside.
 
-        The real-path check runs once per folder and run (a folder holds an item's assets);
-        the file itself is opened with O_NOFOLLOW and renamed over, never written through.
+        The check runs once per folder and run (a folder holds an item's assets); the file
+        itself is opened with O_NOFOLLOW and renamed over, never written through.
         """
+        layout.check_relative_path(rel_path)
         folder = rel_path.rpartition("/")[0]
-        if folder in self._checked_folders:
-            layout.check_relative_path(rel_path)
-            return self.dataset_dir / rel_path
-        dest = layout.resolve_inside(self.dataset_dir, rel_path)
-        self._checked_folders.add(folder)
-        return dest
+        if folder not in self._checked_folders:
+            if self._meets_a_symlink(rel_path):
+                layout.resolve_inside(self.dataset_dir, rel_path)  # raises if it leads out
+            self._checked_folders.add(folder)
+        return self.dataset_dir / rel_path
+
+    def _meets_a_symlink(self, rel_path: str) -> bool:
+        """Whether any existing component of ``rel_path`` is a symbolic link.
+
+        Only those need :func:`layout.resolve_inside`'s verdict (a link that stays inside the
+        tree is fine). Without one the path is the dataset directory's real path plus
+        ``rel_path``: inside. This costs an lstat per folder not seen before, below the real
+        path resolved once, where realpath lstats every component of both paths each time.
+        """
+        if self._real_base is None:
+            self._real_base = os.path.realpath(self.dataset_dir)
+        path, prefix = self._real_base, ""
+        *folders, name = rel_path.split("/")
+        for part in folders:
+            prefix = f"{prefix}/{part}" if prefix else part
+            path = f"{path}/{part}"
+            if prefix in self._real_folders:
+                continue
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:  # missing (made below as a real folder) or not a folder
+                return False
+            if stat.S_ISLNK(mode):
+                return True
+            if not stat.S_ISDIR(mode):
+                return False  # nothing can be below it: the open fails, as a local error
+            self._real_folders.add(prefix)
+        try:
+            return stat.S_ISLNK(os.lstat(f"{path}/{name}").st_mode)
+        except OSError:
+            return False
 
     @staticmethod
     def _failure(

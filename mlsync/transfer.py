@@ -3,7 +3,8 @@
 The bytes go to ``DEST.part``; an interrupted transfer resumes from the part's length with a
 ``Range`` request, and starts over when the server ignores the range or the file's size
 changed. The total length is checked against the response and the catalog (and the
-``file:checksum`` when the catalog gives one) before an atomic rename puts the file in place.
+``file:checksum`` when the catalog gives one, hashed as the bytes are written) before an
+atomic rename puts the file in place.
 
 A resume must never splice two versions of a file. Within a run, retries send ``If-Range``
 with the ETag (or Last-Modified) of the first response, so a file that changed in between
@@ -47,7 +48,8 @@ PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 451})
 _MULTIHASH = {"12": ("sha256", 32), "13": ("sha512", 64), "11": ("sha1", 20), "d5": ("md5", 16)}
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
-_PART_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NO_LINK = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_NEW_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NO_LINK
 
 OpenResponse = Callable[[int, str | None], StreamResponse]
 """Starts a GET from the given byte offset (0: the whole file), with an ``If-Range`` value."""
@@ -99,9 +101,14 @@ class FileTransfer:
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] | None = None,
         root: Path | None = None,
+        fresh: bool = False,
     ) -> None:
         """``root``: the tree the file belongs to; folders are made below it, never it (a
-        dataset directory deleted during a run is an error, not silently made again)."""
+        dataset directory deleted during a run is an error, not silently made again).
+
+        ``fresh``: the caller has just seen that there is no part (the planner looked), so
+        the first attempt starts from zero without looking again; a part that appeared all
+        the same is truncated, never spliced."""
         self.open_response = open_response
         self.dest = dest
         self.part = dest.with_name(dest.name + PART_SUFFIX)
@@ -123,6 +130,12 @@ class FileTransfer:
         (a size cannot: two versions of one file often have the same length)."""
         self._written: os.stat_result | None = None
         """The part as the last attempt left it (fstat before close: no extra stat)."""
+        self._fresh = fresh
+        self._fd: int | None = None
+        """The part's descriptor during an attempt: opened once, for every read and write."""
+        self._digest = self._new_digest()
+        """The checksum of the part's bytes so far, computed as they are written (not by
+        reading the file again); a resume hashes the existing prefix first."""
 
     def run(self) -> TransferOutcome:
         def retryable(exc: BaseException) -> bool:
@@ -168,48 +181,85 @@ class FileTransfer:
             if self.part.stat().st_size == 0:
                 self.part.unlink()
 
-    def _part_size(self) -> int:
-        try:
-            return self.part.stat().st_size
-        except FileNotFoundError:
-            return 0
-        except OSError as exc:
-            raise LocalWriteError.from_os_error(exc, self.part) from None
-
     def _attempt(self) -> None:
+        """One request; the part's descriptor is held from its open to the last check."""
         if self.stop.is_set():
             raise TransferStopped()
         self.attempts += 1
-        offset = self._part_size()
-        if self.expected_size is not None and offset > self.expected_size:
-            offset = self._restart()
-        if self.resumed_from is None:
-            self.resumed_from = offset
         self._written = None
-        response = self.open_response(offset, self._if_range(offset))
-        with response:
-            self.last_status = response.status_code
-            total = self._check_response(response, offset)
-            self._learn_validator(response)
-            if total is None:  # 416 for a part that already holds every byte
-                self._verify(self._part_size())
-                return
-            if response.status_code == 200 and offset:
-                offset = self._restart()  # the server ignored Range: take the whole body
-            self._written = self._write_body(response, offset, total)
-        self._verify(self._written.st_size)
+        try:
+            existing = self._open_existing()
+            offset = existing.st_size if existing is not None else 0
+            if self.expected_size is not None and offset > self.expected_size:
+                offset = self._restart()
+            if self.resumed_from is None:
+                self.resumed_from = offset
+            response = self.open_response(offset, self._if_range(offset, existing))
+            with response:
+                self.last_status = response.status_code
+                total = self._check_response(response, offset)
+                self._learn_validator(response)
+                if response.status_code == 200 and offset:
+                    offset = self._restart()  # the server ignored Range: take the whole body
+                self._hash_prefix(offset)
+                if total is None:  # 416 for a part that already holds every byte
+                    self._written = existing
+                    self._verify(offset)
+                    return
+                self._written = self._write_body(response, offset, total)
+            self._verify(self._written.st_size)
+        finally:
+            self._close_part()
 
-    def _if_range(self, offset: int) -> str | None:
-        if not offset:
+    def _open_existing(self) -> os.stat_result | None:
+        """The part an earlier attempt or run left, opened (never through a symlink) and
+        fstat'd: one open serves the size, the prefix's checksum and the writes. None when
+        there is no part (or the caller said so: ``fresh``)."""
+        self._digest = self._new_digest()
+        if self._fresh:
+            self._fresh = False
+            return None
+        flags = (os.O_RDWR if self._digest is not None else os.O_WRONLY) | _NO_LINK
+        try:
+            self._fd = os.open(self.part, flags)
+            return os.fstat(self._fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LocalWriteError.from_os_error(exc, self.part) from None
+
+    def _close_part(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def _new_digest(self) -> hashlib._Hash | None:
+        return hashlib.new(self.checksum[0]) if self.checksum is not None else None
+
+    def _hash_prefix(self, offset: int) -> None:
+        """Hash the ``offset`` bytes a resume keeps, read through the open descriptor (which
+        leaves it positioned for the writes that follow)."""
+        if not offset or self._digest is None:
+            return
+        assert self._fd is not None  # an offset comes from an open part
+        remaining = offset
+        while remaining:
+            block = os.read(self._fd, min(CHUNK_SIZE, remaining))
+            if not block:
+                self._restart()
+                raise _Retry("the part shrank while resuming; starting over")
+            self._digest.update(block)
+            remaining -= len(block)
+
+    def _if_range(self, offset: int, existing: os.stat_result | None) -> str | None:
+        if not offset or existing is None:
             return None
         if self._validator is not None:
             return self._validator
         if not self._unguarded:
             return None
-        try:  # a part from an earlier run: its mtime is the Last-Modified it was cut from
-            return email.utils.formatdate(int(self.part.stat().st_mtime), usegmt=True)
-        except OSError:
-            return None
+        # a part from an earlier run: its mtime is the Last-Modified it was cut from
+        return email.utils.formatdate(int(existing.st_mtime), usegmt=True)
 
     def _learn_validator(self, response: StreamResponse) -> None:
         """A 200 is the file as it is now; a 206 continues the one the validator names."""
@@ -232,6 +282,9 @@ class FileTransfer:
             return None
 
     def _restart(self) -> int:
+        """Drop the part and its checksum so far: the next bytes written start a new one."""
+        self._close_part()
+        self._digest = self._new_digest()
         try:
             self.part.unlink(missing_ok=True)
         except OSError as exc:
@@ -281,28 +334,30 @@ class FileTransfer:
             return total
         return self.expected_size if self.expected_size is not None else -1
 
-    def _open_part(self, offset: int) -> int:
-        """The part's descriptor, never through a symlink; its folder is made on first need."""
-        flags = _PART_FLAGS | (0 if offset else os.O_TRUNC)
+    def _open_part(self) -> int:
+        """A new, empty part, never through a symlink; its folder is made on first need."""
         try:
             try:
-                return os.open(self.part, flags, 0o666)
+                self._fd = os.open(self.part, _NEW_PART_FLAGS, 0o666)
             except FileNotFoundError:
                 if self.root is not None and not self.root.is_dir():
                     gone = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
                     raise LocalWriteError.from_os_error(gone, self.root) from None
                 self.part.parent.mkdir(parents=True, exist_ok=True)
-                return os.open(self.part, flags, 0o666)
+                self._fd = os.open(self.part, _NEW_PART_FLAGS, 0o666)
         except OSError as exc:
             raise LocalWriteError.from_os_error(exc, self.part) from None
+        return self._fd
 
     def _write_body(self, response: StreamResponse, offset: int, total: int) -> os.stat_result:
         """Append the body to the part from ``offset``; its size and mtime when done.
 
         Unbuffered writes on a raw descriptor: a full disk fails the write that hit it, not a
-        flush at close, and small files cost no buffer set-up (open(), isatty, lseek).
+        flush at close, and small files cost no buffer set-up (open(), isatty, lseek). Each
+        chunk goes into the checksum as it is written.
         """
-        fd = self._open_part(offset)
+        fd = self._fd if self._fd is not None else self._open_part()
+        digest = self._digest
         received = offset
         stamp = self._stamp_of(response)
         try:
@@ -315,6 +370,8 @@ class FileTransfer:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
+                if digest is not None:
+                    digest.update(chunk)
                 received += len(chunk)
                 self.on_bytes(len(chunk))
                 if stamp is not None:
@@ -324,8 +381,6 @@ class FileTransfer:
             if isinstance(exc, NETWORK_ERRORS):
                 raise
             raise LocalWriteError.from_os_error(exc, self.part) from None
-        finally:
-            os.close(fd)
         if total >= 0 and received < total:
             raise _Retry(f"connection ended after {received:,} of {total:,} bytes")
         if total >= 0 and received > total:
@@ -337,14 +392,10 @@ class FileTransfer:
         if self.expected_size is not None and size != self.expected_size:
             self._restart()
             raise _Retry(f"file is {size:,} bytes, the catalog says {self.expected_size:,}")
-        if self.checksum is None:
+        if self._digest is None or self.checksum is None:
             return
         name, expected = self.checksum
-        digest = hashlib.new(name)
-        with open(self.part, "rb") as handle:
-            while block := handle.read(CHUNK_SIZE):
-                digest.update(block)
-        if digest.hexdigest() != expected:
+        if self._digest.hexdigest() != expected:
             self._restart()
             raise _Retry(f"{name} checksum mismatch; the file changed during transfer")
 

@@ -18,6 +18,8 @@ import certifi
 import pytest
 import requests
 import requests.adapters
+import urllib3
+from urllib3.util import parse_url
 
 from mlsync.errors import ConfigurationError, ManifestError, MLSyncError
 from mlsync.executor import Executor
@@ -166,27 +168,34 @@ def test_stac_session_verifies_with_the_bundle(
     assert recorder.verify == [str(ca)]
 
 
+def _verification(client: TransferClient) -> tuple[str | None, str | int | None]:
+    """(ca_certs, cert_reqs) of the pool an https asset would be fetched through."""
+    pool = client._route(parse_url("https://assets.example/file.tif"))
+    assert isinstance(pool, urllib3.HTTPSConnectionPool)
+    return pool.ca_certs, pool.cert_reqs
+
+
 def test_transfer_client_bundle_beats_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ca = bundle(tmp_path)
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/from-requests-env.pem")
-    client = TransferClient(ca_bundle=ca)
-    assert client._direct.connection_pool_kw["ca_certs"] == str(ca)
-    assert client._direct.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
-    assert TransferClient()._direct.connection_pool_kw["ca_certs"] == "/from-requests-env.pem"
+    assert _verification(TransferClient(ca_bundle=ca)) == (str(ca), "CERT_REQUIRED")
+    assert _verification(TransferClient())[0] == "/from-requests-env.pem"
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     monkeypatch.setenv("CURL_CA_BUNDLE", "/from-curl-env.pem")
-    assert TransferClient()._direct.connection_pool_kw["ca_certs"] == "/from-curl-env.pem"
+    assert _verification(TransferClient())[0] == "/from-curl-env.pem"
     monkeypatch.delenv("CURL_CA_BUNDLE")
-    assert TransferClient()._direct.connection_pool_kw["ca_certs"] == certifi.where()
+    assert _verification(TransferClient())[0] == certifi.where()
 
 
 def test_executor_default_clients_get_the_bundle(tmp_path: Path) -> None:
     ca = bundle(tmp_path)
     executor = Executor(dataset="d", dataset_dir=tmp_path, state=None, ca_bundle=ca)  # type: ignore[arg-type]
     client = executor.client_factory(executor.timeouts)
-    assert client._direct.connection_pool_kw["ca_certs"] == str(ca)
+    assert _verification(client)[0] == str(ca)
 
 
 @pytest.mark.parametrize("kind", ["stac", "stac_api"])
