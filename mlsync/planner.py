@@ -504,45 +504,38 @@ class PlanBuilder:
 
     def add(self, action: PlannedAction) -> None:
         kind = action.kind
-        totals = self._totals[kind]
-        totals[0] += 1
-        if action.size is None:
-            totals[2] += 1
-        else:
-            totals[1] += action.size
-        if kind is _UP_TO_DATE:
-            return
-        if kind in _TRANSFER_KINDS and self._transfer_bytes is not None:
-            self._transfer_bytes = (
-                None if action.size is None else self._transfer_bytes + _left(action)
-            )
-        if self.keep is None or totals[0] <= self.keep:
+        left = None if action.size is None else _left(action)
+        if self._count(kind, action.size, left) and (
+            self.keep is None or self._totals[kind][0] <= self.keep
+        ):
             self._actions.append(action)
 
     def add_new(self, rel_path: str, href: str, size: int | None, checksum: str | None) -> None:
         """An asset with no record and no file or ``.part``: :func:`classify` adds it under
         every policy; its action is built only when kept (a fresh plan of 1M assets)."""
-        totals = self._totals[_ADD]
-        if self.keep is None or totals[0] < self.keep:
+        if self.keep is None or self._totals[_ADD][0] < self.keep:
             self.add(PlannedAction(_ADD, rel_path, href, size, checksum, 0, NEW_REASON))
-            return
-        totals[0] += 1
-        if size is None:
-            totals[2] += 1
-            self._transfer_bytes = None
         else:
-            totals[1] += size
-            if self._transfer_bytes is not None:
-                self._transfer_bytes += size
+            self._count(_ADD, size, size)
 
     def add_up_to_date(self, size: int | None) -> None:
         """Count an up-to-date asset without its action (see :func:`recorded_up_to_date`)."""
-        totals = self._totals[_UP_TO_DATE]
+        self._count(_UP_TO_DATE, size, None)
+
+    def _count(self, kind: ActionKind, size: int | None, left: int | None) -> bool:
+        """Add one asset of ``kind`` (``left``: its bytes still to transfer) to the totals;
+        whether its action is work to keep (everything but up to date)."""
+        totals = self._totals[kind]
         totals[0] += 1
         if size is None:
             totals[2] += 1
         else:
             totals[1] += size
+        if kind is _UP_TO_DATE:
+            return False
+        if kind in _TRANSFER_KINDS and self._transfer_bytes is not None:
+            self._transfer_bytes = None if left is None else self._transfer_bytes + left
+        return True
 
     def extend(self, actions: Iterable[PlannedAction]) -> None:
         for action in actions:
