@@ -1053,10 +1053,10 @@ def _stat_paths(path: str) -> tuple[int | None, int | None, int | None]:
     )
 
 
-def _regular_stat(path: str, dir_fd: int | None = None) -> os.stat_result | None:
+def _regular_stat(path: str) -> os.stat_result | None:
     """``os.stat`` of a regular file; None when absent or not a regular file."""
     try:
-        st = os.stat(path, dir_fd=dir_fd)
+        st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     return st if stat_mod.S_ISREG(st.st_mode) else None
