@@ -32,7 +32,6 @@ from mlsync.events import EventSink, Task
 from mlsync.hub.http import RetryPolicy, StacSession, Timeouts, parse_json_document, redact
 from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
-    META_INGESTED_SHA,
     CatalogStatus,
     NoCatalogFiles,
     Notifying,
@@ -40,7 +39,13 @@ from mlsync.sources.base import (
     SyncTarget,
     check_frozen_sha,
 )
-from mlsync.sources.stac import CACHE_NAME, DocumentCache, absolute_hrefs, ingest_documents
+from mlsync.sources.stac import (
+    CACHE_NAME,
+    DocumentCache,
+    absolute_hrefs,
+    ingest_documents,
+    needs_ingest,
+)
 
 __all__ = ["DEFAULT_LIMIT", "MAX_PAGES", "StacApiSource", "search_body"]
 
@@ -212,7 +217,7 @@ class StacApiSource(NoCatalogFiles, Notifying):
                 raise
             log.debug("%s: %d items in %d search pages", self.target.name, items, pages)
             ingested = False
-            if db.get_meta(META_INGESTED_SHA) != digest.sha256:
+            if needs_ingest(db, digest):
                 indexed = ingest_documents(
                     db, cache, digest, name=self.target.name, sink=self.sink, problems=problems
                 )
