@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from mlsync.localhub.server import RunningHub
 from mlsync.sources import SourceSpec, SyncTarget
 from mlsync.sources.stac_api import search_body
 from mlsync.sync import DatasetPlan, DatasetSync
+from tests.conftest import CliResult, isolate_cli
 
 FAST = RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05)
 DATA = Path(__file__).parent / "data" / "stac"
@@ -160,7 +161,12 @@ def test_item_without_collection_under_a_catalog_is_kept(tmp_path: Path, hub: Ru
     }
 
 
-def test_static_source_at_a_stac_api_landing_page(tmp_path: Path, hub: RunningHub) -> None:
+def test_static_source_at_a_stac_api_landing_page(
+    tmp_path: Path,
+    hub: RunningHub,
+    cli: Callable[..., CliResult],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A STAC API landing page without child links is no static catalog: the error says so
     and points at ``stac_api:`` (it planned 0 assets and passed)."""
     folder = tmp_path / "api"
@@ -181,6 +187,19 @@ def test_static_source_at_a_stac_api_landing_page(tmp_path: Path, hub: RunningHu
     t = _target(tmp_path / "out", "stac", (folder / "catalog.json").as_uri())
     with pytest.raises(CatalogError, match=r"STAC API landing page.*stac_api"):
         _plan(hub, t)
+    # The command line: one line, exit 1 (it was "No changes. 0 assets up to date.", exit 0).
+    isolate_cli(monkeypatch, tmp_path)
+    manifest = tmp_path / "sync.yaml"
+    manifest.write_text(
+        f"version: 1\nhub:\n  root_url: {hub.url}\noutput_dir: out\ndatasets:\n"
+        "  - name: api\n    source:\n      stac: ./api/catalog.json\n",
+        encoding="utf-8",
+    )
+    run = cli("plan", manifest)
+    assert run.code == 1 and "Traceback" not in run.err and "No changes" not in run.out
+    assert "it is a STAC API landing page: search it with `source: {stac_api: URL" in " ".join(
+        run.err.split()
+    )
     # Without a type (an OGC API landing page): still named for what it is.
     del landing["type"], landing["stac_version"]
     (folder / "catalog.json").write_text(json.dumps(landing))

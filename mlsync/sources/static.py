@@ -501,7 +501,8 @@ class StaticCatalogSource(NoCatalogFiles, Notifying):
 
     def _check_root(self, stats: CrawlStats) -> None:
         """Refuse a root that is no static catalog: nothing STAC in it, or a STAC API landing
-        page whose links reach no item (its items are found by searching it)."""
+        page whose links reach no item (its items are found by searching it). A crawl that
+        the collections filter pruned may rightly find no item: then no word."""
         api = (
             "; it is a STAC API landing page: search it with "
             "`source: {stac_api: URL, collections: [...]}` instead of `stac:`"
@@ -511,17 +512,18 @@ class StaticCatalogSource(NoCatalogFiles, Notifying):
                 f"{redact(self.url)} is not a STAC catalog or collection"
                 + (api if stats.root_is_api else "; check the dataset's source URL")
             )
-        if stats.root_is_api and stats.items == 0:
+        if stats.items > 0 or self.target.filter.collections is not None:
+            return
+        if stats.root_is_api:
             raise CatalogError(
                 f"{redact(self.url)} links no STAC item (no child, item or items link leads "
                 "to one)" + api
             )
-        if stats.items == 0:
-            self._notice(
-                "warning",
-                f"{redact(self.url)}: the crawl found no STAC item (no child, item or items "
-                "link leads to one)",
-            )
+        self._notice(
+            "warning",
+            f"{redact(self.url)}: the crawl found no STAC item (no child, item or items "
+            "link leads to one)",
+        )
 
     def refresh(
         self, db: AssetDB, dataset_dir: Path, *, frozen: LockEntry | None = None
