@@ -413,6 +413,24 @@ class AssetDB:
             known.setdefault(str(collection_id), set()).add(str(key))
         return known
 
+    def item_time_range(self, collection_id: str) -> tuple[int, datetime, datetime] | None:
+        """``(items, earliest, latest)`` of the collection's items with a time (``datetime``,
+        else ``start_datetime``/``end_datetime``), to say what dates a search returned."""
+        count, earliest, latest = 0, None, None
+        for dt, start, end in self._conn.execute(
+            "SELECT datetime, start_datetime, end_datetime FROM items WHERE collection_id = ?",
+            (collection_id,),
+        ):
+            first, last = _from_iso(dt or start), _from_iso(dt or end)
+            if first is None or last is None:
+                continue
+            count += 1
+            earliest = first if earliest is None or first < earliest else earliest
+            latest = last if latest is None or last > latest else latest
+        if earliest is None or latest is None:
+            return None
+        return count, earliest, latest
+
     def select(
         self, item_pred: ItemPredicate | None, asset_pred: AssetPredicate | None
     ) -> Selection:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +32,7 @@ from mlsync.errors import (
 from mlsync.events import EventSink, Level, Notice, ignore
 from mlsync.executor import TRANSFER_KINDS, ExecutionReport, Executor, write_error_report
 from mlsync.filters import (
+    _with_suggestion,
     asset_selected,
     build_filter,
     check_filter_against_catalog,
@@ -204,14 +205,16 @@ class DatasetSync:
             builder.extend(planner.orphans(selection.iter_orphaned()))
         return builder.build(), reconcile
 
-    def _check_filter(self, db: AssetDB) -> None:
+    def _check_filter(self, db: AssetDB, status: CatalogStatus) -> None:
         """Fail on collection ids or asset keys the ingested catalog lacks: a typo would
         otherwise select nothing and pass as "No changes" (catalog_only selects nothing).
 
         A STAC API search returns only matching items, so a collection it returned nothing of
-        may well exist (the area or time range excludes it all): a warning, not an error.
+        may well exist (the area or time range excludes it all), and so may an asset key its
+        items lack (NAIP's ``metadata`` exists only before 2021): warnings, not errors. A key
+        that the collection's ``item_assets`` do not declare either is still a typo.
         """
-        wanted = self.target.filter.collections
+        wanted: Mapping[str, Collection[str]] | None = self.target.filter.collections
         if wanted is None or self.target.catalog_only:
             return
         known = db.known_asset_keys()
@@ -223,9 +226,46 @@ class DatasetSync:
                     f"the STAC API search found no item of collection {collection_id!r}: check "
                     "the id, or the bbox/intersects and datetime, which may exclude them all",
                 )
-            wanted = {cid: keys for cid, keys in wanted.items() if cid in known}
+            checked: dict[str, list[str]] = {}
+            for cid, keys in wanted.items():
+                if cid not in known:
+                    continue
+                declared = status.declared_asset_keys.get(cid)
+                checked[cid] = []
+                for key in keys:
+                    if key in known[cid]:
+                        checked[cid].append(key)
+                    elif declared is not None and key not in declared:
+                        checked[cid].append(key)  # a typo: the check below names it
+                    else:
+                        self._warn_key_not_found(db, cid, key, known[cid])
+            wanted = checked
+            known = {
+                cid: keys | status.declared_asset_keys.get(cid, frozenset())
+                for cid, keys in known.items()
+            }
         check_filter_against_catalog(
             wanted, known, dataset=self.target.name, hint=_MISSING_HINTS.get(kind)
+        )
+
+    def _warn_key_not_found(self, db: AssetDB, cid: str, key: str, found: set[str]) -> None:
+        """A filter key that none of a STAC API search's items of ``cid`` has: say which
+        dates the search saw (the key may exist only at others) and the closest found key."""
+        seen = db.item_time_range(cid)
+        when = ""
+        if seen is not None:
+            count, earliest, latest = seen
+            when = (
+                f" ({count:,} item{'s' if count != 1 else ''} dated "
+                f"{earliest.isoformat().replace('+00:00', 'Z')} to "
+                f"{latest.isoformat().replace('+00:00', 'Z')})"
+            )
+        named = (self.target.filter.collections or {}).get(cid, ())
+        self._notice(
+            "warning",
+            f"the STAC API search's items of collection {cid!r}{when} have no asset "
+            f"{_with_suggestion(key, found - set(named))}: none is downloaded; the key may "
+            "exist only at other dates or places",
         )
 
     def _plan_locked(
@@ -237,7 +277,7 @@ class DatasetSync:
         keep: int | None = None,
     ) -> DatasetPlan:
         status = self.source.refresh(db, dirs.catalog, frozen=frozen)
-        self._check_filter(db)
+        self._check_filter(db, status)
         plan, reconcile = self._build_plan(db, dirs.assets, keep, self.if_exists)
         return DatasetPlan(self.target, dataset, dirs.assets, status, plan, reconcile)
 

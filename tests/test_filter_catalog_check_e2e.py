@@ -53,17 +53,44 @@ def test_plan_with_a_typo_in_the_collections_filter_fails(
     assert run.code == 1
     assert "Traceback" not in run.err and "No changes" not in run.out
     message = " ".join(run.err.split())
+    if kind == "stac_api":
+        # The collection ids are checked against the API's /collections before searching
+        # (a search returns only matches, so the items found cannot tell a typo).
+        assert "error: dataset 'demo': the STAC API" in message
+        assert (
+            f"the collections filter names unknown collection '{DATASET}_sorce' "
+            f"(did you mean '{SOURCE}'?)"
+        ) in message
+        assert f"the API has: {LABELS}, {SOURCE}" in message
+        assert not any(path.endswith("/search") for _method, path in hub.request_log)
+        return
     assert "error: dataset 'demo': the collections filter names" in message
     assert f"collection '{LABELS}': unknown asset key 'lables' (did you mean 'labels'?)" in message
-    if kind == "stac_api":  # a search returns only matches: no items is a warning
-        assert f"unknown collection '{DATASET}_sorce'" not in message
-        assert f"found no item of collection '{DATASET}_sorce': check the id" in message
-        assert "the keys listed are those of the items it returned" in message
-    else:
-        assert f"unknown collection '{DATASET}_sorce'" in message
+    assert f"unknown collection '{DATASET}_sorce'" in message
     if kind == "mlhub":  # the archive holds every collection, so the typo has its suggestion
         assert f"(did you mean '{SOURCE}'?); the catalog has: {LABELS}, {SOURCE}" in message
     assert hub.stats["by_kind"]["asset"] == 0
+
+
+def test_stac_api_asset_key_its_items_lack_is_a_warning(
+    tmp_path: Path, hub: RunningHub, cli: Callable[..., CliResult]
+) -> None:
+    """A key that none of the items found has may exist at other dates or places (the local
+    hub's collections declare no ``item_assets`` that could tell a typo): a warning, with
+    the dates seen and the closest key found."""
+    manifest = tmp_path / "sync.yaml"
+    manifest.write_text(
+        f"version: 1\nhub:\n  root_url: {hub.url}\noutput_dir: out\ndatasets:\n"
+        + _entry("stac_api", hub)
+        + f"    collections:\n      {LABELS}: [lables]\n",
+        encoding="utf-8",
+    )
+    run = cli("plan", manifest)
+    assert run.code == 0, run.err
+    message = " ".join(run.err.split())
+    assert f"items of collection '{LABELS}' (" in message
+    assert "have no asset 'lables' (did you mean 'labels'?): none is downloaded" in message
+    assert "No changes. 0 assets up to date." in run.out
 
 
 def test_stac_api_search_that_matches_nothing_is_a_warning_not_an_error(

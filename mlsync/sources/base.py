@@ -20,7 +20,7 @@ deterministic order, so an item changed upstream changes the sha256 and ``--froz
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -114,6 +114,9 @@ class CatalogStatus:
     unpack_pending: bool = False
     """The catalog's own files in the dataset directory are missing or of other content:
     apply writes them (:meth:`CatalogSource.materialize`) before any asset."""
+    declared_asset_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Per collection, the asset keys its items may have beyond those of the items resolved
+    (a STAC API collection's ``item_assets``): a filter key among them is no typo."""
 
     def pin(self) -> CatalogPin:
         return CatalogPin(

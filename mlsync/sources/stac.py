@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from mlsync.sources.base import META_INGESTED_SHA, ProblemNotices, common_path, 
 
 __all__ = [
     "CACHE_NAME",
+    "INGEST_RULES",
     "CachedDoc",
     "Digest",
     "DocumentCache",
@@ -44,6 +46,8 @@ __all__ = [
     "absolute_hrefs",
     "ingest_documents",
     "links",
+    "needs_ingest",
+    "stac_object_type",
 ]
 
 CACHE_NAME: Final = layout.OWN_PREFIX + "stac-cache.db"
@@ -62,6 +66,16 @@ _SCHEMA: Final = (
     ) WITHOUT ROWID""",
 )
 _HTTP_SCHEMES: Final = ("http", "https")
+
+INGEST_RULES: Final = "2"
+"""How the documents are read into the catalog tables: a database ingested under other rules
+is ingested again even when the documents are the same (2: items without a collection are
+kept under their parent catalog's id; pre-1.0 collections without ``type`` are read)."""
+META_INGEST_RULES: Final = "catalog.stac_ingest_rules"
+
+_TYPED: Final = frozenset({"Catalog", "Collection", "Feature", "FeatureCollection"})
+_BEFORE_TYPE_FIELD: Final = re.compile(r"^(0\.|1\.0\.0-beta)")
+"""STAC versions before ``type`` was required of catalogs and collections (1.0.0-rc.1)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +227,31 @@ class DocumentCache:
 # --- STAC JSON helpers ---------------------------------------------------------------------
 
 
+def stac_object_type(obj: dict[str, Any]) -> str | None:
+    """``Catalog``, ``Collection``, ``Feature`` (an item) or ``FeatureCollection`` (a page of
+    items), or None for anything else, as pystac identifies STAC objects.
+
+    A ``type`` field says it (STAC 1.0.0-rc.1 and later require it). A document without one
+    is a pre-1.0 catalog or collection (STAC 0.6 to 1.0.0-beta) when its ``stac_version``
+    says so: a collection when it has an ``extent`` or a ``license``, else a catalog.
+    """
+    declared = obj.get("type")
+    if declared is not None:
+        return declared if type(declared) is str and declared in _TYPED else None
+    version = obj.get("stac_version")
+    if type(version) is not str or not _BEFORE_TYPE_FIELD.match(version):
+        return None
+    return "Collection" if "extent" in obj or "license" in obj else "Catalog"
+
+
+def needs_ingest(db: AssetDB, digest: Digest) -> bool:
+    """Whether the catalog tables are not yet those of this resolution (under these rules)."""
+    return (
+        db.get_meta(META_INGESTED_SHA) != digest.sha256
+        or db.get_meta(META_INGEST_RULES) != INGEST_RULES
+    )
+
+
 def links(
     obj: dict[str, Any],
     base_url: str,
@@ -342,6 +381,7 @@ def ingest_documents(
                 elif kind == "item":
                     add_item(obj, collection_id, url)
                 else:
+                    obj["type"] = "Collection"  # a pre-1.0 collection has no type field
                     absolute_hrefs(obj, url)
                     try:
                         entry = catalog_mod.parse_stac_dict(obj, rel_name=label(url))
@@ -353,7 +393,9 @@ def ingest_documents(
                     for warning in entry.warnings:
                         problems.add(warning)
                     ingest.add_collection_assets(fetchable(entry.assets, label(url), problems))
-        stats = ingest.finish(common_path, meta={META_INGESTED_SHA: digest.sha256})
+        stats = ingest.finish(
+            common_path, meta={META_INGESTED_SHA: digest.sha256, META_INGEST_RULES: INGEST_RULES}
+        )
     except BaseException:
         ingest.abort()
         raise

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urljoin
@@ -29,10 +30,10 @@ from urllib.parse import urljoin
 from mlsync.assetdb import AssetDB
 from mlsync.errors import CatalogError, ConfigurationError, HubResponseError, MLHubError
 from mlsync.events import EventSink, Task
+from mlsync.filters import _listing, _with_suggestion
 from mlsync.hub.http import RetryPolicy, StacSession, Timeouts, parse_json_document, redact
 from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
-    META_INGESTED_SHA,
     CatalogStatus,
     NoCatalogFiles,
     Notifying,
@@ -40,7 +41,13 @@ from mlsync.sources.base import (
     SyncTarget,
     check_frozen_sha,
 )
-from mlsync.sources.stac import CACHE_NAME, DocumentCache, absolute_hrefs, ingest_documents
+from mlsync.sources.stac import (
+    CACHE_NAME,
+    DocumentCache,
+    absolute_hrefs,
+    ingest_documents,
+    needs_ingest,
+)
 
 __all__ = ["DEFAULT_LIMIT", "MAX_PAGES", "StacApiSource", "search_body"]
 
@@ -50,6 +57,26 @@ DEFAULT_LIMIT: Final = 100
 MAX_PAGES: Final = 100_000
 """A search that pages on longer than this is stopped (a server that never ends)."""
 _FALLBACK_STATUSES: Final = frozenset({405, 501})
+_NO_COLLECTIONS_STATUSES: Final = frozenset({404, 405, 501})
+
+
+@dataclass(frozen=True)
+class _Landing:
+    search: str
+    methods: set[str]
+    collections: str
+
+
+def _declared_keys(
+    listed: dict[str, dict[str, Any]], searched: list[str]
+) -> dict[str, frozenset[str]]:
+    """The asset keys the searched collections declare their items have (``item_assets``)."""
+    declared = {}
+    for cid in searched:
+        item_assets = listed.get(cid, {}).get("item_assets")
+        if isinstance(item_assets, dict) and item_assets:
+            declared[cid] = frozenset(str(key) for key in item_assets)
+    return declared
 
 
 def search_body(target: SyncTarget) -> dict[str, Any]:
@@ -67,7 +94,7 @@ def search_body(target: SyncTarget) -> dict[str, Any]:
         )
     body: dict[str, Any] = {"collections": list(collections)}
     if f.bbox is not None:
-        body["bbox"] = list(f.bbox)
+        body.update(_spatial(f.bbox))
     if f.intersects is not None:
         from shapely.geometry import mapping  # loaded on first use: ~70 ms of start-up
 
@@ -76,6 +103,30 @@ def search_body(target: SyncTarget) -> dict[str, Any]:
         body["datetime"] = f.time.to_interval()
     body["limit"] = spec.limit or DEFAULT_LIMIT
     return body
+
+
+def _spatial(bbox: tuple[float, float, float, float]) -> dict[str, Any]:
+    """The search parameter for ``bbox``: itself, or, when it crosses the antimeridian
+    (west > east), the MultiPolygon of its two halves as ``intersects``.
+
+    The STAC API spec allows west > east, but servers differ (``rustac serve`` answers 400,
+    pgstac reads it as the box between, a superset): the halves mean the same everywhere.
+    The planner's selection still applies the box itself to the answers.
+    """
+    west, south, east, north = bbox
+    if west <= east:
+        return {"bbox": [west, south, east, north]}
+    halves = [(w, e) for w, e in ((west, 180.0), (-180.0, east)) if w < e]
+    if len(halves) == 1:  # one half is a line on the antimeridian
+        return {"bbox": [halves[0][0], south, halves[0][1], north]}
+    return {
+        "intersects": {
+            "type": "MultiPolygon",
+            "coordinates": [
+                [[[w, south], [e, south], [e, north], [w, north], [w, south]]] for w, e in halves
+            ],
+        }
+    }
 
 
 def _get_params(body: dict[str, Any]) -> dict[str, str]:
@@ -110,6 +161,8 @@ class StacApiSource(NoCatalogFiles, Notifying):
         self.policy = policy
         self.timeouts = timeouts
         self.ca_bundle = ca_bundle
+        self.declared_keys: dict[str, frozenset[str]] = {}
+        """Per searched collection, the asset keys its ``item_assets`` declare (when it has)."""
 
     def resolve(self) -> dict[str, Any]:
         source: dict[str, Any] = {"stac_api": self.url}
@@ -119,33 +172,95 @@ class StacApiSource(NoCatalogFiles, Notifying):
 
     # --- the search -----------------------------------------------------------------------
 
-    def _search_links(self, http: StacSession) -> tuple[str, set[str]]:
-        """The search URL and the methods the landing page offers for it."""
+    def _landing(self, http: StacSession) -> _Landing:
+        """The search URL and methods, and the collections URL, the landing page links."""
         landing = http.get_json(self.url, what=f"STAC API landing page {redact(self.url)}")
         if not isinstance(landing, dict):
             raise HubResponseError(f"{redact(self.url)} is not a STAC API landing page")
+        base = self.url if self.url.endswith("/") else self.url + "/"
         url: str | None = None
         methods: set[str] = set()
+        collections: str | None = None
         for link in landing.get("links") or []:
-            if not isinstance(link, dict) or link.get("rel") != "search":
+            if not isinstance(link, dict) or not isinstance(link.get("href"), str):
                 continue
-            href = link.get("href")
-            if not isinstance(href, str):
+            if link.get("rel") == "data":
+                collections = collections or urljoin(self.url, link["href"])
+            if link.get("rel") != "search":
                 continue
-            url = url or urljoin(self.url, href)
+            url = url or urljoin(self.url, link["href"])
             method = link.get("method")
             methods.add(method.upper() if isinstance(method, str) else "GET")
         if url is None:
-            return urljoin(self.url if self.url.endswith("/") else self.url + "/", "search"), {
-                "POST",
-                "GET",
-            }
-        return url, methods
+            url, methods = urljoin(base, "search"), {"POST", "GET"}
+        return _Landing(url, methods, collections or urljoin(base, "collections"))
+
+    def _collections(self, http: StacSession, url: str) -> dict[str, dict[str, Any]] | None:
+        """The API's collections by id (``GET /collections``, following ``next`` links), or
+        None when it lists none (an API without the Collections endpoint)."""
+        found: dict[str, dict[str, Any]] = {}
+        seen: set[str] = set()
+        what = f"STAC API collections {redact(url)}"
+        next_url: str | None = url
+        while next_url is not None and next_url not in seen and len(seen) < MAX_PAGES:
+            seen.add(next_url)
+            try:
+                page = http.get_json(next_url, what=what)
+            except MLHubError as exc:
+                if exc.status in _NO_COLLECTIONS_STATUSES and next_url == url:
+                    log.debug("%s: no collections listing (%s)", self.target.name, exc)
+                    return None
+                raise
+            listed = page.get("collections") if isinstance(page, dict) else None
+            if not isinstance(listed, list):
+                if next_url == url:
+                    return None
+                raise HubResponseError(f"{what}: the answer lists no collections")
+            for collection in listed:
+                if isinstance(collection, dict) and isinstance(collection.get("id"), str):
+                    found[collection["id"]] = collection
+            next_url = None
+            for link in page.get("links") or []:
+                if isinstance(link, dict) and link.get("rel") == "next":
+                    href = link.get("href")
+                    if isinstance(href, str) and href and link.get("method", "GET") == "GET":
+                        next_url = urljoin(url, href)
+                        break
+        return found
+
+    def _check_collections(self, listed: dict[str, dict[str, Any]], body: dict[str, Any]) -> None:
+        """Fail on collection ids, searched or named by the filter, that the API does not
+        have: a typo would search nothing and pass with a mere warning."""
+        spec = self.target.source
+        assert spec is not None
+        named: dict[str, str] = {}
+        for cid in body["collections"]:
+            named[cid] = "source.collections" if spec.collections else "the collections filter"
+        for cid in self.target.filter.collections or {}:
+            named.setdefault(cid, "the collections filter")
+        unknown = [cid for cid in named if cid not in listed]
+        if not unknown:
+            return
+        spare = listed.keys() - named.keys()
+        lines = [
+            f"dataset {self.target.name!r}: the STAC API {redact(self.url)} has no collection "
+            "named so; correct the name:"
+        ]
+        for cid in unknown:
+            lines.append(f"  {named[cid]} names unknown collection {_with_suggestion(cid, spare)}")
+        lines.append(f"  the API has: {_listing(listed)}")
+        raise ConfigurationError("\n".join(lines))
 
     def _pages(self, http: StacSession, task: Task) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield ``(page URL, page object)`` of the whole search."""
-        url, methods = self._search_links(http)
+        landing = self._landing(http)
+        url, methods = landing.search, landing.methods
         body: dict[str, Any] | None = search_body(self.target)
+        assert body is not None
+        listed = self._collections(http, landing.collections)
+        if listed is not None:
+            self._check_collections(listed, body)
+            self.declared_keys = _declared_keys(listed, body["collections"])
         method = "POST" if "POST" in methods else "GET"
         what = f"STAC API search {redact(url)}"
         request: tuple[str, str, dict[str, Any] | None, dict[str, str]] = (method, url, body, {})
@@ -212,7 +327,7 @@ class StacApiSource(NoCatalogFiles, Notifying):
                 raise
             log.debug("%s: %d items in %d search pages", self.target.name, items, pages)
             ingested = False
-            if db.get_meta(META_INGESTED_SHA) != digest.sha256:
+            if needs_ingest(db, digest):
                 indexed = ingest_documents(
                     db, cache, digest, name=self.target.name, sink=self.sink, problems=problems
                 )
@@ -230,6 +345,7 @@ class StacApiSource(NoCatalogFiles, Notifying):
             fetched=True,
             ingested=ingested,
             documents=digest.documents,
+            declared_asset_keys=dict(self.declared_keys),
         )
 
     @staticmethod

@@ -60,7 +60,6 @@ from mlsync.hub.http import (
 )
 from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
-    META_INGESTED_SHA,
     CatalogStatus,
     NoCatalogFiles,
     Notifying,
@@ -75,6 +74,8 @@ from mlsync.sources.stac import (
     DocumentKind,
     ingest_documents,
     links,
+    needs_ingest,
+    stac_object_type,
 )
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "LocalDocuments",
     "StaticCatalogSource",
     "crawl",
+    "is_api_landing_page",
 ]
 
 log = logging.getLogger("mlsync.sources")
@@ -247,15 +249,34 @@ class _Job:
     """``node`` (catalog or collection), ``item`` or ``items`` (a page of items)."""
     collection_id: str | None
     """The collection the document is inside of, as far as the crawl knows."""
+    catalog_id: str | None = None
+    """The id of the catalog that linked the document: an item outside any collection, with
+    no ``collection`` field, is kept under it (a stable place, that the filter can name)."""
 
 
 @dataclass(frozen=True, slots=True)
 class CrawlStats:
     documents: int
+    items: int
+    """Item documents and pages of items resolved."""
+    root_is_api: bool
+    """The root document is a STAC API landing page (see :func:`is_api_landing_page`)."""
     downloaded: int
     not_modified: int
     root_etag: str | None
     root_last_modified: str | None
+
+
+def is_api_landing_page(obj: dict[str, Any]) -> bool:
+    """A STAC API landing page: it declares ``conformsTo`` or links a ``search`` endpoint.
+
+    Its items are reached by searching, not by following links (it may link no child)."""
+    if "conformsTo" in obj:
+        return True
+    found = obj.get("links")
+    return type(found) is list and any(
+        type(link) is dict and link.get("rel") == "search" for link in found
+    )
 
 
 def _label(root_url: str) -> Callable[[str], str]:
@@ -290,13 +311,19 @@ def crawl(
     queue: deque[_Job] = deque([_Job(root_url, "node", None)])
     visited = {root_url}
     in_flight: dict[Future[Fetched], _Job] = {}
-    downloaded = not_modified = documents = 0
+    downloaded = not_modified = documents = items = 0
     root: Fetched | None = None
+    root_is_api = False
 
     def pruned(collection_id: str | None) -> bool:
         return wanted is not None and collection_id is not None and collection_id not in wanted
 
-    def follow(found: list[dict[str, Any]], expect: str, collection_id: str | None) -> None:
+    def follow(
+        found: list[dict[str, Any]],
+        expect: str,
+        collection_id: str | None,
+        catalog_id: str | None = None,
+    ) -> None:
         for link in found:
             url = link["href"]
             if url not in visited:
@@ -306,10 +333,10 @@ def crawl(
                         f"{MAX_DOCUMENTS:,} documents; refusing to crawl further"
                     )
                 visited.add(url)
-                queue.append(_Job(url, expect, collection_id))
+                queue.append(_Job(url, expect, collection_id, catalog_id))
 
     def handle(job: _Job, fetched: Fetched) -> None:
-        nonlocal downloaded, not_modified, documents, root
+        nonlocal downloaded, not_modified, documents, items, root, root_is_api
         if job.url == root_url:
             root = fetched
         if fetched.status == 304:
@@ -336,7 +363,9 @@ def crawl(
         if type(obj) is not dict:
             problems.add(f"{label(job.url)}: not a STAC object; skipped")
             return
-        kind = obj.get("type")
+        if job.url == root_url:
+            root_is_api = is_api_landing_page(obj)
+        kind = stac_object_type(obj)
         context = job.collection_id
         resolved: DocumentKind
         if kind == "Catalog":
@@ -353,14 +382,20 @@ def crawl(
             problems.add(f"{label(job.url)}: not a STAC catalog, collection or item; skipped")
             return
         documents += 1
-        cache.resolve(job.url, resolved, context)
+        if resolved in ("item", "items"):
+            items += 1
+        cache.resolve(job.url, resolved, context or job.catalog_id)
         if resolved in ("catalog", "collection"):
+            own = obj.get("id") if resolved == "catalog" else None
+            owner = own if type(own) is str and own else None
             follow(links(obj, base, _NODE_RELS, schemes=schemes), "node", context)
             if not pruned(context):
-                follow(links(obj, base, _ITEM_RELS, schemes=schemes), "item", context)
-                follow(links(obj, base, _PAGE_RELS, schemes=schemes), "items", context)
+                found = links(obj, base, _ITEM_RELS, schemes=schemes)
+                follow(found, "item", context, owner)
+                follow(links(obj, base, _PAGE_RELS, schemes=schemes), "items", context, owner)
         elif resolved == "items" and not pruned(context):
-            follow(links(obj, base, _NEXT_RELS, schemes=schemes), "items", context)
+            found = links(obj, base, _NEXT_RELS, schemes=schemes)
+            follow(found, "items", context, job.catalog_id)
 
     def submit(pool: ThreadPoolExecutor, job: _Job) -> None:
         etag, last_modified = cache.validators(job.url)
@@ -405,6 +440,8 @@ def crawl(
         pool.shutdown(wait=finished, cancel_futures=True)
     return CrawlStats(
         documents=documents,
+        items=items,
+        root_is_api=root_is_api,
         downloaded=downloaded,
         not_modified=not_modified,
         root_etag=root.etag if root is not None else None,
@@ -462,6 +499,32 @@ class StaticCatalogSource(NoCatalogFiles, Notifying):
     def resolve(self) -> dict[str, Any]:
         return {"id": self.target.name, "source": {"stac": self.url}}
 
+    def _check_root(self, stats: CrawlStats) -> None:
+        """Refuse a root that is no static catalog: nothing STAC in it, or a STAC API landing
+        page whose links reach no item (its items are found by searching it). A crawl that
+        the collections filter pruned may rightly find no item: then no word."""
+        api = (
+            "; it is a STAC API landing page: search it with "
+            "`source: {stac_api: URL, collections: [...]}` instead of `stac:`"
+        )
+        if stats.documents == 0:
+            raise CatalogError(
+                f"{redact(self.url)} is not a STAC catalog or collection"
+                + (api if stats.root_is_api else "; check the dataset's source URL")
+            )
+        if stats.items > 0 or self.target.filter.collections is not None:
+            return
+        if stats.root_is_api:
+            raise CatalogError(
+                f"{redact(self.url)} links no STAC item (no child, item or items link leads "
+                "to one)" + api
+            )
+        self._notice(
+            "warning",
+            f"{redact(self.url)}: the crawl found no STAC item (no child, item or items "
+            "link leads to one)",
+        )
+
     def refresh(
         self, db: AssetDB, dataset_dir: Path, *, frozen: LockEntry | None = None
     ) -> CatalogStatus:
@@ -489,11 +552,7 @@ class StaticCatalogSource(NoCatalogFiles, Notifying):
                         task=task,
                         workers=self.workers,
                     )
-                if stats.documents == 0:
-                    raise CatalogError(
-                        f"{redact(self.url)} is not a STAC catalog or collection; check the "
-                        "dataset's source URL"
-                    )
+                self._check_root(stats)
                 folder = self.root_url.rsplit("/", 1)[0] + "/"
                 digest = cache.digest(relative_to=folder if self.local else "")
                 check_frozen_sha(self.target.name, digest.sha256, frozen, "STAC catalog")
@@ -509,7 +568,7 @@ class StaticCatalogSource(NoCatalogFiles, Notifying):
                 stats.not_modified,
             )
             ingested = False
-            if db.get_meta(META_INGESTED_SHA) != digest.sha256:
+            if needs_ingest(db, digest):
                 indexed = ingest_documents(
                     db,
                     cache,
