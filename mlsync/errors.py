@@ -8,7 +8,8 @@ never contain an API key (URLs are redacted before they reach a message).
 
     MLSyncError
     ├── ConfigurationError            bad settings before any work starts
-    │   ├── APIKeyNotFound            no key from argument, environment or profile
+    │   ├── APIKeyNotFound            no key from argument, environment or profile (also an
+    │   │                             MLHubError, as the reference's was an MLHubException)
     │   ├── ManifestError             mlsync.yaml is invalid (file:line:col, field)
     │   └── FilterError               contradictory or malformed filters (also a ValueError)
     ├── MLHubError                    the hub answered, or failed to, in a way we cannot use
@@ -28,7 +29,12 @@ never contain an API key (URLs are redacted before they reach a message).
         └── DownloadFailed            the run ended with failures listed in err_report.csv
 
 ``MLHubException`` is kept as an alias of ``MLHubError`` for code written against the
-reference client.
+reference client (radiant-mlhub 0.5.5), whose four exceptions all derived from it: every one
+of those names (``MLHubException``, ``AuthenticationError``, ``APIKeyNotFound``,
+``EntityDoesNotExist``, also importable from :mod:`mlsync.exceptions`) is still caught by
+``except MLHubException``. ``APIKeyNotFound`` is therefore both a ``ConfigurationError`` and
+an ``MLHubError`` (multiple inheritance, not an alias: ``except ConfigurationError`` keeps
+catching every bad setting).
 """
 
 from __future__ import annotations
@@ -70,10 +76,6 @@ class ConfigurationError(MLSyncError):
     """Settings are missing or invalid; nothing was sent or written."""
 
 
-class APIKeyNotFound(ConfigurationError):
-    """No API key could be resolved from the argument, the environment or a profile."""
-
-
 class ManifestError(ConfigurationError):
     """A manifest is invalid. ``location`` is ``file:line:col`` when it is known."""
 
@@ -100,6 +102,14 @@ class MLHubError(MLSyncError):
 
 
 MLHubException = MLHubError
+
+
+class APIKeyNotFound(ConfigurationError, MLHubError):
+    """No API key could be resolved from the argument, the environment or a profile.
+
+    A ``ConfigurationError`` (nothing was sent) and, as in the reference client, an
+    ``MLHubException`` (``MLHubError``), so code that caught it that way still does.
+    """
 
 
 class AuthenticationError(MLHubError):
