@@ -17,7 +17,11 @@ never contain an API key (URLs are redacted before they reach a message).
     │   ├── EntityDoesNotExist        404 on a dataset, collection, item or catalog
     │   ├── HubConnectionError        DNS, refused, reset or timed out, after retries
     │   ├── HubServerError            5xx or 429 that outlasted every retry
-    │   └── HubResponseError          HTML, invalid JSON, or JSON of the wrong shape
+    │   ├── HubResponseError          HTML, invalid JSON, or JSON of the wrong shape
+    │   └── HubHTTPError              4xx/5xx to mlsync.session.Session (also requests'
+    │       │                         HTTPError, with .response, as requests' callers expect)
+    │       ├── HubHTTPAuthError      401/403 there (also an AuthenticationError)
+    │       └── HubHTTPNotFoundError  404 there (also an EntityDoesNotExist)
     ├── CatalogError                  the dataset's STAC catalog cannot be used
     │   └── UnsafePathError           a member, id or key would escape the output directory
     ├── LocalWriteError               the output tree cannot be written (full, denied, gone)
@@ -43,6 +47,8 @@ import errno
 from pathlib import Path
 from typing import Any
 
+import requests
+
 __all__ = [
     "APIKeyNotFound",
     "AuthenticationError",
@@ -53,6 +59,9 @@ __all__ = [
     "FilterError",
     "FrozenLockError",
     "HubConnectionError",
+    "HubHTTPAuthError",
+    "HubHTTPError",
+    "HubHTTPNotFoundError",
     "HubResponseError",
     "HubServerError",
     "LocalWriteError",
@@ -130,6 +139,37 @@ class HubServerError(MLHubError):
 
 class HubResponseError(MLHubError):
     """The hub answered with something that is not the JSON the API promises."""
+
+
+class HubHTTPError(MLHubError, requests.HTTPError):
+    """A 4xx/5xx answer to a request of :class:`mlsync.session.Session`, after its retries.
+
+    That session is a ``requests.Session``, so this is also requests' ``HTTPError`` with the
+    ``response`` (``e.response.status_code``, ``e.response.json()``), as code written for
+    requests and the reference client catches it; and an ``MLHubError`` like the rest.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        url: str | None = None,
+        response: requests.Response | None = None,
+    ) -> None:
+        super().__init__(message, status=status, url=url)
+        self.response = response
+        self.request = None if response is None else response.request
+
+
+class HubHTTPAuthError(AuthenticationError, HubHTTPError):
+    """401/403 to :class:`mlsync.session.Session`: an ``AuthenticationError`` and an
+    ``HTTPError`` at once."""
+
+
+class HubHTTPNotFoundError(EntityDoesNotExist, HubHTTPError):
+    """404 to :class:`mlsync.session.Session`: an ``EntityDoesNotExist`` and an ``HTTPError``
+    at once."""
 
 
 class CatalogError(MLSyncError):

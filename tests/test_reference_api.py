@@ -7,15 +7,22 @@ The reference's names live in ``radiant_mlhub.exceptions``, ``radiant_mlhub.sess
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 import mlsync
 import mlsync.errors
 import mlsync.exceptions
+import mlsync.session
 from mlsync import client
+from mlsync.hub.http import RetryPolicy, Timeouts
+from mlsync.localhub.faults import KIND_API, FaultConfig
 from mlsync.localhub.server import RunningHub
 
 REFERENCE_EXCEPTIONS = (
@@ -24,6 +31,12 @@ REFERENCE_EXCEPTIONS = (
     "APIKeyNotFound",
     "EntityDoesNotExist",
 )
+
+
+KEY = "ref-api-key-0123"
+FLOOD = "demo_flood_v1"
+SOURCE = "demo_flood_v1_source"
+FAST = RetryPolicy(attempts=3, backoff_initial=0.01, backoff_max=0.05, retry_after_max=0.05)
 
 
 def _write_profiles(home: Path, text: str) -> None:
@@ -73,3 +86,178 @@ def test_entity_does_not_exist_is_caught_both_ways(hub: RunningHub) -> None:
         with pytest.raises(catch) as caught:
             client.get_dataset_by_id("no_such_dataset", root_url=hub.url)
         assert isinstance(caught.value, mlsync.exceptions.EntityDoesNotExist)
+
+
+# --- item 11: get_session() is a requests.Session for the hub --------------------------------
+
+
+def test_get_session_is_a_requests_session_for_the_hub(hub_env: RunningHub) -> None:
+    session = mlsync.session.get_session()
+    assert isinstance(session, requests.Session)
+    assert mlsync.get_session is mlsync.session.get_session is client.get_session
+    datasets = session.get("datasets").json()  # the reference's low-level idiom
+    assert sorted(d["id"] for d in datasets) == ["demo_crops_v1", FLOOD]
+    assert session.get("/datasets/" + FLOOD).json()["id"] == FLOOD  # leading slash: same root
+    assert session.head(f"{hub_env.url}catalog/{FLOOD}", allow_redirects=True).ok
+    assert session.headers["Accept"] == "application/json"
+    assert session.headers["User-Agent"].startswith("mlsync/")
+    assert hub_env.request_log == [
+        ("GET", "/datasets"),
+        ("GET", f"/datasets/{FLOOD}"),
+        ("HEAD", f"/catalog/{FLOOD}"),
+        ("HEAD", f"/blob/catalogs/{FLOOD}.tar.gz"),  # the 303 followed
+    ]
+
+
+def test_session_sends_the_key_to_the_hub_only(
+    hub_factory: Callable[..., RunningHub],
+) -> None:
+    hub = hub_factory(api_keys={KEY})
+    elsewhere = hub_factory(api_keys={KEY})  # another origin: it must not get the key
+    session = mlsync.session.get_session(api_key=KEY, root_url=hub.url)
+    assert session.get("datasets", params={"tags": "flood"}).json()[0]["id"] == FLOOD
+    assert session.get(f"{hub.url}datasets", params=[("tags", "flood")]).ok
+    with pytest.raises(requests.HTTPError) as caught:
+        session.get(f"{elsewhere.url}datasets")
+    assert caught.value.response is not None
+    assert caught.value.response.status_code == 401
+    assert isinstance(caught.value, mlsync.exceptions.AuthenticationError)
+    assert "only to the hub" in str(caught.value)
+    assert "key" not in session.params
+
+
+def test_session_http_errors_are_http_errors_and_mlhub_exceptions(hub: RunningHub) -> None:
+    session = mlsync.session.get_session(root_url=hub.url)
+    with pytest.raises(requests.HTTPError) as not_found:
+        session.get("datasets/no_such_dataset")
+    assert not_found.value.response.status_code == 404
+    assert isinstance(not_found.value, mlsync.exceptions.EntityDoesNotExist)
+    assert isinstance(not_found.value, mlsync.exceptions.MLHubException)
+    with pytest.raises(mlsync.errors.EntityDoesNotExist):
+        session.get(f"collections/{SOURCE}/items/no_such_item")
+
+
+def test_session_retries_server_errors_with_mlsync_policy(
+    hub_factory: Callable[..., RunningHub],
+) -> None:
+    faults = FaultConfig(
+        kinds={KIND_API}, path_pattern=r"^/datasets$", fail_first=2, fail_first_fault="503"
+    )
+    hub = hub_factory(faults=faults)
+    session = mlsync.session.Session(root_url=hub.url, retry=FAST)
+    assert len(session.get("datasets").json()) == 2  # two 503s, then the answer
+    assert hub.stats["by_status"].get("503") == 2
+    always = FaultConfig(
+        kinds={KIND_API}, path_pattern=r"^/models$", fail_first=100, fail_first_fault="500"
+    )
+    failing = hub_factory(faults=always)
+    session = mlsync.session.Session(root_url=failing.url, retry=FAST)
+    with pytest.raises(mlsync.errors.HubHTTPError, match="after 3 attempts") as caught:
+        session.get("models")
+    assert caught.value.response.status_code == 500
+    assert failing.stats["by_status"].get("500") == 3
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, list[int]]]:
+    """A 127.0.0.1 server that accepts connections and never answers; counts them."""
+    accepted: list[int] = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.settimeout(0.1)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            held.append(conn)
+            accepted.append(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/", accepted
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    sock.close()
+
+
+def test_session_requests_have_timeouts_and_are_retried(
+    silent_server: tuple[str, list[int]],
+) -> None:
+    url, accepted = silent_server
+    session = mlsync.session.Session(
+        api_key=KEY, root_url=url, retry=FAST, timeouts=Timeouts(connect=1.0, read=0.2)
+    )
+    started = time.monotonic()
+    with pytest.raises(requests.RequestException) as caught:
+        session.get("datasets", timeout=None)  # None still gets mlsync's timeouts
+    assert time.monotonic() - started < 5
+    assert len(accepted) == FAST.attempts
+    assert KEY not in str(caught.value)
+
+
+def test_session_network_errors_are_redacted() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    session = mlsync.session.Session(api_key=KEY, root_url=f"http://127.0.0.1:{port}/", retry=FAST)
+    with pytest.raises(requests.ConnectionError) as caught:
+        session.get("datasets")
+    assert KEY not in str(caught.value)
+    assert "***" in str(caught.value)
+
+
+def test_session_paginate_follows_next_links(hub: RunningHub) -> None:
+    session = mlsync.session.get_session(root_url=hub.url)
+    pages = list(session.paginate(f"collections/{SOURCE}/items", params={"limit": 5}))
+    assert [len(p["features"]) for p in pages] == [5, 5, 2]
+
+
+def test_client_functions_take_a_get_session_session(hub: RunningHub) -> None:
+    session = mlsync.session.get_session(root_url=hub.url)
+    assert client.get_dataset(FLOOD, session=session)["id"] == FLOOD
+    assert len(client.list_datasets(session=session)) == 2
+
+
+# --- item 12: Session(api_key=...), Session.from_env(), Session.from_config() --------------
+
+
+def test_session_constructors_as_in_the_reference(
+    hub_factory: Callable[..., RunningHub], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    hub = hub_factory(api_keys={KEY})
+    home = tmp_path / "mlhub-home"
+    monkeypatch.setenv("MLHUB_HOME", str(home))
+    monkeypatch.setenv("MLHUB_ROOT_URL", hub.url)
+    monkeypatch.delenv("MLHUB_PROFILE", raising=False)
+    Session = mlsync.session.Session
+
+    by_argument = Session(api_key=KEY)
+    assert by_argument.root_url == hub.url
+    assert by_argument.get("datasets").ok
+
+    monkeypatch.delenv("MLHUB_API_KEY", raising=False)
+    with pytest.raises(mlsync.exceptions.MLHubException, match="MLHUB_API_KEY"):
+        Session.from_env()
+    monkeypatch.setenv("MLHUB_API_KEY", KEY)
+    assert Session.from_env().get("datasets").ok
+
+    monkeypatch.setenv("MLHUB_API_KEY", "not-the-key-999")  # from_config ignores it
+    with pytest.raises(mlsync.exceptions.APIKeyNotFound, match="no profile file"):
+        Session.from_config()
+    _write_profiles(home, f"[default]\napi_key = {KEY}\n[empty]\nroot_url = {hub.url}\n")
+    assert Session.from_config().get("datasets").ok
+    assert Session.from_config("default").settings.api_key == KEY
+    with pytest.raises(mlsync.exceptions.APIKeyNotFound, match=r"no \[other\] section"):
+        Session.from_config("other")
+    with pytest.raises(mlsync.errors.ConfigurationError, match="has no api_key"):
+        Session.from_config("empty")
+    assert Session.API_KEY_ENV_VARIABLE == "MLHUB_API_KEY"
+    assert Session.ROOT_URL_ENV_VARIABLE == "MLHUB_ROOT_URL"
