@@ -340,9 +340,10 @@ class Dataset(_SessionHolder):
         exists, whatever its size) or ``"overwrite"`` (fetch everything again, the catalog
         archive too). ``asset_output_dir`` puts the assets, ``mlhub_stac_assets.db`` and
         ``err_report.csv`` under ``{asset_output_dir}/{id}`` instead; the archive and the
-        catalog stay under ``output_dir``. Raises ``DownloadFailed`` (after every other
-        asset completed) when some assets could not be fetched; they are listed in
-        ``err_report.csv``.
+        catalog stay under ``output_dir``. ``catalog_only=True`` fetches and extracts the
+        catalog only and, as the reference's, writes no ``mlhub_stac_assets.db``. Raises
+        ``DownloadFailed`` (after every other asset completed) when some assets could not be
+        fetched; they are listed in ``err_report.csv``.
         """
         from mlsync import sync
 

@@ -261,3 +261,35 @@ def test_session_constructors_as_in_the_reference(
         Session.from_config("empty")
     assert Session.API_KEY_ENV_VARIABLE == "MLHUB_API_KEY"
     assert Session.ROOT_URL_ENV_VARIABLE == "MLHUB_ROOT_URL"
+
+
+# --- item 13: download(catalog_only=True) writes no asset database --------------------------
+
+
+def _databases(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("mlhub_stac_assets.db*"))
+
+
+def test_catalog_only_download_writes_the_catalog_and_no_asset_database(
+    hub_env: RunningHub, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    dataset = mlsync.Dataset.fetch(FLOOD)
+    for _ in range(2):  # a second call finds the catalog there and still writes no database
+        result = dataset.download(output_dir=out, catalog_only=True)
+        assert (out / f"{FLOOD}.tar.gz").is_file()
+        assert (out / FLOOD / "catalog.json").is_file()
+        assert (out / FLOOD / SOURCE / "collection.json").is_file()
+        assert result.execution.transferred == 0
+        assert _databases(out) == []
+        assert hub_env.stats["by_kind"].get("asset", 0) == 0
+    # the archive was fetched once: the second call found it complete
+    assert hub_env.stats["bytes_sent"]["archive"] == (out / f"{FLOOD}.tar.gz").stat().st_size
+
+    assets = tmp_path / "assets"
+    dataset.download(output_dir=out, asset_output_dir=assets, catalog_only=True)
+    assert _databases(tmp_path) == []
+
+    dataset.download(output_dir=out)  # a full download afterwards keeps its database
+    assert _databases(out) == [f"{FLOOD}/mlhub_stac_assets.db"]
+    assert (out / FLOOD / SOURCE).is_dir()
