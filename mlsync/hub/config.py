@@ -218,16 +218,16 @@ def profile_settings(
     path = profiles_path(env)
     if not path.is_file():
         raise APIKeyNotFound(
-            f"no profile file at {path}; run `mlsync configure --profile {name}` to create it"
+            f"No file found at {path}; run `mlsync configure --profile {name}` to create it"
         )
     parser = _read_profiles(path)
     if not parser.has_section(name):
         raise APIKeyNotFound(
-            f"{path} has no [{name}] section; run `mlsync configure --profile {name}`"
+            f'Could not find "{name}" section in {path}; run `mlsync configure --profile {name}`'
         )
     section = parser[name]
     if not section.get("api_key"):
-        raise APIKeyNotFound(f"the [{name}] section of {path} has no api_key")
+        raise APIKeyNotFound(f'Could not find "api_key" value in "{name}" section of {path}')
     root = env.get(ENV_ROOT_URL) or section.get("root_url") or DEFAULT_ROOT_URL
     return HubSettings(
         root_url=normalize_root_url(root),

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import certifi
 import requests
@@ -931,7 +931,7 @@ def is_under_root(root_url: str, url: str) -> bool:
     path below the root's. Only such URLs receive the API key."""
     root, target = urlsplit(root_url), urlsplit(url)
     return (root.scheme, root.netloc) == (target.scheme, target.netloc) and (
-        target.path.startswith(root.path)
+        (target.path or "/").startswith(root.path or "/")  # "http://h" is "http://h/"
     )
 
 
@@ -1011,10 +1011,7 @@ class Session(requests.Session):
         unset or empty."""
         key = os.environ.get(cls.API_KEY_ENV_VARIABLE)
         if not key:
-            raise APIKeyNotFound(
-                f'No "{cls.API_KEY_ENV_VARIABLE}" variable found in environment; set it to '
-                "your API key"
-            )
+            raise APIKeyNotFound(f'No "{cls.API_KEY_ENV_VARIABLE}" variable found in environment.')
         return cls(settings=hub_config.resolve_settings(api_key=key))
 
     @classmethod
@@ -1126,12 +1123,16 @@ class Session(requests.Session):
 
 
 def _with_key(params: Any, key: str) -> Any:
-    """The request's ``params`` plus ``key`` (a mapping, pairs, a query string or None)."""
+    """The request's ``params`` plus ``key`` (a mapping, pairs, a query string or None); a
+    ``key`` the caller gives wins, as a request's params won over the reference's session's."""
     if params is None:
         return {"key": key}
     if isinstance(params, Mapping):
-        return {**params, "key": key}
+        return {"key": key, **params}
     if isinstance(params, str | bytes):
         text = params.decode() if isinstance(params, bytes) else params
+        if any(name == "key" for name, _ in parse_qsl(text, keep_blank_values=True)):
+            return text
         return f"{text}&{urlencode({'key': key})}" if text else urlencode({"key": key})
-    return [*params, ("key", key)]
+    pairs = list(params)
+    return pairs if any(name == "key" for name, _ in pairs) else [*pairs, ("key", key)]
