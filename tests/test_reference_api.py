@@ -301,3 +301,36 @@ def test_catalog_only_download_writes_the_catalog_and_no_asset_database(
     dataset.download(output_dir=out)  # a full download afterwards keeps its database
     assert _databases(out) == [f"{FLOOD}/mlhub_stac_assets.db"]
     assert (out / FLOOD / SOURCE).is_dir()
+
+
+# --- the models, as the reference's callers construct and read them ---------------------------
+
+
+def test_dataset_takes_the_reference_positional_arguments(hub: RunningHub) -> None:
+    entries = [{"id": SOURCE, "types": ["source_imagery"]}]
+    dataset = mlsync.Dataset("ghost", entries, root_url=hub.url)  # (id, collections, title=None)
+    assert dataset.title is None
+    assert str(dataset) == "ghost: None"
+    assert dataset.collection_descriptions == entries
+    assert [c.id for c in dataset.collections.source_imagery] == [SOURCE]
+    titled = mlsync.Dataset("ghost", [], "A title", "https://example.org/r", "10.1/x", "cite")
+    assert (titled.title, titled.registry_url, titled.doi, titled.citation) == (
+        "A title",
+        "https://example.org/r",
+        "10.1/x",
+        "cite",
+    )
+    fetched = mlsync.Dataset.fetch(FLOOD, root_url=hub.url)
+    assert [d["id"] for d in fetched.collection_descriptions] == [d.id for d in fetched.collections]
+
+
+def test_collection_from_dict_fetch_item_and_missing_archive(hub: RunningHub) -> None:
+    data = client.get_collection(SOURCE, root_url=hub.url)
+    collection = mlsync.Collection.from_dict(data, root_url=hub.url)
+    assert collection == mlsync.Collection.fetch(SOURCE, root_url=hub.url)
+    first = next(client.list_collection_items(SOURCE, limit=1, root_url=hub.url))
+    assert collection.fetch_item(first["id"]) == first
+    with pytest.raises(mlsync.exceptions.EntityDoesNotExist):
+        collection.fetch_item("no_such_item")
+    ghost = mlsync.Collection.from_dict({"id": "ghost_collection"}, root_url=hub.url)
+    assert ghost.archive_size is None  # the reference's answer for a collection without one
