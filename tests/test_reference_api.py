@@ -7,6 +7,7 @@ The reference's names live in ``radiant_mlhub.exceptions``, ``radiant_mlhub.sess
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -334,3 +335,41 @@ def test_collection_from_dict_fetch_item_and_missing_archive(hub: RunningHub) ->
         collection.fetch_item("no_such_item")
     ghost = mlsync.Collection.from_dict({"id": "ghost_collection"}, root_url=hub.url)
     assert ghost.archive_size is None  # the reference's answer for a collection without one
+
+
+def test_session_retries_log_no_key(
+    hub_factory: Callable[..., RunningHub], caplog: pytest.LogCaptureFixture
+) -> None:
+    faults = FaultConfig(
+        kinds={KIND_API}, path_pattern=r"^/datasets$", fail_first=2, fail_first_fault="503"
+    )
+    hub = hub_factory(api_keys={KEY}, faults=faults)
+    caplog.set_level(logging.DEBUG)
+    for name in ("urllib3", "urllib3.util.retry", "urllib3.connectionpool", "mlsync"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    session = mlsync.session.Session(api_key=KEY, root_url=hub.url, retry=FAST)
+    assert session.get("datasets").ok
+    assert hub.stats["by_status"].get("503") == 2
+    assert any("etry" in r.getMessage() for r in caplog.records)  # the retries were logged
+    for record in caplog.records:
+        assert KEY not in record.getMessage(), record.name
+
+
+@pytest.mark.parametrize(
+    ("url", "under"),
+    [
+        ("http://h/mlhub/v1/datasets", True),
+        ("http://h/mlhub/v1/", True),
+        ("http://h/mlhub/v1", True),  # the root without its slash
+        ("http://h/mlhub/v10/datasets", False),
+        ("http://h/mlhub/", False),
+        ("https://h/mlhub/v1/datasets", False),  # another scheme
+        ("http://h:8080/mlhub/v1/datasets", False),  # another port
+        ("http://blob.example/mlhub/v1/x", False),  # another host
+    ],
+)
+def test_the_key_goes_only_under_the_root(url: str, under: bool) -> None:
+    from mlsync.hub.http import is_under_root
+
+    assert is_under_root("http://h/mlhub/v1/", url) is under
+    assert is_under_root("http://h/", "http://h") is True

@@ -92,7 +92,16 @@ class RedactingFilter(logging.Filter):
 
 
 def _install_log_redaction() -> None:
-    for name in ("urllib3.connectionpool", "urllib3", "requests"):
+    # A logger's filters do not see records its children propagate: each one is named.
+    for name in (
+        "urllib3.connectionpool",
+        "urllib3",
+        "urllib3.util.retry",  # "Incremented Retry for (url=...)": Session's retries
+        "urllib3.poolmanager",
+        "urllib3.connection",
+        "urllib3.response",
+        "requests",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
@@ -930,9 +939,10 @@ def is_under_root(root_url: str, url: str) -> bool:
     """``url`` is an API URL of the hub at ``root_url``: same scheme, host and port, and a
     path below the root's. Only such URLs receive the API key."""
     root, target = urlsplit(root_url), urlsplit(url)
+    # "http://h" is "http://h/", and "/mlhub/v1" the root "/mlhub/v1/" (not "/mlhub/v10")
     return (root.scheme, root.netloc) == (target.scheme, target.netloc) and (
-        (target.path or "/").startswith(root.path or "/")  # "http://h" is "http://h/"
-    )
+        target.path.rstrip("/") + "/"
+    ).startswith(root.path or "/")
 
 
 class Session(requests.Session):
