@@ -42,6 +42,8 @@ REFERENCE_API: dict[str, tuple[str, ...]] = {
     ),
     "models": ("Collection", "Dataset", "MLModel"),
     "if_exists": ("DownloadIfExistsOpts",),
+    "client.datetime_utils": ("one_to_one_check", "one_to_range_check", "range_to_range_check"),
+    "retry_config": ("config",),
 }
 
 REFERENCE_MEMBERS: dict[str, tuple[str, ...]] = {
