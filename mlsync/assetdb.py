@@ -326,6 +326,20 @@ class AssetDB:
             raise
         return cls(conn, path)
 
+    @classmethod
+    def in_memory(cls) -> AssetDB:
+        """A database that lives only as long as it is open, for a run that must leave no
+        ``mlhub_stac_assets.db`` behind (``Dataset.download(catalog_only=True)``, as the
+        reference client's); nothing it records survives the run."""
+        path = Path(":memory:")
+        conn = connect(path)
+        try:
+            _migrate(conn, path)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
     def close(self) -> None:
         """Commit pending state writes (an unfinished ingest is rolled back) and close."""
         try:

@@ -1,7 +1,8 @@
 """Low-level MLHub API functions returning plain dicts and lists, named as in the guide.
 
 Each function takes the session keywords ``api_key``, ``profile`` and ``root_url`` (resolved
-by ``get_session``), or an existing ``session`` to reuse its connection pool.
+as ``get_session`` resolves them), or an existing ``session`` (a ``get_session()`` session or
+an internal ``HubSession``) to reuse its settings.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from urllib.parse import quote
 
 from mlsync.errors import EntityDoesNotExist
 from mlsync.hub.config import resolve_settings
-from mlsync.hub.http import HubSession, expect_shape
+from mlsync.hub.http import HubSession, Session, expect_shape
 
 __all__ = [
     "get_catalog_info",
@@ -35,27 +36,40 @@ class SessionOptions(TypedDict, total=False):
     api_key: str | None
     profile: str | None
     root_url: str | None
-    session: HubSession | None
+    session: HubSession | Session | None
 
 
 def get_session(
     *, api_key: str | None = None, profile: str | None = None, root_url: str | None = None
-) -> HubSession:
-    """A session configured from arguments, environment and profile, in that order."""
-    return HubSession(resolve_settings(api_key=api_key, profile=profile, root_url=root_url))
+) -> Session:
+    """A ``requests.Session``-compatible session for the hub, as the reference client's.
+
+    Configured from arguments, environment and profile, in that order; it sends the key to
+    the hub only, with mlsync's timeouts, retries and redaction (see
+    :class:`mlsync.session.Session`): ``get_session().get("datasets").json()`` works as it did.
+    """
+    return Session(settings=resolve_settings(api_key=api_key, profile=profile, root_url=root_url))
 
 
 class _Borrowed:
-    """Use the caller's session, or make one for this call and close it afterwards."""
+    """Use the caller's session (its settings, for a ``get_session()`` one), or make one for
+    this call, and close what was made afterwards."""
 
     def __init__(self, options: SessionOptions) -> None:
         given = options.get("session")
-        self.owned = given is None
-        self.session = given or get_session(
-            api_key=options.get("api_key"),
-            profile=options.get("profile"),
-            root_url=options.get("root_url"),
-        )
+        self.owned = given is None or isinstance(given, Session)
+        if isinstance(given, Session):
+            self.session = HubSession(given.settings, timeouts=given.timeouts, retry=given.retry)
+        elif given is not None:
+            self.session = given
+        else:
+            self.session = HubSession(
+                resolve_settings(
+                    api_key=options.get("api_key"),
+                    profile=options.get("profile"),
+                    root_url=options.get("root_url"),
+                )
+            )
 
     def __enter__(self) -> HubSession:
         return self.session

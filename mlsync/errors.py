@@ -8,7 +8,8 @@ never contain an API key (URLs are redacted before they reach a message).
 
     MLSyncError
     ├── ConfigurationError            bad settings before any work starts
-    │   ├── APIKeyNotFound            no key from argument, environment or profile
+    │   ├── APIKeyNotFound            no key from argument, environment or profile (also an
+    │   │                             MLHubError, as the reference's was an MLHubException)
     │   ├── ManifestError             mlsync.yaml is invalid (file:line:col, field)
     │   └── FilterError               contradictory or malformed filters (also a ValueError)
     ├── MLHubError                    the hub answered, or failed to, in a way we cannot use
@@ -16,7 +17,11 @@ never contain an API key (URLs are redacted before they reach a message).
     │   ├── EntityDoesNotExist        404 on a dataset, collection, item or catalog
     │   ├── HubConnectionError        DNS, refused, reset or timed out, after retries
     │   ├── HubServerError            5xx or 429 that outlasted every retry
-    │   └── HubResponseError          HTML, invalid JSON, or JSON of the wrong shape
+    │   ├── HubResponseError          HTML, invalid JSON, or JSON of the wrong shape
+    │   └── HubHTTPError              4xx/5xx to mlsync.session.Session (also requests'
+    │       │                         HTTPError, with .response, as requests' callers expect)
+    │       ├── HubHTTPAuthError      401/403 there (also an AuthenticationError)
+    │       └── HubHTTPNotFoundError  404 there (also an EntityDoesNotExist)
     ├── CatalogError                  the dataset's STAC catalog cannot be used
     │   └── UnsafePathError           a member, id or key would escape the output directory
     ├── LocalWriteError               the output tree cannot be written (full, denied, gone)
@@ -28,7 +33,12 @@ never contain an API key (URLs are redacted before they reach a message).
         └── DownloadFailed            the run ended with failures listed in err_report.csv
 
 ``MLHubException`` is kept as an alias of ``MLHubError`` for code written against the
-reference client.
+reference client (radiant-mlhub 0.5.5), whose four exceptions all derived from it: every one
+of those names (``MLHubException``, ``AuthenticationError``, ``APIKeyNotFound``,
+``EntityDoesNotExist``, also importable from :mod:`mlsync.exceptions`) is still caught by
+``except MLHubException``. ``APIKeyNotFound`` is therefore both a ``ConfigurationError`` and
+an ``MLHubError`` (multiple inheritance, not an alias: ``except ConfigurationError`` keeps
+catching every bad setting).
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 from typing import Any
+
+import requests
 
 __all__ = [
     "APIKeyNotFound",
@@ -47,6 +59,9 @@ __all__ = [
     "FilterError",
     "FrozenLockError",
     "HubConnectionError",
+    "HubHTTPAuthError",
+    "HubHTTPError",
+    "HubHTTPNotFoundError",
     "HubResponseError",
     "HubServerError",
     "LocalWriteError",
@@ -68,10 +83,6 @@ class MLSyncError(Exception):
 
 class ConfigurationError(MLSyncError):
     """Settings are missing or invalid; nothing was sent or written."""
-
-
-class APIKeyNotFound(ConfigurationError):
-    """No API key could be resolved from the argument, the environment or a profile."""
 
 
 class ManifestError(ConfigurationError):
@@ -102,6 +113,14 @@ class MLHubError(MLSyncError):
 MLHubException = MLHubError
 
 
+class APIKeyNotFound(ConfigurationError, MLHubError):
+    """No API key could be resolved from the argument, the environment or a profile.
+
+    A ``ConfigurationError`` (nothing was sent) and, as in the reference client, an
+    ``MLHubException`` (``MLHubError``), so code that caught it that way still does.
+    """
+
+
 class AuthenticationError(MLHubError):
     """The hub refused the request's credentials (401 or 403)."""
 
@@ -120,6 +139,37 @@ class HubServerError(MLHubError):
 
 class HubResponseError(MLHubError):
     """The hub answered with something that is not the JSON the API promises."""
+
+
+class HubHTTPError(MLHubError, requests.HTTPError):
+    """A 4xx/5xx answer to a request of :class:`mlsync.session.Session`, after its retries.
+
+    That session is a ``requests.Session``, so this is also requests' ``HTTPError`` with the
+    ``response`` (``e.response.status_code``, ``e.response.json()``), as code written for
+    requests and the reference client catches it; and an ``MLHubError`` like the rest.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        url: str | None = None,
+        response: requests.Response | None = None,
+    ) -> None:
+        super().__init__(message, status=status, url=url)
+        self.response = response
+        self.request = None if response is None else response.request
+
+
+class HubHTTPAuthError(AuthenticationError, HubHTTPError):
+    """401/403 to :class:`mlsync.session.Session`: an ``AuthenticationError`` and an
+    ``HTTPError`` at once."""
+
+
+class HubHTTPNotFoundError(EntityDoesNotExist, HubHTTPError):
+    """404 to :class:`mlsync.session.Session`: an ``EntityDoesNotExist`` and an ``HTTPError``
+    at once."""
 
 
 class CatalogError(MLSyncError):

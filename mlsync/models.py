@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsync import client
-from mlsync.errors import HubResponseError
+from mlsync.errors import EntityDoesNotExist, HubResponseError
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession
 
@@ -101,6 +101,37 @@ class Collection(_SessionHolder):
     __hash__ = None  # type: ignore[assignment]
 
     @classmethod
+    def from_dict(
+        cls,
+        d: Mapping[str, Any],
+        href: str | None = None,
+        root: Any = None,
+        migrate: bool = False,
+        preserve_dict: bool = True,
+        *,
+        api_key: str | None = None,
+        profile: str | None = None,
+        root_url: str | None = None,
+    ) -> Collection:
+        """The reference's ``Collection.from_dict`` (pystac's signature; ``href``, ``root``,
+        ``migrate`` and ``preserve_dict`` are accepted and unused: this is not a pystac
+        object)."""
+        return cls(d, api_key=api_key, profile=profile, root_url=root_url)
+
+    def fetch_item(
+        self, item_id: str, *, api_key: str | None = None, profile: str | None = None
+    ) -> dict[str, Any]:
+        """One item of this collection as a STAC Item dict (the reference returned a
+        ``pystac.Item``); the collection's key and hub unless others are given."""
+        return client.get_collection_item(
+            self.id,
+            item_id,
+            api_key=api_key or self._api_key,
+            profile=profile or self._profile,
+            root_url=self._root_url,
+        )
+
+    @classmethod
     def fetch(
         cls,
         collection_id: str,
@@ -127,8 +158,13 @@ class Collection(_SessionHolder):
 
     @property
     def archive_size(self) -> int | None:
+        """Bytes of the collection's archive; None when the hub has none (404), as in the
+        reference."""
         with self._session() as session:
-            info = client.get_collection_archive_info(self.id, session=session)
+            try:
+                info = client.get_collection_archive_info(self.id, session=session)
+            except EntityDoesNotExist:
+                return None
         size = info.get("size")
         return size if isinstance(size, int) else None
 
@@ -158,8 +194,8 @@ class Dataset(_SessionHolder):
     def __init__(
         self,
         id: str,
-        title: str,
         collections: Sequence[Mapping[str, Any]],
+        title: str | None = None,
         registry: str | None = None,
         doi: str | None = None,
         citation: str | None = None,
@@ -191,9 +227,10 @@ class Dataset(_SessionHolder):
     def _from_dict(
         cls, data: Mapping[str, Any], api_key: str | None, profile: str | None, root_url: str | None
     ) -> Dataset:
-        for key in ("id", "title"):
-            if not isinstance(data.get(key), str):
-                raise HubResponseError(f"dataset JSON without a string {key!r}")
+        if not isinstance(data.get("id"), str):
+            raise HubResponseError("dataset JSON without a string 'id'")
+        if not isinstance(data.get("title"), str | None):
+            raise HubResponseError("dataset JSON with a 'title' that is not a string")
         fields = {k: v for k, v in data.items() if k not in ("api_key", "profile", "root_url")}
         fields.setdefault("collections", [])
         return cls(**fields, api_key=api_key, profile=profile, root_url=root_url)
@@ -214,6 +251,11 @@ class Dataset(_SessionHolder):
 
     def __repr__(self) -> str:
         return f"<Dataset id={self.id}>"
+
+    @property
+    def collection_descriptions(self) -> list[dict[str, Any]]:
+        """The dataset's ``collections`` entries as the hub lists them (``id``, ``types``...)."""
+        return [dict(c) for c in self._collection_descriptions]
 
     @classmethod
     def list(
@@ -340,9 +382,10 @@ class Dataset(_SessionHolder):
         exists, whatever its size) or ``"overwrite"`` (fetch everything again, the catalog
         archive too). ``asset_output_dir`` puts the assets, ``mlhub_stac_assets.db`` and
         ``err_report.csv`` under ``{asset_output_dir}/{id}`` instead; the archive and the
-        catalog stay under ``output_dir``. Raises ``DownloadFailed`` (after every other
-        asset completed) when some assets could not be fetched; they are listed in
-        ``err_report.csv``.
+        catalog stay under ``output_dir``. ``catalog_only=True`` fetches and extracts the
+        catalog only and, as the reference's, writes no ``mlhub_stac_assets.db``. Raises
+        ``DownloadFailed`` (after every other asset completed) when some assets could not be
+        fetched; they are listed in ``err_report.csv``.
         """
         from mlsync import sync
 

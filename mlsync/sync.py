@@ -114,8 +114,11 @@ class DatasetSync:
     extract its catalog archive again (other sources still revalidate by ETag).
     ``asset_output_dir`` moves the assets and the dataset's state (asset database, run lock,
     ``err_report.csv``) to ``{asset_output_dir}/{id}`` while the catalog stays under the
-    target's ``output_dir``, as the reference client's argument of that name does. The CLI
-    passes neither.
+    target's ``output_dir``, as the reference client's argument of that name does.
+    ``asset_database=False`` keeps the dataset's state in memory for this run only, so no
+    ``mlhub_stac_assets.db`` is written (``Dataset.download(catalog_only=True)``, as the
+    reference's): a later run re-checks the archive by size and extracts it again. The CLI
+    passes none of the three.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class DatasetSync:
         timeouts: Timeouts | None = None,
         if_exists: IfExists = IfExists.RESUME,
         asset_output_dir: Path | None = None,
+        asset_database: bool = True,
     ) -> None:
         self.session = session
         self.target = target
@@ -138,6 +142,7 @@ class DatasetSync:
         self.timeouts = timeouts or session.timeouts
         self.if_exists = if_exists
         self.asset_output_dir = asset_output_dir
+        self.asset_database = asset_database
         self.source: CatalogSource = make_source(
             session, target, sink=sink, policy=self.policy, timeouts=self.timeouts
         )
@@ -300,7 +305,11 @@ class DatasetSync:
             if not os.path.samefile(catalog_dir, asset_dir):
                 stack.enter_context(RunLock.for_dataset(catalog_dir, command=command))
             stack.enter_context(RunLock.for_dataset(asset_dir, command=command))
-            db = stack.enter_context(AssetDB.open(asset_dir / layout.ASSET_DB_NAME))
+            db = stack.enter_context(
+                AssetDB.open(asset_dir / layout.ASSET_DB_NAME)
+                if self.asset_database
+                else AssetDB.in_memory()
+            )
             yield db, dataset, _Dirs(catalog_dir, asset_dir)
 
     def plan(self, *, frozen: LockEntry | None = None, keep: int | None = None) -> DatasetPlan:
@@ -471,7 +480,8 @@ def download_dataset(
     """``Dataset.download``: the guide's arguments, mlsync's planner and executor.
 
     ``if_exists``, the directories and the filters are checked before anything is sent or
-    made.
+    made. ``catalog_only`` fetches and extracts the catalog and, as the reference client,
+    writes no asset database.
     """
     policy = IfExists.parse(if_exists)
     dirs = {"output_dir": output_dir, "asset_output_dir": asset_output_dir}
@@ -503,6 +513,7 @@ def download_dataset(
             workers=workers,
             if_exists=policy,
             asset_output_dir=asset_output_dir,
+            asset_database=not catalog_only,
         )
         return sync.apply(prune=prune)
 

@@ -246,7 +246,7 @@ def test_catalog_and_dataset_sizes(hub: RunningHub, sample_root: Path) -> None:
 
 
 def test_sizes_of_an_unknown_dataset(hub: RunningHub) -> None:
-    ghost = Dataset("ghost", "A dataset the hub never had", [], root_url=hub.url)
+    ghost = Dataset("ghost", [], "A dataset the hub never had", root_url=hub.url)
     assert str(ghost) == "ghost: A dataset the hub never had"
     with pytest.raises(EntityDoesNotExist, match='Catalog of dataset "ghost" does not exist'):
         _ = ghost.stac_catalog_size

@@ -204,6 +204,39 @@ def resolve_settings(
     )
 
 
+def profile_settings(
+    profile: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> HubSettings:
+    """The key of one profile (``default`` when None), whatever else is configured.
+
+    The reference's ``Session.from_config``: a missing profile file, section or ``api_key``
+    is an :class:`APIKeyNotFound` naming which. The root URL and CA bundle are resolved as
+    everywhere else (``MLHUB_ROOT_URL``, then the profile's ``root_url``, then the default).
+    """
+    env = os.environ if environ is None else environ
+    name = profile or DEFAULT_PROFILE
+    path = profiles_path(env)
+    if not path.is_file():
+        raise APIKeyNotFound(
+            f"No file found at {path}; run `mlsync configure --profile {name}` to create it"
+        )
+    parser = _read_profiles(path)
+    if not parser.has_section(name):
+        raise APIKeyNotFound(
+            f'Could not find "{name}" section in {path}; run `mlsync configure --profile {name}`'
+        )
+    section = parser[name]
+    if not section.get("api_key"):
+        raise APIKeyNotFound(f'Could not find "api_key" value in "{name}" section of {path}')
+    root = env.get(ENV_ROOT_URL) or section.get("root_url") or DEFAULT_ROOT_URL
+    return HubSettings(
+        root_url=normalize_root_url(root),
+        api_key=section["api_key"],
+        api_key_source=f"profile {name!r} in {path}",
+        ca_bundle=resolve_ca_bundle(None, env),
+    )
+
+
 def write_profile(
     api_key: str,
     *,

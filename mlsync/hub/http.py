@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import certifi
 import requests
@@ -34,13 +34,18 @@ from urllib3.util import Url, parse_url
 
 from mlsync import __version__
 from mlsync.errors import (
+    APIKeyNotFound,
     AuthenticationError,
     EntityDoesNotExist,
     HubConnectionError,
+    HubHTTPAuthError,
+    HubHTTPError,
+    HubHTTPNotFoundError,
     HubResponseError,
     HubServerError,
     MLHubError,
 )
+from mlsync.hub import config as hub_config
 from mlsync.hub.config import KEY_HINT, HubSettings
 
 log = logging.getLogger("mlsync.http")
@@ -87,7 +92,16 @@ class RedactingFilter(logging.Filter):
 
 
 def _install_log_redaction() -> None:
-    for name in ("urllib3.connectionpool", "urllib3", "requests"):
+    # A logger's filters do not see records its children propagate: each one is named.
+    for name in (
+        "urllib3.connectionpool",
+        "urllib3",
+        "urllib3.util.retry",  # "Incremented Retry for (url=...)": Session's retries
+        "urllib3.poolmanager",
+        "urllib3.connection",
+        "urllib3.response",
+        "requests",
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
@@ -864,3 +878,271 @@ def parse_json_document(body: bytes, what: str, url: str) -> Any:
             f"{what}: {redact(url)} sent {kind} instead of JSON ({redact(excerpt)!r})",
             url=redact(url),
         ) from None
+
+
+# --- the reference client's Session ----------------------------------------------------------
+
+_REQUEST_ARGUMENTS: Final = (
+    "params",
+    "data",
+    "headers",
+    "cookies",
+    "files",
+    "auth",
+    "timeout",
+    "allow_redirects",
+    "proxies",
+    "hooks",
+    "stream",
+    "verify",
+    "cert",
+    "json",
+)
+"""``requests.Session.request``'s arguments after ``url``, in order (they may be positional)."""
+
+
+class _PolicyRetry(urllib3.Retry):
+    """urllib3's retry schedule on a :class:`RetryPolicy`'s terms: full-jitter exponential
+    backoff and a capped ``Retry-After``, as :class:`HubSession` waits."""
+
+    policy: RetryPolicy = RetryPolicy()
+
+    @classmethod
+    def of(cls, policy: RetryPolicy) -> _PolicyRetry:
+        retries = policy.attempts - 1
+        retry = cls(
+            total=retries,
+            connect=retries,
+            read=retries,
+            status=retries,
+            status_forcelist=policy.statuses,
+            respect_retry_after_header=True,
+            raise_on_status=False,  # the last answer is returned, and mapped to an error
+        )
+        retry.policy = policy
+        return retry
+
+    def new(self, **kw: Any) -> _PolicyRetry:
+        retry = super().new(**kw)
+        retry.policy = self.policy
+        return retry
+
+    def get_backoff_time(self) -> float:
+        return self.policy.wait_seconds(max(len(self.history), 1), None)
+
+    def get_retry_after(self, response: urllib3.BaseHTTPResponse) -> float | None:
+        seconds = super().get_retry_after(response)
+        return None if seconds is None else min(seconds, self.policy.retry_after_max)
+
+
+def is_under_root(root_url: str, url: str) -> bool:
+    """``url`` is an API URL of the hub at ``root_url``: same scheme, host and port, and a
+    path below the root's. Only such URLs receive the API key."""
+    root, target = urlsplit(root_url), urlsplit(url)
+    # "http://h" is "http://h/", and "/mlhub/v1" the root "/mlhub/v1/" (not "/mlhub/v10")
+    return (root.scheme, root.netloc) == (target.scheme, target.netloc) and (
+        target.path.rstrip("/") + "/"
+    ).startswith(root.path or "/")
+
+
+class Session(requests.Session):
+    """The reference client's ``Session``: a ``requests.Session`` for the MLHub API.
+
+    Code that used radiant-mlhub's low-level API (``get_session().get("datasets").json()``,
+    ``session.paginate(...)``) runs unchanged, with mlsync's policies underneath:
+
+    * a path without a scheme is resolved against ``root_url`` (``session.get("datasets")``);
+    * the API key goes as the ``key`` query parameter to the hub's own URLs only (the
+      reference sent it to every host: redirects elsewhere and asset hosts never see it);
+    * ``Accept: application/json`` and mlsync's User-Agent;
+    * every request has mlsync's connect and read timeouts (a ``timeout`` given is kept);
+    * idempotent requests are retried on connection errors, timeouts and 408/429/5xx with
+      backoff and ``Retry-After``, by adapters mounted for http and https (as the reference
+      mounted its own);
+    * TLS is verified against the settings' CA bundle; ``verify=False`` is ignored;
+    * a 4xx/5xx answer raises :class:`~mlsync.errors.HubHTTPError` (a 401/403
+      ``HubHTTPAuthError``, a 404 ``HubHTTPNotFoundError``): each is requests'
+      ``HTTPError`` with ``response`` *and* an ``MLHubException``, so ``except HTTPError``,
+      ``except AuthenticationError``, ``except EntityDoesNotExist`` and
+      ``except MLHubException`` all work; network errors stay requests' own exceptions;
+    * URLs in messages and logs are redacted.
+
+    ``Session(api_key=...)`` takes the root URL from ``MLHUB_ROOT_URL`` (or the public
+    default), as the reference did; ``root_url=`` overrides it. :func:`mlsync.client.
+    get_session` resolves everything (argument, environment, profile) the way mlsync does.
+    """
+
+    MLHUB_HOME_ENV_VARIABLE: Final = hub_config.ENV_HOME
+    API_KEY_ENV_VARIABLE: Final = hub_config.ENV_API_KEY
+    PROFILE_ENV_VARIABLE: Final = hub_config.ENV_PROFILE
+    ROOT_URL_ENV_VARIABLE: Final = hub_config.ENV_ROOT_URL
+    DEFAULT_ROOT_URL: Final = hub_config.DEFAULT_ROOT_URL
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        root_url: str | None = None,
+        settings: HubSettings | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        pool_size: int = 16,
+    ) -> None:
+        super().__init__()
+        if settings is None:
+            root = root_url or os.environ.get(self.ROOT_URL_ENV_VARIABLE) or self.DEFAULT_ROOT_URL
+            settings = HubSettings(
+                root_url=hub_config.normalize_root_url(root),
+                api_key=api_key or None,
+                api_key_source="argument" if api_key else "none given (anonymous)",
+                ca_bundle=hub_config.resolve_ca_bundle(None),
+            )
+        self.settings = settings
+        self.root_url = settings.root_url
+        self.timeouts = timeouts or Timeouts()
+        self.retry = retry or RetryPolicy()
+        register_secret(settings.api_key)
+        if settings.ca_bundle is not None:
+            self.verify = str(settings.ca_bundle)
+        self.headers["User-Agent"] = USER_AGENT
+        self.headers["Accept"] = "application/json"
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=4, pool_maxsize=pool_size, max_retries=_PolicyRetry.of(self.retry)
+        )
+        for prefix in ("http://", "https://"):
+            self.mount(prefix, adapter)
+
+    def __repr__(self) -> str:
+        return f"Session(root_url={self.root_url!r}, key from {self.settings.api_key_source})"
+
+    @classmethod
+    def from_env(cls) -> Session:
+        """A session with the key of ``MLHUB_API_KEY``; :class:`APIKeyNotFound` when it is
+        unset or empty."""
+        key = os.environ.get(cls.API_KEY_ENV_VARIABLE)
+        if not key:
+            raise APIKeyNotFound(f'No "{cls.API_KEY_ENV_VARIABLE}" variable found in environment.')
+        return cls(settings=hub_config.resolve_settings(api_key=key))
+
+    @classmethod
+    def from_config(cls, profile: str | None = None) -> Session:
+        """A session with the key of ``profile`` (``default`` when None) in
+        ``$MLHUB_HOME/profiles``; :class:`APIKeyNotFound` when the file, the section or its
+        ``api_key`` is missing."""
+        return cls(settings=hub_config.profile_settings(profile))
+
+    def url(self, path: str) -> str:
+        """``path`` resolved against the root URL unless it has a scheme already."""
+        if urlsplit(path).scheme:
+            return path
+        return urljoin(self.root_url, path.lstrip("/"))
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        """``requests.Session.request`` with the root URL, key, timeouts, retries and errors
+        described on the class."""
+        if len(args) > len(_REQUEST_ARGUMENTS):
+            raise TypeError(
+                f"request() takes at most {len(_REQUEST_ARGUMENTS)} arguments after url"
+            )
+        for name, value in zip(_REQUEST_ARGUMENTS, args, strict=False):
+            if name in kwargs:
+                raise TypeError(f"request() got multiple values for argument {name!r}")
+            kwargs[name] = value
+        method_name = method.decode() if isinstance(method, bytes) else method
+        target = self.url(url.decode() if isinstance(url, bytes) else url)
+        if self.settings.api_key and is_under_root(self.root_url, target):
+            kwargs["params"] = _with_key(kwargs.get("params"), self.settings.api_key)
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeouts.as_tuple()
+        if not isinstance(kwargs.get("verify"), str):
+            kwargs["verify"] = verify_of(self)
+        shown = redact(target)
+        log.debug("%s %s", method_name.upper(), shown)
+        try:
+            response = super().request(method_name, target, **kwargs)
+        except requests.HTTPError:
+            raise
+        except requests.RequestException as exc:
+            # requests' message holds the URL, key included: the same exception, redacted.
+            raise type(exc)(redact(str(exc)), request=exc.request, response=exc.response) from None
+        log.debug("%s %s -> %d", method_name.upper(), shown, response.status_code)
+        if response.status_code >= 400:
+            self._raise_for_status(response, f"{method_name.upper()} {shown}")
+        return response
+
+    def _raise_for_status(self, response: requests.Response, label: str) -> None:
+        status = response.status_code
+        detail = _detail_of(response)
+        reason = f"{status} {response.reason or ''}".strip()
+        suffix = f": {detail}" if detail else ""
+        shown = redact(response.url or label)
+        if status in (401, 403):
+            if not is_under_root(self.root_url, response.url or ""):
+                hint = f"the API key goes only to the hub at {redact(self.root_url)}"
+            elif self.settings.api_key:
+                hint = (
+                    f"the hub refused the API key from {self.settings.api_key_source}; "
+                    "check it is current, or run `mlsync configure`"
+                )
+            else:
+                hint = f"no API key was sent; {KEY_HINT}"
+            raise HubHTTPAuthError(
+                f"{label}: authentication failed ({reason}{suffix}); {hint}",
+                status=status,
+                url=shown,
+                response=response,
+            )
+        if status == 404:
+            raise HubHTTPNotFoundError(
+                f"{label}: not found (404){suffix}", status=status, url=shown, response=response
+            )
+        retried = f" after {self.retry.attempts} attempts" if status in self.retry.statuses else ""
+        raise HubHTTPError(
+            f"{label}: the hub answered {reason}{retried}{suffix}",
+            status=status,
+            url=shown,
+            response=response,
+        )
+
+    def paginate(self, url: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """GET ``url`` and each ``next`` link after it, yielding every page as a dict.
+
+        ``kwargs`` go to the first request; the ``next`` links carry their own query, so
+        later pages get ``kwargs`` without ``params`` (the reference sent them again).
+        """
+        next_url: str | None = url
+        while next_url is not None:
+            response = self.get(next_url, **kwargs)
+            label = f"GET {redact(response.url)}"
+            page = expect_shape(decode_json(response, label), dict, label)
+            yield page
+            kwargs.pop("params", None)
+            links = page.get("links")
+            next_url = next(
+                (
+                    link["href"]
+                    for link in (links if isinstance(links, list) else [])
+                    if isinstance(link, dict)
+                    and link.get("rel") == "next"
+                    and isinstance(link.get("href"), str)
+                ),
+                None,
+            )
+
+
+def _with_key(params: Any, key: str) -> Any:
+    """The request's ``params`` plus ``key`` (a mapping, pairs, a query string or None); a
+    ``key`` the caller gives wins, as a request's params won over the reference's session's."""
+    if params is None:
+        return {"key": key}
+    if isinstance(params, Mapping):
+        return {"key": key, **params}
+    if isinstance(params, str | bytes):
+        text = params.decode() if isinstance(params, bytes) else params
+        if any(name == "key" for name, _ in parse_qsl(text, keep_blank_values=True)):
+            return text
+        return f"{text}&{urlencode({'key': key})}" if text else urlencode({"key": key})
+    pairs = list(params)
+    return pairs if any(name == "key" for name, _ in pairs) else [*pairs, ("key", key)]
