@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 import threading
 from collections import Counter, defaultdict
@@ -24,9 +25,11 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from rich.logging import RichHandler
 
 from mlsync import Dataset
-from mlsync.cli.render import ProgressRenderer
+from mlsync.cli.main import _logging_configured
+from mlsync.cli.render import ProgressRenderer, stderr_console
 from mlsync.events import (
     AssetFinished,
     Event,
@@ -36,6 +39,7 @@ from mlsync.events import (
     TaskStarted,
     TaskTotalChanged,
 )
+from mlsync.hub.http import RedactingFilter
 from mlsync.localhub.server import RunningHub
 from tests.conftest import SAMPLE_ASSET_SIZE, SAMPLE_ASSETS_PER_ITEM, SAMPLE_DATASET, SAMPLE_ITEMS
 
@@ -230,7 +234,7 @@ def test_non_terminal_prints_a_progress_line_every_interval() -> None:
     with ProgressRenderer(console, line_interval=5.0, clock=clock) as renderer:
         renderer(TaskStarted(1, "demo", "assets", 60, "items"))
         renderer(TaskStarted(2, "demo", "bytes", 120_000_000, "bytes"))
-        for second in range(1, 12):
+        for _ in range(11):
             clock.now += 1
             renderer(TaskAdvanced(1, 1))
             renderer(TaskAdvanced(2, 1_000_000))
@@ -253,6 +257,16 @@ def test_non_terminal_interval_comes_from_the_environment(
     assert ProgressRenderer(plain()).line_interval == 0.5
     monkeypatch.setenv("MLSYNC_PROGRESS_INTERVAL", "soon")
     assert ProgressRenderer(plain()).line_interval == 5.0
+
+
+def test_cli_log_lines_go_through_the_progress_console() -> None:
+    """Logging prints on the console the live bars draw on (rich's handler), so a log line
+    lands above the bars, not through them; secrets are still redacted."""
+    with _logging_configured(0, False):
+        (handler,) = logging.getLogger().handlers
+        assert isinstance(handler, RichHandler)
+        assert handler.console is stderr_console()
+        assert any(isinstance(f, RedactingFilter) for f in handler.filters)
 
 
 # --- (c) quiet: warnings and errors only --------------------------------------------------
