@@ -318,3 +318,32 @@ def test_verify_without_any_reference_is_unverifiable_not_ok(
     assert row["verify"]["verified"] == 0
     assert row["verify"]["unverifiable"] == row["files"]["selected"] > 0
     assert "unverifiable" in cli("status", path, "--verify").out
+
+
+# --- the apply summary -----------------------------------------------------------------------
+
+
+def test_apply_summary_gives_time_rate_and_the_orphans_it_kept(
+    tmp_path: Path, hub: RunningHub, cli: Cli
+) -> None:
+    path = manifest(tmp_path, hub, keys="[B02, B03]")
+    run = cli("apply", path, "--json")
+    assert run.code == 0, run.err
+    document = run.json()
+    assert document["elapsed_seconds"] > 0 and document["average_bytes_per_second"] > 0
+    assert document["orphans_kept"] == 0
+    assert " Took " in document["summary"] and "/s on average." in document["summary"]
+    assert "orphaned" not in document["summary"]
+    b03 = len(list((tree(tmp_path) / SOURCE).rglob("B03.tif")))
+    assert b03 > 0
+
+    path = manifest(tmp_path, hub, keys="[B02]")
+    run = cli("apply", path)
+    assert run.code == 0, run.err
+    summary = " ".join(run.out.split())
+    assert "Apply complete! 0 transferred (0 B), 0 removed" in summary
+    assert f"{b03} orphaned files kept (no longer selected): `mlsync apply --prune` removes" in (
+        summary
+    )
+    assert cli("apply", path, "--json").json()["orphans_kept"] == b03
+    assert cli("apply", path, "--prune", "--json").json()["orphans_kept"] == 0

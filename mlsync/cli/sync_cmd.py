@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -454,6 +455,7 @@ class _ApplyGate:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     saved = _read_saved_plan(Path(args.manifest))
     saved_path = args.manifest
     if saved is not None:
@@ -499,7 +501,7 @@ def run_apply(args: argparse.Namespace) -> int:
                 if exc.result is not None:
                     results.append(exc.result)
     _update_lock(project, gate.plans, args.frozen)
-    summary = _apply_summary(results, failures)
+    summary = _apply_summary(results, failures, time.monotonic() - started)
     if args.json:
         print_json("apply", summary)
     else:
@@ -510,12 +512,27 @@ def run_apply(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failures else EXIT_OK
 
 
-def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed]) -> dict[str, Any]:
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _apply_summary(
+    results: list[DatasetResult], failures: list[DownloadFailed], elapsed: float
+) -> dict[str, Any]:
     transferred = sum(r.execution.transferred for r in results)
     transferred_bytes = sum(r.execution.bytes for r in results)
     pruned = sum(len(r.pruned) for r in results)
     failed = sum(f.failed for f in failures)
     up_to_date = sum(r.plan.plan.count(ActionKind.UP_TO_DATE) for r in results)
+    orphans_kept = sum(r.plan.plan.count(ActionKind.ORPHAN) - len(r.pruned) for r in results)
+    transfer_seconds = sum(r.execution.elapsed for r in results)
+    rate = transferred_bytes / transfer_seconds if transfer_seconds > 0 else 0.0
     if failed:
         text = (
             f"Apply finished with errors: {transferred:,} transferred "
@@ -526,6 +543,14 @@ def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed])
             f"Apply complete! {transferred:,} transferred ({human_bytes(transferred_bytes)}), "
             f"{pruned:,} removed, {up_to_date:,} already up to date."
         )
+    text += f" Took {_duration(elapsed)}"
+    text += f", {human_bytes(int(rate))}/s on average." if transferred_bytes else "."
+    if orphans_kept > 0:
+        noun = "file" if orphans_kept == 1 else "files"
+        text += (
+            f" {orphans_kept:,} orphaned {noun} kept (no longer selected): "
+            "`mlsync apply --prune` removes them."
+        )
     return {
         "summary": text,
         "transferred": transferred,
@@ -533,6 +558,9 @@ def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed])
         "failed": failed,
         "removed": pruned,
         "up_to_date": up_to_date,
+        "orphans_kept": orphans_kept,
+        "elapsed_seconds": round(elapsed, 3),
+        "average_bytes_per_second": round(rate),
         "error_reports": [str(f.report) for f in failures],
         "datasets": [
             {
