@@ -179,6 +179,21 @@ def test_terminal_bars_stop_where_the_work_stopped() -> None:
     assert "60/60" not in text(console) and "120.0 MB/120.0 MB" not in text(console)
 
 
+@pytest.mark.parametrize("make_console", [terminal, plain], ids=["terminal", "plain"])
+def test_catalog_text_with_backslashes_and_brackets_prints_verbatim(
+    make_console: Callable[[], Console],
+) -> None:
+    """A hostile asset key ``\\[:`` (and markup look-alikes) quoted in a notice or a failure
+    is shown as it is: rich's markup would eat the backslash."""
+    console = make_console()
+    quoted = "unsafe asset key '\\\\[:' or [bold]x[/bold] \\"
+    with ProgressRenderer(console) as renderer:
+        renderer(Notice("warning", "demo", quoted))
+        renderer(AssetFinished("demo", "a/[b]\\c.tif", False, 0, quoted))
+    assert f"demo: {quoted}" in text(console)
+    assert f"failed demo/a/[b]\\c.tif: {quoted}" in text(console)
+
+
 # --- (b) not a terminal: quiet lines ------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -196,9 +195,8 @@ class ProgressRenderer:
                 return
             style = {"info": "", "warning": "yellow", "error": "bold red"}[event.level]
             prefix = f"{event.dataset}: " if event.dataset else ""
-            # Notices quote catalog values: "[", "]" in them are text, never markup.
-            text = escape(f"{prefix}{redact(event.text)}")
-            self.console.print(f"[{style}]{text}[/]" if style else text)
+            # Notices quote catalog values: "[", "]" and "\\" in them are text, never markup.
+            self.console.print(Text(f"{prefix}{redact(event.text)}", style=style))
         elif isinstance(event, TaskStarted):
             label = f"{event.dataset}: {event.description}"
             if self._progress is not None:
@@ -238,8 +236,8 @@ class ProgressRenderer:
                 else:
                     self._print_plain(f"{plain.label} stopped at {plain.amount()}")
         elif isinstance(event, AssetFinished) and not event.ok:
-            detail = escape(f"{event.dataset}/{event.rel_path}: {redact(event.error or '')}")
-            self.console.print(f"[red]failed[/] {detail}")
+            detail = f"{event.dataset}/{event.rel_path}: {redact(event.error or '')}"
+            self.console.print(Text.assemble(("failed", "red"), " ", detail))
 
     def _print_plain(self, line: str) -> None:
         self.console.print(line, markup=False, highlight=False)
