@@ -364,21 +364,31 @@ def _verify(
                         if job.heal and job.mtime_ns is not None:
                             heal.append((job.rel_path, job.size, job.mtime_ns))
 
+            # The byte bar's total is what will be read: a file judged without reading it
+            # (missing, wrong size, nothing to compare with) leaves the total.
+            to_read = total
             for row in selection.iter_state_rows(dataset_dir):
                 report.selected += 1
                 job_or_drift = _judge(db, row, base)
-                if job_or_drift is None:
-                    report.unverifiable += 1
+                if not isinstance(job_or_drift, _Job):
+                    if job_or_drift is None:
+                        report.unverifiable += 1
+                    else:
+                        report.drifted.append(job_or_drift)
                     files_task.advance(1)
-                elif isinstance(job_or_drift, Drift):
-                    report.drifted.append(job_or_drift)
-                    files_task.advance(1)
-                else:
-                    job = job_or_drift
-                    future = pool.submit(_digest_of, job.path, job.algorithm, bytes_task.advance)
-                    in_flight[future] = job
-                    if len(in_flight) >= 2 * workers:
-                        settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
+                    to_read -= row[2] or 0
+                    continue
+                job = job_or_drift
+                to_read += job.size - (row[2] or 0)  # the catalog may not give the size
+                if to_read != total:
+                    total = to_read
+                    bytes_task.set_total(total)
+                future = pool.submit(_digest_of, job.path, job.algorithm, bytes_task.advance)
+                in_flight[future] = job
+                if len(in_flight) >= 2 * workers:
+                    settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
+            if to_read != total:
+                bytes_task.set_total(to_read)
             while in_flight:
                 settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
     report.drifted.sort(key=lambda d: d.rel_path)

@@ -19,13 +19,17 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from mlsync.cli.sync_cmd import load_project
+from mlsync.events import Event, TaskAdvanced, TaskStarted, TaskTotalChanged
 from mlsync.localhub.server import RunningHub
+from mlsync.status import DriftKind, verify_dataset
 from tests.conftest import SAMPLE_DATASET, CliResult, isolate_cli
 
 DATASET = SAMPLE_DATASET
@@ -347,3 +351,43 @@ def test_apply_summary_gives_time_rate_and_the_orphans_it_kept(
     )
     assert cli("apply", path, "--json").json()["orphans_kept"] == b03
     assert cli("apply", path, "--prune", "--json").json()["orphans_kept"] == 0
+
+
+def test_verify_progress_counts_what_is_read_and_reads_in_parallel(
+    tmp_path: Path, hub: RunningHub, cli: Cli
+) -> None:
+    """The library reports progress as events: every selected file advances the file task
+    once, and the byte task's total ends at exactly the bytes read (files judged without a
+    read leave it), so the bar ends full on a drifted tree too."""
+    path = manifest(tmp_path, hub, keys="[B02, B03, B04]")
+    assert cli("apply", path).code == 0
+    first, second, *_ = assets(tmp_path)
+    first.unlink()
+    with second.open("r+b") as handle:
+        handle.truncate(1)
+    events: list[Event] = []
+    lock = threading.Lock()
+    threads: set[str] = set()
+
+    def sink(event: Event) -> None:
+        with lock:
+            events.append(event)
+            threads.add(threading.current_thread().name)
+
+    (target,) = load_project(str(path)).targets
+    report = verify_dataset(target, DATASET, sink=sink, workers=3)
+    assert {d.kind for d in report.drifted} == {DriftKind.MISSING, DriftKind.TRUNCATED}
+    started = {e.description: e.task_id for e in events if isinstance(e, TaskStarted)}
+    advanced: dict[int, int] = {}
+    totals: dict[int, int | None] = {
+        e.task_id: e.total for e in events if isinstance(e, TaskStarted)
+    }
+    for event in events:
+        if isinstance(event, TaskAdvanced):
+            advanced[event.task_id] = advanced.get(event.task_id, 0) + event.advance
+        elif isinstance(event, TaskTotalChanged):
+            totals[event.task_id] = event.total
+    assert advanced[started["verify"]] == totals[started["verify"]] == report.selected
+    assert advanced[started["read"]] == totals[started["read"]] == report.bytes_read > 0
+    assert report.verified == report.selected - 2
+    assert any(name.startswith("mlsync-verify") for name in threads)

@@ -684,10 +684,13 @@ def _render_verify(report: status_lib.VerifyReport) -> None:
             table.add_row(escape(drift.rel_path), drift.kind.value, escape(drift.detail))
         console.print(table)
     counts = Counter(d.kind.value for d in report.drifted)
-    line = (
-        f"{report.name}: {report.verified:,} verified, {report.unverifiable:,} unverifiable "
-        f"(no checksum recorded, size checked), {len(report.drifted):,} drifted"
-    )
+    line = f"{report.name}: {report.verified:,} verified"
+    if report.unverifiable:
+        line += (
+            f", {report.unverifiable:,} unverifiable (size checked; neither a catalog checksum "
+            "nor a sha256 recorded at download to compare the content with)"
+        )
+    line += f", {len(report.drifted):,} drifted"
     if counts:
         line += " (" + ", ".join(f"{n:,} {kind}" for kind, n in sorted(counts.items())) + ")"
     if report.marked:
