@@ -285,6 +285,9 @@ def test_verify_finds_exactly_what_drifted_and_apply_repairs_it(
         assert shown in human.out
     assert "3 drifted" in human.out and "`mlsync apply` repairs them" in human.out
 
+    plan = " ".join(cli("plan", path).out.split())
+    assert "Plan: 1 to add (2.0 kB), 0 to resume, 2 to replace" in plan
+    assert f"{rel[changed]} 2.0 kB content changed (found by status --verify)" in plan
     hub.reset_stats()
     run = cli("apply", path)
     assert run.code == 0, run.err
