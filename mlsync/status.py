@@ -150,9 +150,13 @@ class VerifyReport:
     """The database now tells the next plan to replace the drifted files (False: the tree
     is read-only, or nothing drifted)."""
 
+    not_synced: str | None = None
+    """Why nothing could be verified (no asset database, or no catalog in it): the dataset
+    is not clean, since apply would download it."""
+
     @property
     def clean(self) -> bool:
-        return not self.drifted
+        return not self.drifted and self.not_synced is None
 
 
 # --- status ------------------------------------------------------------------------------------
@@ -304,18 +308,13 @@ def verify_dataset(
     report = VerifyReport(target.name, dataset_id, dataset_dir)
     try:
         if not db_path.is_file():
-            raise StateError(
-                f"{target.name}: nothing to verify in {dataset_dir} (no asset database); "
-                "run `mlsync apply` first"
-            )
+            report.not_synced = f"{DatasetState.NOT_SYNCED} (no asset database)"
+            return report
         db = AssetDB.open(db_path) if writable(db_path) else AssetDB.open_read_only(db_path)
         with db:
             if not _has_catalog(db):
-                raise StateError(
-                    f"{target.name}: nothing to verify in {dataset_dir} (no catalog indexed "
-                    "yet); run `mlsync plan`"
-                )
-            if not target.catalog_only:
+                report.not_synced = f"{DatasetState.NOT_PLANNED} (no catalog indexed yet)"
+            elif not target.catalog_only:
                 _verify(db, target, dataset_dir, report, sink, workers or DEFAULT_VERIFY_WORKERS)
     except OSError as exc:
         raise _unreadable(dataset_dir, exc) from exc

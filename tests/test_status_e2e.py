@@ -296,6 +296,19 @@ def test_verify_finds_exactly_what_drifted_and_apply_repairs_it(
     assert status_row(cli, path)["state"] == "synced"
 
 
+def test_verify_of_a_dataset_never_synced_is_not_clean(
+    tmp_path: Path, hub: RunningHub, cli: Cli
+) -> None:
+    path = manifest(tmp_path, hub)
+    run = cli("status", path, "--verify", "--json")
+    assert run.code == 2, run.err
+    (row,) = run.json()["datasets"]
+    assert row["verify"]["clean"] is False and row["verify"]["not_synced"].startswith("not synced")
+    human = cli("status", path, "--verify")
+    assert human.code == 2 and "demo: nothing to verify, not synced" in human.out
+    assert hub.stats["requests"] == 0
+
+
 def test_verify_heals_a_touched_file_instead_of_replacing_it(
     tmp_path: Path, hub: RunningHub, cli: Cli
 ) -> None:

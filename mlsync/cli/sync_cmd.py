@@ -608,6 +608,7 @@ def _fill_status(row: dict[str, Any], found: status_lib.DatasetStatus) -> None:
 def _verify_document(report: status_lib.VerifyReport) -> dict[str, Any]:
     return {
         "clean": report.clean,
+        "not_synced": report.not_synced,
         "verified": report.verified,
         "unverifiable": report.unverifiable,
         "bytes_read": report.bytes_read,
@@ -629,6 +630,11 @@ def run_status(args: argparse.Namespace) -> int:
     with ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer:
         for target in project.targets:
             row, dataset_id = _status_row(project, target)
+            if dataset_id is None and args.verify:
+                unresolved = status_lib.VerifyReport(target.name, "", target.output_dir)
+                unresolved.not_synced = row["state"]
+                reports.append(unresolved)
+                row["verify"] = _verify_document(unresolved)
             if dataset_id is not None:
                 if args.verify:
                     report = status_lib.verify_dataset(
@@ -675,6 +681,13 @@ def _render_status(
 
 def _render_verify(report: status_lib.VerifyReport) -> None:
     console = stdout_console()
+    if report.not_synced is not None:
+        console.print(
+            f"{report.name}: nothing to verify, {report.not_synced}; run `mlsync apply`.",
+            markup=False,
+            style="red",
+        )
+        return
     if report.drifted:
         table = Table(show_header=True, box=None, padding=(0, 1), pad_edge=False)
         table.add_column("path", overflow="fold")
