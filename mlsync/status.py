@@ -18,6 +18,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -37,6 +38,7 @@ from mlsync.errors import StateError
 from mlsync.events import EventSink, Task, ignore
 from mlsync.filters import DownloadFilter, asset_selected, item_selected
 from mlsync.records import ActionKind, FileState
+from mlsync.runlock import RunLock
 from mlsync.sources import SyncTarget
 from mlsync.transfer import parse_checksum
 
@@ -310,8 +312,13 @@ def verify_dataset(
         if not db_path.is_file():
             report.not_synced = f"{DatasetState.NOT_SYNCED} (no asset database)"
             return report
-        db = AssetDB.open(db_path) if writable(db_path) else AssetDB.open_read_only(db_path)
-        with db:
+        with ExitStack() as stack:
+            if writable(db_path):
+                # It marks what drifted: not while an apply rewrites those files and rows.
+                stack.enter_context(RunLock.for_dataset(dataset_dir, command="status --verify"))
+                db = stack.enter_context(AssetDB.open(db_path))
+            else:
+                db = stack.enter_context(AssetDB.open_read_only(db_path))
             if not _has_catalog(db):
                 report.not_synced = f"{DatasetState.NOT_PLANNED} (no catalog indexed yet)"
             elif not target.catalog_only:

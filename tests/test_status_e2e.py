@@ -29,6 +29,7 @@ import pytest
 from mlsync.cli.sync_cmd import load_project
 from mlsync.events import Event, TaskAdvanced, TaskStarted, TaskTotalChanged
 from mlsync.localhub.server import RunningHub
+from mlsync.runlock import RunLock
 from mlsync.status import DriftKind, verify_dataset
 from tests.conftest import SAMPLE_DATASET, CliResult, isolate_cli
 
@@ -307,6 +308,17 @@ def test_verify_of_a_dataset_never_synced_is_not_clean(
     human = cli("status", path, "--verify")
     assert human.code == 2 and "demo: nothing to verify, not synced" in human.out
     assert hub.stats["requests"] == 0
+
+
+def test_verify_waits_for_no_apply(tmp_path: Path, hub: RunningHub, cli: Cli) -> None:
+    """--verify marks rows: it takes the dataset's run lock, as plan and apply do."""
+    path = manifest(tmp_path, hub)
+    assert cli("apply", path).code == 0
+    with RunLock.for_dataset(tree(tmp_path), command="apply"):
+        run = cli("status", path, "--verify")
+        assert run.code == 1 and "apply" in run.err and "Traceback" not in run.err
+        assert cli("status", path).code == 0  # plain status only reads: never blocked
+    assert cli("status", path, "--verify").code == 0
 
 
 def test_verify_heals_a_touched_file_instead_of_replacing_it(
