@@ -16,9 +16,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -234,8 +235,12 @@ def _count(db: AssetDB, target: SyncTarget, dataset_dir: Path) -> AssetCounts:
     selected = selected_bytes = complete_bytes = orphaned = 0
     if target.catalog_only:
         return AssetCounts()
-    with db.select(*_predicates(target.filter)) as selection:
-        for row in selection.iter_state_rows(dataset_dir):
+    with (
+        db.select(*_predicates(target.filter)) as selection,
+        # Closed before the selection: its open cursor would keep the TEMP tables locked.
+        closing(selection.iter_state_rows(dataset_dir)) as rows,
+    ):
+        for row in rows:
             category = _category(row, dataset_dir)
             tally[category] += 1
             selected += 1
@@ -271,12 +276,20 @@ class _Job:
     """The record's mtime differs from the disk's: a match makes the record trust it again."""
 
 
-def _digest_of(path: str, algorithm: str, on_bytes: Callable[[int], None]) -> tuple[str, int]:
+class VerifyStopped(Exception):
+    """The verify is stopping (Ctrl-C): a read in progress gives up at its next chunk."""
+
+
+def _digest_of(
+    path: str, algorithm: str, on_bytes: Callable[[int], None], stop: threading.Event
+) -> tuple[str, int]:
     """Hex digest of the file and how many bytes were read; memory: one chunk."""
     digest = hashlib.new(algorithm)
     read = 0
     with open(path, "rb", buffering=0) as handle:
         while chunk := handle.read(READ_CHUNK):
+            if stop.is_set():
+                raise VerifyStopped(path)
             digest.update(chunk)
             read += len(chunk)
             on_bytes(len(chunk))
@@ -337,8 +350,6 @@ def _verify(
     workers: int,
 ) -> None:
     base = os.path.join(dataset_dir, "")
-    heal: list[tuple[str, int, int]] = []
-    in_flight: dict[Future[tuple[str, int]], _Job] = {}
     with db.select(*_predicates(target.filter)) as selection:
         count = selection.count()
         total = sum(a.size or 0 for a in selection.iter_desired())
@@ -347,56 +358,16 @@ def _verify(
             Task(sink, target.name, "read", total, "bytes") as bytes_task,
             ThreadPoolExecutor(workers, thread_name_prefix="mlsync-verify") as pool,
         ):
-
-            def settle(done: set[Future[tuple[str, int]]]) -> None:
-                for future in done:
-                    job = in_flight.pop(future)
-                    files_task.advance(1)
-                    try:
-                        digest, read = future.result()
-                    except OSError as exc:
-                        drift = Drift(job.rel_path, DriftKind.UNREADABLE, exc.strerror or str(exc))
-                        report.drifted.append(drift)
-                        continue
-                    report.bytes_read += read
-                    if read != job.size:
-                        detail = f"changed while read ({read:,} bytes, was {job.size:,})"
-                        report.drifted.append(Drift(job.rel_path, DriftKind.CHANGED, detail))
-                    elif digest != job.expected:
-                        detail = f"{job.algorithm} differs from {job.what}"
-                        report.drifted.append(Drift(job.rel_path, DriftKind.CHANGED, detail))
-                    else:
-                        report.verified += 1
-                        if job.heal and job.mtime_ns is not None:
-                            heal.append((job.rel_path, job.size, job.mtime_ns))
-
-            # The byte bar's total is what will be read: a file judged without reading it
-            # (missing, wrong size, nothing to compare with) leaves the total.
-            to_read = total
-            for row in selection.iter_state_rows(dataset_dir):
-                report.selected += 1
-                job_or_drift = _judge(db, row, base)
-                if not isinstance(job_or_drift, _Job):
-                    if job_or_drift is None:
-                        report.unverifiable += 1
-                    else:
-                        report.drifted.append(job_or_drift)
-                    files_task.advance(1)
-                    to_read -= row[2] or 0
-                    continue
-                job = job_or_drift
-                to_read += job.size - (row[2] or 0)  # the catalog may not give the size
-                if to_read != total:
-                    total = to_read
-                    bytes_task.set_total(total)
-                future = pool.submit(_digest_of, job.path, job.algorithm, bytes_task.advance)
-                in_flight[future] = job
-                if len(in_flight) >= 2 * workers:
-                    settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
-            if to_read != total:
-                bytes_task.set_total(to_read)
-            while in_flight:
-                settle(wait(in_flight, return_when=FIRST_COMPLETED).done)
+            reader = _Reader(db, base, report, pool, 2 * workers, files_task, bytes_task, total)
+            rows = selection.iter_state_rows(dataset_dir)
+            try:
+                with closing(rows):  # before the selection: its cursor locks the TEMP tables
+                    reader.read_all(rows)
+            except BaseException:
+                # Ctrl-C: reads in progress stop at their next chunk, queued ones never start.
+                reader.stop.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     report.drifted.sort(key=lambda d: d.rel_path)
     if db.read_only:
         return
@@ -405,10 +376,88 @@ def _verify(
             disk = _disk_size(base + drift.rel_path)
             if disk is not None:
                 db.mark_drifted(drift.rel_path, disk, f"status --verify: {drift.detail}")
-    for rel_path, size, mtime_ns in heal:
+    for rel_path, size, mtime_ns in reader.heal:
         db.mark_verified(rel_path, size, mtime_ns)
     db.commit()
     report.marked = bool(report.drifted)
+
+
+class _Reader:
+    """Judges the rows on this thread (the database's), reads files on the pool's threads,
+    with at most ``max_in_flight`` reads submitted at a time."""
+
+    def __init__(
+        self,
+        db: AssetDB,
+        base: str,
+        report: VerifyReport,
+        pool: ThreadPoolExecutor,
+        max_in_flight: int,
+        files_task: Task,
+        bytes_task: Task,
+        total: int,
+    ) -> None:
+        self.db, self.base, self.report, self.pool = db, base, report, pool
+        self.max_in_flight = max_in_flight
+        self.files_task, self.bytes_task = files_task, bytes_task
+        self.total = total
+        """The byte bar's total: what will be read (files judged without a read leave it)."""
+        self.in_flight: dict[Future[tuple[str, int]], _Job] = {}
+        self.heal: list[tuple[str, int, int]] = []
+        self.stop = threading.Event()
+
+    def read_all(self, rows: Iterator[StateRow]) -> None:
+        to_read = self.total
+        for row in rows:
+            self.report.selected += 1
+            judged = _judge(self.db, row, self.base)
+            if not isinstance(judged, _Job):
+                if judged is None:
+                    self.report.unverifiable += 1
+                else:
+                    self.report.drifted.append(judged)
+                self.files_task.advance(1)
+                to_read -= row[2] or 0
+                continue
+            to_read += judged.size - (row[2] or 0)  # the catalog may not give the size
+            self._set_total(to_read)
+            future = self.pool.submit(
+                _digest_of, judged.path, judged.algorithm, self.bytes_task.advance, self.stop
+            )
+            self.in_flight[future] = judged
+            if len(self.in_flight) >= self.max_in_flight:
+                self._settle(wait(self.in_flight, return_when=FIRST_COMPLETED).done)
+        self._set_total(to_read)
+        while self.in_flight:
+            self._settle(wait(self.in_flight, return_when=FIRST_COMPLETED).done)
+
+    def _set_total(self, total: int) -> None:
+        if total != self.total:
+            self.total = total
+            self.bytes_task.set_total(total)
+
+    def _settle(self, done: set[Future[tuple[str, int]]]) -> None:
+        report = self.report
+        for future in done:
+            job = self.in_flight.pop(future)
+            self.files_task.advance(1)
+            try:
+                digest, read = future.result()
+            except OSError as exc:
+                drift = Drift(job.rel_path, DriftKind.UNREADABLE, exc.strerror or str(exc))
+                report.drifted.append(drift)
+                continue
+            report.bytes_read += read
+            if read != job.size:
+                detail = f"changed while read ({read:,} bytes, was {job.size:,})"
+                report.drifted.append(Drift(job.rel_path, DriftKind.CHANGED, detail))
+            elif digest != job.expected:
+                detail = f"{job.algorithm} differs from {job.what}"
+                report.drifted.append(Drift(job.rel_path, DriftKind.CHANGED, detail))
+            else:
+                report.verified += 1
+                if job.heal and job.mtime_ns is not None:
+                    self.heal.append((job.rel_path, job.size, job.mtime_ns))
 
 
 def _disk_size(path: str) -> int | None:

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from mlsync import status as status_module
 from mlsync.cli.sync_cmd import load_project
 from mlsync.events import Event, TaskAdvanced, TaskStarted, TaskTotalChanged
 from mlsync.localhub.server import RunningHub
 from mlsync.runlock import RunLock
-from mlsync.status import DriftKind, verify_dataset
+from mlsync.status import DriftKind, VerifyStopped, verify_dataset
 from tests.conftest import SAMPLE_DATASET, CliResult, isolate_cli
 
 DATASET = SAMPLE_DATASET
@@ -220,13 +221,19 @@ def test_status_on_an_unreadable_tree_says_one_line(
 ) -> None:
     path = manifest(shared_dir, hub)
     assert cli("apply", path).code == 0
-    tree(shared_dir).chmod(0)
-    with unprivileged():
-        run = cli("status", path)
-    tree(shared_dir).chmod(0o755)
-    assert run.code == 1
-    assert run.err.startswith("error: cannot read") and "Permission denied" in run.err
-    assert len(run.err.strip().splitlines()) == 1 and "Traceback" not in run.err
+    item = assets(shared_dir)[1].parent
+    for unreadable in (tree(shared_dir), item):  # the whole tree; one folder in it
+        unreadable.chmod(0)
+        with unprivileged():
+            runs = [cli("status", path), cli("status", path, "--verify")]
+        unreadable.chmod(0o755)
+        for run in runs:  # --verify's progress lines may come first
+            assert run.code == 1, run.err
+            *progress, error = run.err.strip().splitlines()
+            assert error.startswith("error: cannot read") and "Permission denied" in error
+            assert "Traceback" not in run.err
+            assert all(line.startswith("demo: ") for line in progress)
+        assert runs[0].err.count("\n") == 1
 
 
 # --- verify ----------------------------------------------------------------------------------
@@ -419,3 +426,35 @@ def test_verify_progress_counts_what_is_read_and_reads_in_parallel(
     assert advanced[started["read"]] == totals[started["read"]] == report.bytes_read > 0
     assert report.verified == report.selected - 2
     assert any(name.startswith("mlsync-verify") for name in threads)
+
+
+def test_verify_interrupted_marks_nothing_and_stops_its_reads(
+    tmp_path: Path, hub: RunningHub, cli: Cli
+) -> None:
+    """Ctrl-C (here raised by the renderer on the first file settled) ends the verify: no row
+    is marked, no read thread outlives it, and a read in progress gives up at its next chunk
+    instead of finishing a file that may be gigabytes long."""
+    path = manifest(tmp_path, hub, keys="[B02, B03, B04]")
+    assert cli("apply", path).code == 0
+    with assets(tmp_path)[-1].open("r+b") as handle:
+        handle.truncate(1)
+    db_before = (tree(tmp_path) / "mlhub_stac_assets.db").read_bytes()
+
+    def sink(event: Event) -> None:
+        if isinstance(event, TaskAdvanced) and threading.current_thread().name == "MainThread":
+            raise KeyboardInterrupt
+
+    (target,) = load_project(str(path)).targets
+    with pytest.raises(KeyboardInterrupt):
+        verify_dataset(target, DATASET, sink=sink, workers=2)
+    assert not [t for t in threading.enumerate() if t.name.startswith("mlsync-verify")]
+    with sqlite3.connect(tree(tmp_path) / "mlhub_stac_assets.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM files WHERE mtime_ns IS NULL").fetchone() == (0,)
+    assert (tree(tmp_path) / "mlhub_stac_assets.db").read_bytes() == db_before
+
+    stop = threading.Event()
+    stop.set()
+    read: list[int] = []
+    with pytest.raises(VerifyStopped):
+        status_module._digest_of(str(assets(tmp_path)[0]), "sha256", read.append, stop)
+    assert read == []
