@@ -19,7 +19,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -198,6 +198,17 @@ def _category(row: StateRow, dataset_dir: Path) -> str:
     return "modified"
 
 
+@contextmanager
+def _closing(rows: Iterator[StateRow]) -> Iterator[Iterator[StateRow]]:
+    """Close a generator of rows (and so its SQLite cursor) however the block ends."""
+    try:
+        yield rows
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+
+
 def _unreadable(dataset_dir: Path, exc: OSError) -> StateError:
     where = exc.filename or dataset_dir
     return StateError(
@@ -238,7 +249,7 @@ def _count(db: AssetDB, target: SyncTarget, dataset_dir: Path) -> AssetCounts:
     with (
         db.select(*_predicates(target.filter)) as selection,
         # Closed before the selection: its open cursor would keep the TEMP tables locked.
-        closing(selection.iter_state_rows(dataset_dir)) as rows,
+        _closing(selection.iter_state_rows(dataset_dir)) as rows,
     ):
         for row in rows:
             category = _category(row, dataset_dir)
@@ -361,7 +372,7 @@ def _verify(
             reader = _Reader(db, base, report, pool, 2 * workers, files_task, bytes_task, total)
             rows = selection.iter_state_rows(dataset_dir)
             try:
-                with closing(rows):  # before the selection: its cursor locks the TEMP tables
+                with _closing(rows):  # before the selection: its cursor locks the TEMP tables
                     reader.read_all(rows)
             except BaseException:
                 # Ctrl-C: reads in progress stop at their next chunk, queued ones never start.
