@@ -10,11 +10,11 @@ Two kinds of data live here and are treated differently:
   survives re-ingests. Losing it (the guide says the file "may be safely deleted") costs only
   re-verification: the planner then trusts a file whose size equals the catalog's.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta       (key TEXT PRIMARY KEY, value TEXT)              schema_version, catalog.*, ...
     files      (rel_path TEXT PRIMARY KEY, state, size, mtime_ns, checksum, error, attempts,
-                updated_at)                                    local state, survives re-ingest
+                updated_at, sha256)                            local state, survives re-ingest
     items      (item_rowid INTEGER PRIMARY KEY, collection_id, item_id, west, south, east,
                 north, geometry_json, datetime, start_datetime, end_datetime)
     assets     (collection_id, item_rowid NULL for collection-level, asset_key, href, size,
@@ -71,6 +71,7 @@ __all__ = [
     "connect",
     "row_objects",
     "stat_local",
+    "writable",
 ]
 
 log = logging.getLogger("mlsync.assetdb")
@@ -109,6 +110,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_at REAL NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # 1 → 2. The sha256 of the bytes written, so `status --verify` can check a file whose
+    # catalog gives no checksum (NULL for files recorded before: reported as unverifiable).
+    ("ALTER TABLE files ADD COLUMN sha256 TEXT",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -147,18 +151,31 @@ _STATE_BY_NAME: Final[dict[str | None, FileState]] = {
 }
 
 _UPSERT_COMPLETE: Final = """
-    INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at)
-    VALUES (?, 'complete', ?, ?, ?, NULL, 0, ?)
+    INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at,
+        sha256)
+    VALUES (?, 'complete', ?, ?, ?, NULL, 0, ?, ?)
     ON CONFLICT (rel_path) DO UPDATE SET
         state = 'complete', size = excluded.size, mtime_ns = excluded.mtime_ns,
         checksum = excluded.checksum, error = NULL, attempts = 0,
+        updated_at = excluded.updated_at, sha256 = excluded.sha256"""
+# `status --verify` found the file's content changed: the record stays complete but loses its
+# mtime, so the planner takes the file for modified locally and replaces it.
+_MARK_DRIFTED: Final = """
+    INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at)
+    VALUES (?, 'complete', ?, NULL, NULL, ?, 0, ?)
+    ON CONFLICT (rel_path) DO UPDATE SET
+        state = 'complete', size = excluded.size, mtime_ns = NULL, error = excluded.error,
         updated_at = excluded.updated_at"""
+# `status --verify` read the file and its content is right: its new mtime is trusted.
+_MARK_VERIFIED: Final = """
+    UPDATE files SET mtime_ns = ?, updated_at = ? WHERE rel_path = ? AND state = 'complete'
+        AND size = ?"""
 _UPSERT_PARTIAL: Final = """
     INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at)
     VALUES (?, 'partial', ?, NULL, NULL, NULL, 0, ?)
     ON CONFLICT (rel_path) DO UPDATE SET
         state = 'partial', size = excluded.size, mtime_ns = NULL, checksum = NULL,
-        error = NULL, updated_at = excluded.updated_at"""
+        error = NULL, updated_at = excluded.updated_at, sha256 = NULL"""
 # A failure keeps size/mtime/checksum: they still describe the file a failed replace left.
 _UPSERT_FAILED: Final = """
     INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at)
@@ -288,6 +305,8 @@ class AssetDB:
         self.path = path
         self._ingest: CatalogIngest | None = None
         self._temp_names = itertools.count(1)
+        self.read_only = False
+        self._has_sha256 = True
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -339,6 +358,44 @@ class AssetDB:
             conn.close()
             raise
         return cls(conn, path)
+
+    @classmethod
+    def open_read_only(cls, path: Path) -> AssetDB:
+        """Open an existing database for reading only: nothing is created, migrated or written.
+
+        For ``status``, which must work on a tree it cannot write (a read-only mount, a
+        shared copy): when the database's folder is not writable, SQLite could not make the
+        WAL's shared-memory file, so the file is opened as immutable. Raises
+        :class:`StateError` (one line) for a file that cannot be read or is not a database.
+        """
+        path = Path(path)
+        query = "mode=ro" if writable(path) else "immutable=1"
+        try:
+            conn = sqlite3.connect(
+                f"{path.absolute().as_uri()}?{query}",
+                uri=True,
+                isolation_level=None,
+                factory=_DiskAwareConnection,
+            )
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the asset database {path}: {exc}") from exc
+        assert isinstance(conn, _DiskAwareConnection)
+        conn.db_path = path
+        try:
+            version = _stored_version(conn, path)
+            if version is None or version == 0:
+                raise StateError(f"{path} holds no mlsync download state yet; run `mlsync plan`")
+            columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StateError(f"cannot read the asset database {path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        db = cls(conn, path)
+        db.read_only = True
+        db._has_sha256 = "sha256" in columns
+        return db
 
     def close(self) -> None:
         """Commit pending state writes (an unfinished ingest is rolled back) and close."""
@@ -487,11 +544,40 @@ class AssetDB:
     # --- local state ----------------------------------------------------------------------------
 
     def record_complete(
-        self, rel_path: str, size: int, mtime_ns: int, checksum: str | None
+        self,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        checksum: str | None,
+        sha256: str | None = None,
     ) -> None:
-        """The file is in place and verified; ``checksum`` in the catalog's multihash form."""
+        """The file is in place and verified; ``checksum`` in the catalog's multihash form,
+        ``sha256`` the hex digest of the bytes written (None: not known)."""
         self._begin_write()
-        self._conn.execute(_UPSERT_COMPLETE, (rel_path, size, mtime_ns, checksum, time.time()))
+        self._conn.execute(
+            _UPSERT_COMPLETE, (rel_path, size, mtime_ns, checksum, time.time(), sha256)
+        )
+
+    def recorded_sha256(self, rel_path: str) -> str | None:
+        """The sha256 recorded when ``rel_path`` was written (None: unknown, or not complete).
+
+        A database opened read-only at an older schema has no such column: None."""
+        if not self._has_sha256:
+            return None
+        row = self._conn.execute(
+            "SELECT sha256 FROM files WHERE rel_path = ? AND state = 'complete'", (rel_path,)
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def mark_drifted(self, rel_path: str, disk_size: int, reason: str) -> None:
+        """``status --verify`` found the file changed: the next plan replaces it."""
+        self._begin_write()
+        self._conn.execute(_MARK_DRIFTED, (rel_path, disk_size, reason, time.time()))
+
+    def mark_verified(self, rel_path: str, size: int, mtime_ns: int) -> None:
+        """``status --verify`` read the file whole and it is right: trust its mtime again."""
+        self._begin_write()
+        self._conn.execute(_MARK_VERIFIED, (mtime_ns, time.time(), rel_path, size))
 
     def record_partial(self, rel_path: str, size: int) -> None:
         """``rel_path.part`` holds ``size`` bytes."""
@@ -530,6 +616,13 @@ class AssetDB:
 
     def _ingest_done(self) -> None:
         self._ingest = None
+
+
+def writable(path: Path) -> bool:
+    """Whether this process may write the database at ``path`` and make files beside it (the
+    WAL's): by the effective user, as the kernel decides, where the platform can tell."""
+    effective = os.access in os.supports_effective_ids
+    return all(os.access(p, os.W_OK, effective_ids=effective) for p in (path.parent, path))
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:

@@ -55,7 +55,12 @@ class StateRecorder(Protocol):
     """The part of the asset database the executor writes to."""
 
     def record_complete(
-        self, rel_path: str, size: int, mtime_ns: int, checksum: str | None
+        self,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        checksum: str | None,
+        sha256: str | None = None,
     ) -> None: ...
 
     def record_failed(self, rel_path: str, error: str, attempts: int) -> None: ...
@@ -88,6 +93,7 @@ class _Done:
     size: int
     mtime_ns: int
     attempts: int
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +247,7 @@ class Executor:
             return _Failed(
                 action, self._failure(action, describe_failure(exc), None, transfer.attempts)
             )
-        return _Done(action, outcome.size, outcome.mtime_ns, outcome.attempts)
+        return _Done(action, outcome.size, outcome.mtime_ns, outcome.attempts, outcome.sha256)
 
     def _destination(self, rel_path: str) -> Path:
         """The last guard before a write: no symlink in the tree may lead it outside.
@@ -331,7 +337,11 @@ class Executor:
         count_task.advance(1)
         if isinstance(result, _Done):
             self.state.record_complete(
-                result.action.rel_path, result.size, result.mtime_ns, result.action.checksum
+                result.action.rel_path,
+                result.size,
+                result.mtime_ns,
+                result.action.checksum,
+                result.sha256,
             )
             report.transferred += 1
             report.bytes += result.size

@@ -169,6 +169,8 @@ def _judge_final(desired: DesiredAsset, local: LocalFile, disk_size: int) -> tup
         if local.recorded_size != disk_size:
             was = "?" if local.recorded_size is None else f"{local.recorded_size:,}"
             return _REPLACE, f"modified locally (size {was} → {disk_size:,})"
+        if local.recorded_mtime_ns is None:  # only `status --verify` leaves a complete so
+            return _REPLACE, "content changed (found by status --verify)"
         return _REPLACE, "modified locally (mtime changed)"
     if expected is not None and disk_size != expected:
         return _REPLACE, f"size {disk_size:,} ≠ catalog {expected:,}"

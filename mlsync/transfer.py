@@ -65,6 +65,8 @@ class TransferOutcome:
     mtime_ns: int
     attempts: int
     resumed_from: int
+    sha256: str | None = None
+    """Hex sha256 of the file's bytes, computed as they were written (``status --verify``)."""
 
 
 class _Retry(Exception):
@@ -133,9 +135,13 @@ class FileTransfer:
         self._fresh = fresh
         self._fd: int | None = None
         """The part's descriptor during an attempt: opened once, for every read and write."""
-        self._digest = self._new_digest()
+        self._digest: hashlib._Hash | None = None
         """The checksum of the part's bytes so far, computed as they are written (not by
         reading the file again); a resume hashes the existing prefix first."""
+        self._sha256 = hashlib.sha256()
+        """The part's sha256 so far, recorded with the file (the catalog's checksum digest
+        itself when that is a sha256)."""
+        self._reset_hashes()
 
     def run(self) -> TransferOutcome:
         def retryable(exc: BaseException) -> bool:
@@ -171,7 +177,11 @@ class FileTransfer:
         except OSError as exc:
             raise LocalWriteError.from_os_error(exc, self.dest) from None
         return TransferOutcome(
-            stat.st_size, stat.st_mtime_ns, self.attempts, self.resumed_from or 0
+            stat.st_size,
+            stat.st_mtime_ns,
+            self.attempts,
+            self.resumed_from or 0,
+            self._sha256.hexdigest(),
         )
 
     def _drop_empty_part(self) -> None:
@@ -215,11 +225,11 @@ class FileTransfer:
         """The part an earlier attempt or run left, opened (never through a symlink) and
         fstat'd: one open serves the size, the prefix's checksum and the writes. None when
         there is no part (or the caller said so: ``fresh``)."""
-        self._digest = self._new_digest()
+        self._reset_hashes()
         if self._fresh:
             self._fresh = False
             return None
-        flags = (os.O_RDWR if self._digest is not None else os.O_WRONLY) | _NO_LINK
+        flags = os.O_RDWR | _NO_LINK  # a resume reads the prefix for the sha256
         try:
             self._fd = os.open(self.part, flags)
             return os.fstat(self._fd)
@@ -233,13 +243,21 @@ class FileTransfer:
             fd, self._fd = self._fd, None
             os.close(fd)
 
-    def _new_digest(self) -> hashlib._Hash | None:
-        return hashlib.new(self.checksum[0]) if self.checksum is not None else None
+    def _reset_hashes(self) -> None:
+        """Fresh hashes for a part that starts over (one object when the catalog's is sha256)."""
+        self._digest = hashlib.new(self.checksum[0]) if self.checksum is not None else None
+        sha256 = self.checksum is not None and self.checksum[0] == "sha256"
+        self._sha256 = self._digest if sha256 and self._digest else hashlib.sha256()
+
+    def _hash(self, block: bytes) -> None:
+        if self._digest is not None and self._digest is not self._sha256:
+            self._digest.update(block)
+        self._sha256.update(block)
 
     def _hash_prefix(self, offset: int) -> None:
         """Hash the ``offset`` bytes a resume keeps, read through the open descriptor (which
         leaves it positioned for the writes that follow)."""
-        if not offset or self._digest is None:
+        if not offset:
             return
         assert self._fd is not None  # an offset comes from an open part
         remaining = offset
@@ -248,7 +266,7 @@ class FileTransfer:
             if not block:
                 self._restart()
                 raise _Retry("the part shrank while resuming; starting over")
-            self._digest.update(block)
+            self._hash(block)
             remaining -= len(block)
 
     def _if_range(self, offset: int, existing: os.stat_result | None) -> str | None:
@@ -284,7 +302,7 @@ class FileTransfer:
     def _restart(self) -> int:
         """Drop the part and its checksum so far: the next bytes written start a new one."""
         self._close_part()
-        self._digest = self._new_digest()
+        self._reset_hashes()
         try:
             self.part.unlink(missing_ok=True)
         except OSError as exc:
@@ -357,7 +375,7 @@ class FileTransfer:
         chunk goes into the checksum as it is written.
         """
         fd = self._fd if self._fd is not None else self._open_part()
-        digest = self._digest
+        hash_chunk = self._hash
         received = offset
         stamp = self._stamp_of(response)
         try:
@@ -370,8 +388,7 @@ class FileTransfer:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
-                if digest is not None:
-                    digest.update(chunk)
+                hash_chunk(chunk)
                 received += len(chunk)
                 self.on_bytes(len(chunk))
                 if stamp is not None:

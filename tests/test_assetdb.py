@@ -12,7 +12,7 @@ import pytest
 
 from mlsync import assetdb
 from mlsync.assetdb import AssetDB, FileUpdate, stat_local
-from mlsync.errors import StateError, UnsafePathError
+from mlsync.errors import LocalWriteError, StateError, UnsafePathError
 from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile
 
 COMMON_KEYS = frozenset({"documentation", "readme"})
@@ -103,6 +103,33 @@ def test_reference_client_database_is_replaced(tmp_path: Path) -> None:
         assert db.count_assets() == 0
         columns = {row[1] for row in db._conn.execute("PRAGMA table_info(assets)")}
         assert "asset_save_path" not in columns
+
+
+def test_schema_1_database_gains_the_sha256_column_and_keeps_its_state(tmp_path: Path) -> None:
+    """A database of schema 1 (before the recorded sha256): its files rows survive, their
+    sha256 is unknown (None), and new records carry one."""
+    path = tmp_path / "a.db"
+    conn = sqlite3.connect(path)
+    for sql in assetdb._MIGRATIONS[0]:
+        conn.execute(sql)
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    conn.execute(
+        "INSERT INTO files (rel_path, state, size, mtime_ns, updated_at) "
+        "VALUES ('a.tif', 'complete', 3, 7, 0)"
+    )
+    conn.commit()
+    conn.close()
+    with AssetDB.open_read_only(path) as db:  # read-only: no migration, no sha256 column
+        assert db.schema_version == 1 and db.recorded_sha256("a.tif") is None
+    with AssetDB.open(path) as db:
+        assert db.schema_version == assetdb.SCHEMA_VERSION == 2
+        assert [f.rel_path for f in db.iter_recorded_files()] == ["a.tif"]
+        assert db.recorded_sha256("a.tif") is None
+        db.record_complete("b.tif", 3, 8, None, "ab" * 32)
+    with AssetDB.open_read_only(path) as db:
+        assert db.recorded_sha256("b.tif") == "ab" * 32
+        with pytest.raises(LocalWriteError, match=r"a\.db: the file system or the file is read-"):
+            db.record_partial("c.tif", 1)  # the connection itself refuses to write
 
 
 def test_newer_schema_is_refused_with_advice(tmp_path: Path) -> None:

@@ -107,7 +107,10 @@ class Apply:
             capture_output=True, text=True, env=self.env, timeout=PROCESS_TIMEOUT, check=True,
         )  # fmt: skip
         (row,) = json.loads(done.stdout)["datasets"]
-        return {"selected": row["selected_assets"], **row["files"]}
+        assert row["files"]["selected"] == row["selected_assets"]  # the disk's and the lock's
+        files = row["files"]
+        counts = {key: files[key] for key in ("selected", "complete", "partial", "failed")}
+        return counts | {"not complete": files["selected"] - files["complete"]}
 
     def kill_all(self) -> None:
         for proc in self.started:
@@ -162,7 +165,9 @@ def assert_stopped_cleanly(output_dir: Path, root: Path, *, strict_db: bool) -> 
 
 def assert_finished(apply: Apply, output_dir: Path, root: Path) -> None:
     assert_synced(output_dir, root, DATASET)
-    assert apply.status() == {"selected": FILES, "complete": FILES, "partial": 0, "failed": 0}
+    assert apply.status() == {
+        "selected": FILES, "complete": FILES, "partial": 0, "failed": 0, "not complete": 0,
+    }  # fmt: skip
     assert not (output_dir / DATASET / LOCK_FILE_NAME).exists()
 
 
@@ -240,6 +245,7 @@ def test_sigkill_between_rename_and_commit_neither_loses_nor_repeats_work(
         assert_synced(tmp_path / "out", sample_root, SAMPLE_DATASET)
         assert runner.status() == {
             "selected": selected, "complete": selected, "partial": 0, "failed": 0,
+            "not complete": 0,
         }  # fmt: skip
     finally:
         runner.kill_all()

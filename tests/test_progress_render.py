@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 import threading
 from collections import Counter, defaultdict
@@ -24,9 +25,11 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from rich.logging import RichHandler
 
 from mlsync import Dataset
-from mlsync.cli.render import ProgressRenderer
+from mlsync.cli.main import _logging_configured
+from mlsync.cli.render import ProgressRenderer, stderr_console
 from mlsync.events import (
     AssetFinished,
     Event,
@@ -36,6 +39,7 @@ from mlsync.events import (
     TaskStarted,
     TaskTotalChanged,
 )
+from mlsync.hub.http import RedactingFilter
 from mlsync.localhub.server import RunningHub
 from tests.conftest import SAMPLE_ASSET_SIZE, SAMPLE_ASSETS_PER_ITEM, SAMPLE_DATASET, SAMPLE_ITEMS
 
@@ -156,6 +160,40 @@ def test_terminal_prints_notices_above_the_bars_and_ignores_unknown_tasks() -> N
     assert len(frame) == 1 and re.match(r"demo: assets ━+ 100% 2/2 ", frame[0]), frame
 
 
+def test_terminal_bars_stop_where_the_work_stopped() -> None:
+    """Ctrl-C or failures end the tasks early: the bars show what arrived (here nothing of
+    60 files and 120 MB, and 12 of 60), never their totals."""
+    console = terminal()
+    with ProgressRenderer(console) as renderer:
+        renderer(TaskStarted(1, "demo", "assets", 60, "items"))
+        renderer(TaskStarted(2, "demo", "bytes", 120_000_000, "bytes"))
+        renderer(TaskFinished(1))
+        renderer(TaskFinished(2))
+        renderer(TaskStarted(3, "demo", "assets", 60, "items"))
+        renderer(TaskAdvanced(3, 12))
+        renderer(TaskFinished(3))
+    frame = final_frame(console)
+    assert re.match(r"demo: assets +━* *0% 0/60 ", frame[0]), frame
+    assert re.match(r"demo: bytes +━* *0% 0 B/120\.0 MB ", frame[1]), frame
+    assert re.match(r"demo: assets +\S+ +20% 12/60 ", frame[2]), frame
+    assert "60/60" not in text(console) and "120.0 MB/120.0 MB" not in text(console)
+
+
+@pytest.mark.parametrize("make_console", [terminal, plain], ids=["terminal", "plain"])
+def test_catalog_text_with_backslashes_and_brackets_prints_verbatim(
+    make_console: Callable[[], Console],
+) -> None:
+    """A hostile asset key ``\\[:`` (and markup look-alikes) quoted in a notice or a failure
+    is shown as it is: rich's markup would eat the backslash."""
+    console = make_console()
+    quoted = "unsafe asset key '\\\\[:' or [bold]x[/bold] \\"
+    with ProgressRenderer(console) as renderer:
+        renderer(Notice("warning", "demo", quoted))
+        renderer(AssetFinished("demo", "a/[b]\\c.tif", False, 0, quoted))
+    assert f"demo: {quoted}" in text(console)
+    assert f"failed demo/a/[b]\\c.tif: {quoted}" in text(console)
+
+
 # --- (b) not a terminal: quiet lines ------------------------------------------------------
 
 
@@ -193,6 +231,57 @@ def test_non_terminal_interleaves_tasks_and_notices_in_event_order() -> None:
         "failed demo/col/item/B03.tif: HTTP 500",
         "demo: assets done",
     ]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_non_terminal_prints_a_progress_line_every_interval() -> None:
+    """A long run in a CI log: one line per interval with every running task (bytes with
+    their average rate), none in between; a task that ends early says where it stopped."""
+    console = plain()
+    clock = FakeClock()
+    with ProgressRenderer(console, line_interval=5.0, clock=clock) as renderer:
+        renderer(TaskStarted(1, "demo", "assets", 60, "items"))
+        renderer(TaskStarted(2, "demo", "bytes", 120_000_000, "bytes"))
+        for _ in range(11):
+            clock.now += 1
+            renderer(TaskAdvanced(1, 1))
+            renderer(TaskAdvanced(2, 1_000_000))
+        renderer(TaskFinished(1))
+        renderer(TaskFinished(2))
+    assert raw(console).splitlines() == [
+        "demo: assets (60 items) …",
+        "demo: bytes (120,000,000 bytes) …",
+        "demo: assets 5/60; demo: bytes 4.0 MB/120.0 MB (800.0 kB/s)",
+        "demo: assets 10/60; demo: bytes 9.0 MB/120.0 MB (900.0 kB/s)",
+        "demo: assets stopped at 11/60",
+        "demo: bytes stopped at 11.0 MB/120.0 MB",
+    ]
+
+
+def test_non_terminal_interval_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLSYNC_PROGRESS_INTERVAL", "0.5")
+    assert ProgressRenderer(plain()).line_interval == 0.5
+    monkeypatch.setenv("MLSYNC_PROGRESS_INTERVAL", "soon")
+    assert ProgressRenderer(plain()).line_interval == 5.0
+
+
+def test_cli_log_lines_go_through_the_progress_console() -> None:
+    """Logging prints on the console the live bars draw on (rich's handler), so a log line
+    lands above the bars, not through them; secrets are still redacted."""
+    with _logging_configured(0, False):
+        (handler,) = logging.getLogger().handlers
+        assert isinstance(handler, RichHandler)
+        assert handler.console is stderr_console()
+        assert any(isinstance(f, RedactingFilter) for f in handler.filters)
 
 
 # --- (c) quiet: warnings and errors only --------------------------------------------------

@@ -93,7 +93,13 @@ def test_exported_functions_are_the_client_functions() -> None:
 
 
 def test_submodule_all_lists_are_importable() -> None:
-    for module_name in ("mlsync.client", "mlsync.errors", "mlsync.exceptions", "mlsync.session"):
+    for module_name in (
+        "mlsync.client",
+        "mlsync.errors",
+        "mlsync.exceptions",
+        "mlsync.session",
+        "mlsync.status",
+    ):
         module = importlib.import_module(module_name)
         for name in module.__all__:
             assert hasattr(module, name), f"{module_name}.{name}"

@@ -122,6 +122,27 @@ def test_existing_part_resumes_and_ignored_range_restarts(tmp_path):
     assert outcome.resumed_from == 3000
 
 
+@pytest.mark.parametrize("checksum", [None, SHA, "d510" + hashlib.md5(DATA).hexdigest()])
+@pytest.mark.parametrize("script", [(), ("short",), ("short", "ignore-range"), ("mutated",)])
+def test_outcome_carries_the_sha256_of_the_bytes_written(tmp_path, checksum, script):
+    """Whatever the catalog's checksum (none, sha256, md5) and however the body came (whole,
+    resumed after a short body, restarted, retried after a bad one), the recorded sha256 is
+    the file's; a part left by an earlier run is hashed from disk."""
+    dest = tmp_path / "out" / "file.bin"
+    dest.parent.mkdir()
+    dest.with_name("file.bin.part").write_bytes(DATA[:777])
+    server = Server(*script, last_modified=1_600_000_000)
+    os.utime(dest.with_name("file.bin.part"), (1_600_000_000, 1_600_000_000))
+    transfer = FileTransfer(
+        server, dest, label="t", policy=FAST, sleep=lambda s: None, checksum=checksum,
+        expected_size=len(DATA),
+    )  # fmt: skip
+    outcome = transfer.run()
+    if checksum is not None or "mutated" not in script:  # unchecked, a bad body is kept
+        assert dest.read_bytes() == DATA
+    assert outcome.sha256 == hashlib.sha256(dest.read_bytes()).hexdigest()
+
+
 def test_retries_in_one_run_send_if_range_with_the_first_etag(tmp_path):
     server = Server("short", etag='"v1"')
     _, _, dest = run(tmp_path, server, expected_size=len(DATA))
@@ -251,7 +272,7 @@ class _Recorder:
     def __init__(self):
         self.complete, self.failed, self.commits = [], [], 0
 
-    def record_complete(self, rel_path, size, mtime_ns, checksum):
+    def record_complete(self, rel_path, size, mtime_ns, checksum, sha256=None):
         self.complete.append(rel_path)
 
     def record_failed(self, rel_path, error, attempts):

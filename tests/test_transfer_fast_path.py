@@ -185,7 +185,9 @@ class _Recorder:
         self.complete: list[str] = []
         self.failed: list[tuple[str, str]] = []
 
-    def record_complete(self, rel_path: str, size: int, mtime_ns: int, checksum: Any) -> None:
+    def record_complete(
+        self, rel_path: str, size: int, mtime_ns: int, checksum: Any, sha256: Any = None
+    ) -> None:
         self.complete.append(rel_path)
 
     def record_failed(self, rel_path: str, error: str, attempts: int) -> None:
@@ -281,6 +283,36 @@ def test_a_folder_is_checked_once_and_its_parents_not_again(tmp_path, monkeypatc
 
 
 # --- retries --------------------------------------------------------------------------------
+
+
+def test_retries_that_succeed_stay_at_debug(caplog):
+    """A retry that works out is detail (DEBUG); only retries that end in a failure are
+    logged at INFO, once each, after the failure is certain."""
+    policy = RetryPolicy(attempts=3, backoff_initial=0.0, backoff_max=0.0)
+    outcomes = [ConnectionError("down"), ConnectionError("down"), "ok"]
+
+    def flaky() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    retrying = policy.retrying(
+        is_retryable=lambda exc: isinstance(exc, ConnectionError),
+        describe=lambda: "the thing",
+        sleep=lambda _s: None,
+    )
+    with caplog.at_level(logging.DEBUG, logger="mlsync.http"):
+        assert retrying(flaky) == "ok"
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "retrying the thing in 0.0s (attempt 2 of 3): down"),
+        (logging.DEBUG, "retrying the thing in 0.0s (attempt 3 of 3): down"),
+    ]
+    caplog.clear()
+    outcomes[:] = [ConnectionError("down")] * 3
+    with caplog.at_level(logging.DEBUG, logger="mlsync.http"), pytest.raises(ConnectionError):
+        retrying(flaky)  # at DEBUG the retries were shown as they happened: not twice
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG, logging.DEBUG]
 
 
 def test_retries_wait_log_and_give_up_as_the_policy_says(caplog):

@@ -454,7 +454,12 @@ def test_apply_downloads_exact_bytes_and_second_run_transfers_nothing(
     (row,) = document["datasets"]
     assert row["id"] == DATASET
     assert row["locked"] is True
-    assert row["files"] == {"complete": len(expected), "partial": 0, "failed": 0}
+    n = len(expected)
+    assert row["files"] == {
+        "selected": n, "complete": n, "partial": 0, "failed": 0, "missing": 0, "modified": 0,
+        "orphaned": 0,
+    }  # fmt: skip
+    assert row["state"] == "synced"
     assert row["selected_assets"] == len(expected)
     assert row["selected_bytes"] == sum(a.size for a in expected.values())
 

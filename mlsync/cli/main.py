@@ -12,6 +12,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from rich.highlighter import NullHighlighter
+from rich.logging import RichHandler
 from rich.markup import escape
 
 from mlsync import __version__
@@ -45,8 +47,16 @@ def _logging_configured(verbosity: int, quiet: bool) -> Iterator[None]:
 
 def _configure_logging(verbosity: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO if verbosity == 0 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # On the console the progress bars draw on: a log line goes above the live bars.
+    handler = RichHandler(
+        console=stderr_console(),
+        show_time=False,
+        show_path=False,
+        markup=False,
+        highlighter=NullHighlighter(),
+        keywords=[],
+    )
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

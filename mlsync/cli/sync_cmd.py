@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mlsync import planner
-from mlsync.assetdb import AssetDB
+from mlsync import status as status_lib
 from mlsync.cli.render import (
     ProgressRenderer,
     human_bytes,
@@ -32,7 +34,6 @@ from mlsync.errors import (
 from mlsync.executor import default_workers
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession
-from mlsync.layout import ASSET_DB_NAME, dataset_dir
 from mlsync.lockfile import LockEntry, LockFile, check_frozen, read_lock, write_lock
 from mlsync.manifest import Manifest, load_manifest
 from mlsync.planner import PlannedDataset, SavedPlan, check_fresh
@@ -84,6 +85,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     status = commands.add_parser("status", help="local state of each dataset (no network)")
     status.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST)
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--dataset", action="append", default=[], help="only this dataset (by name; repeatable)"
+    )
+    status.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every file and compare it with its checksum; exit 2 when any drifted",
+    )
+    status.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"parallel reads for --verify (default {status_lib.DEFAULT_VERIFY_WORKERS})",
+    )
     status.set_defaults(func=run_status)
 
 
@@ -440,6 +455,7 @@ class _ApplyGate:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     saved = _read_saved_plan(Path(args.manifest))
     saved_path = args.manifest
     if saved is not None:
@@ -485,7 +501,7 @@ def run_apply(args: argparse.Namespace) -> int:
                 if exc.result is not None:
                     results.append(exc.result)
     _update_lock(project, gate.plans, args.frozen)
-    summary = _apply_summary(results, failures)
+    summary = _apply_summary(results, failures, time.monotonic() - started)
     if args.json:
         print_json("apply", summary)
     else:
@@ -496,12 +512,27 @@ def run_apply(args: argparse.Namespace) -> int:
     return EXIT_ERROR if failures else EXIT_OK
 
 
-def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed]) -> dict[str, Any]:
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _apply_summary(
+    results: list[DatasetResult], failures: list[DownloadFailed], elapsed: float
+) -> dict[str, Any]:
     transferred = sum(r.execution.transferred for r in results)
     transferred_bytes = sum(r.execution.bytes for r in results)
     pruned = sum(len(r.pruned) for r in results)
     failed = sum(f.failed for f in failures)
     up_to_date = sum(r.plan.plan.count(ActionKind.UP_TO_DATE) for r in results)
+    orphans_kept = sum(r.plan.plan.count(ActionKind.ORPHAN) - len(r.pruned) for r in results)
+    transfer_seconds = sum(r.execution.elapsed for r in results)
+    rate = transferred_bytes / transfer_seconds if transfer_seconds > 0 else 0.0
     if failed:
         text = (
             f"Apply finished with errors: {transferred:,} transferred "
@@ -512,6 +543,14 @@ def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed])
             f"Apply complete! {transferred:,} transferred ({human_bytes(transferred_bytes)}), "
             f"{pruned:,} removed, {up_to_date:,} already up to date."
         )
+    text += f" Took {_duration(elapsed)}"
+    text += f", {human_bytes(int(rate))}/s on average." if transferred_bytes else "."
+    if orphans_kept > 0:
+        noun = "file" if orphans_kept == 1 else "files"
+        text += (
+            f" {orphans_kept:,} orphaned {noun} kept (no longer selected): "
+            "`mlsync apply --prune` removes them."
+        )
     return {
         "summary": text,
         "transferred": transferred,
@@ -519,6 +558,9 @@ def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed])
         "failed": failed,
         "removed": pruned,
         "up_to_date": up_to_date,
+        "orphans_kept": orphans_kept,
+        "elapsed_seconds": round(elapsed, 3),
+        "average_bytes_per_second": round(rate),
         "error_reports": [str(f.report) for f in failures],
         "datasets": [
             {
@@ -541,45 +583,131 @@ def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed])
 # --- status -------------------------------------------------------------------------------
 
 
+def _status_row(project: Project, target: SyncTarget) -> tuple[dict[str, Any], str | None]:
+    """The JSON row of one dataset, and its id when it is known (None: a DOI never planned)."""
+    entry = project.lock.entry(target.name)
+    dataset_id = entry.id if entry else (target.ref if "/" not in target.ref else None)
+    row: dict[str, Any] = {"name": target.name, "id": dataset_id, "locked": entry is not None}
+    if entry is not None:
+        row["selected_assets"] = entry.selected_assets
+        row["selected_bytes"] = entry.selected_bytes
+    if dataset_id is None:
+        row["state"] = "never planned (DOI not resolved yet)"
+    return row, dataset_id
+
+
+def _fill_status(row: dict[str, Any], found: status_lib.DatasetStatus) -> None:
+    row["dataset_dir"] = str(found.dataset_dir)
+    row["state"] = found.state.value
+    if found.counts is not None:
+        counts = found.counts.as_dict()
+        row["files"] = {k: v for k, v in counts.items() if not k.endswith("_bytes")}
+        row["bytes"] = {"selected": counts["selected_bytes"], "complete": counts["complete_bytes"]}
+
+
+def _verify_document(report: status_lib.VerifyReport) -> dict[str, Any]:
+    return {
+        "clean": report.clean,
+        "not_synced": report.not_synced,
+        "verified": report.verified,
+        "unverifiable": report.unverifiable,
+        "bytes_read": report.bytes_read,
+        "drifted": [
+            {"path": d.rel_path, "problem": d.kind.value, "detail": d.detail}
+            for d in report.drifted
+        ],
+        "marked_for_apply": report.marked,
+    }
+
+
 def run_status(args: argparse.Namespace) -> int:
-    """What is on disk, from the asset database and the lock file only: no network."""
-    project = load_project(args.manifest)
+    """What is on disk, from the asset database, the disk and the lock file only: no network.
+
+    ``--verify`` also reads every selected file and compares it with its checksum."""
+    project = load_project(args.manifest, args.dataset)
     rows = []
-    for target in project.targets:
-        entry = project.lock.entry(target.name)
-        dataset_id = entry.id if entry else (target.ref if "/" not in target.ref else None)
-        row: dict[str, Any] = {"name": target.name, "id": dataset_id, "locked": entry is not None}
-        if dataset_id is None:
-            row["state"] = "never planned (DOI not resolved yet)"
-        else:
-            db_path = dataset_dir(target.output_dir, dataset_id) / ASSET_DB_NAME
-            row["dataset_dir"] = str(db_path.parent)
-            if not db_path.is_file():
-                row["state"] = "not synced"
-            else:
-                with AssetDB.open(db_path) as db:
-                    row["files"] = db.state_counts()
-                row["state"] = "synced" if entry else "synced (no lock entry)"
-        if entry is not None:
-            row["selected_assets"] = entry.selected_assets
-            row["selected_bytes"] = entry.selected_bytes
-        rows.append(row)
+    reports: list[status_lib.VerifyReport] = []
+    with ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer:
+        for target in project.targets:
+            row, dataset_id = _status_row(project, target)
+            if dataset_id is None and args.verify:
+                unresolved = status_lib.VerifyReport(target.name, "", target.output_dir)
+                unresolved.not_synced = row["state"]
+                reports.append(unresolved)
+                row["verify"] = _verify_document(unresolved)
+            if dataset_id is not None:
+                if args.verify:
+                    report = status_lib.verify_dataset(
+                        target, dataset_id, sink=renderer, workers=args.workers
+                    )
+                    reports.append(report)
+                    row["verify"] = _verify_document(report)
+                _fill_status(row, status_lib.dataset_status(target, dataset_id))
+            rows.append(row)
+    drifted = any(not r.clean for r in reports)
     if args.json:
         print_json("status", {"datasets": rows})
-        return EXIT_OK
+    else:
+        _render_status(project, rows, reports)
+    return EXIT_CHANGES if drifted else EXIT_OK
+
+
+def _render_status(
+    project: Project, rows: list[dict[str, Any]], reports: list[status_lib.VerifyReport]
+) -> None:
+    console = stdout_console()
     table = Table(title=str(project.path), title_justify="left")
-    for column in ("name", "id", "state", "complete", "partial", "failed", "locked size"):
-        table.add_column(column)
+    columns = ("name", "id", "state", "selected", "complete", "partial", "failed", "missing")
+    for column in (*columns, "modified", "orphaned", "size"):
+        table.add_column(column, justify="left" if column in columns[:3] else "right")
     for row in rows:
         files = row.get("files", {})
+        size = row.get("bytes", {}).get("selected", row.get("selected_bytes"))
         table.add_row(
-            row["name"],
-            str(row["id"] or "?"),
-            row["state"],
-            f"{files.get('complete', 0):,}",
-            f"{files.get('partial', 0):,}",
-            f"{files.get('failed', 0):,}",
-            human_bytes(row["selected_bytes"]) if "selected_bytes" in row else "",
+            escape(row["name"]),
+            escape(str(row["id"] or "?")),
+            escape(row["state"]) + ("" if row["locked"] else " [dim](no lock entry)[/]"),
+            *(
+                f"{files[key]:,}" if key in files else ""
+                for key in ("selected", "complete", "partial", "failed", "missing", "modified")
+            ),
+            f"{files['orphaned']:,}" if "orphaned" in files else "",
+            human_bytes(size) if size is not None else "",
         )
-    stdout_console().print(table)
-    return EXIT_OK
+    console.print(table)
+    for report in reports:
+        _render_verify(report)
+
+
+def _render_verify(report: status_lib.VerifyReport) -> None:
+    console = stdout_console()
+    if report.not_synced is not None:
+        console.print(
+            f"{report.name}: nothing to verify, {report.not_synced}; run `mlsync apply`.",
+            markup=False,
+            style="red",
+        )
+        return
+    if report.drifted:
+        table = Table(show_header=True, box=None, padding=(0, 1), pad_edge=False)
+        table.add_column("path", overflow="fold")
+        table.add_column("problem")
+        table.add_column("detail", style="dim")
+        for drift in report.drifted:
+            table.add_row(escape(drift.rel_path), drift.kind.value, escape(drift.detail))
+        console.print(table)
+    counts = Counter(d.kind.value for d in report.drifted)
+    line = f"{report.name}: {report.verified:,} verified"
+    if report.unverifiable:
+        line += (
+            f", {report.unverifiable:,} unverifiable (size checked; neither a catalog checksum "
+            "nor a sha256 recorded at download to compare the content with)"
+        )
+    line += f", {len(report.drifted):,} drifted"
+    if counts:
+        line += " (" + ", ".join(f"{n:,} {kind}" for kind, n in sorted(counts.items())) + ")"
+    if report.marked:
+        line += "; `mlsync apply` repairs them"
+    elif report.drifted:
+        line += "; the tree is read-only: nothing was marked for repair"
+    console.print(line + ".", markup=False, style="red" if report.drifted else "green")

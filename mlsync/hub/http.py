@@ -151,22 +151,40 @@ class RetryPolicy:
             exc = state.outcome.exception() if state.outcome else None
             return self.wait_seconds(state.attempt_number, retry_after_of(exc))
 
+        # Retries are DEBUG while they may still succeed; when the attempts run out they are
+        # logged again at INFO, so a failure shows what was tried (once: not at -vv).
+        retries: list[tuple[Any, ...]] = []
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.info(
-                "retrying %s in %.1fs (attempt %d of %d): %s",
-                describe(),
-                state.next_action.sleep if state.next_action else 0.0,
-                state.attempt_number + 1,
-                self.attempts,
-                redact(str(exc)),
+            if state.attempt_number == 1:
+                retries.clear()
+            retries.append(
+                (
+                    "retrying %s in %.1fs (attempt %d of %d): %s",
+                    describe(),
+                    state.next_action.sleep if state.next_action else 0.0,
+                    state.attempt_number + 1,
+                    self.attempts,
+                    redact(str(exc)),
+                )
             )
+            log.debug(*retries[-1])
+
+        def gave_up(state: tenacity.RetryCallState) -> Any:
+            if not log.isEnabledFor(logging.DEBUG):
+                for args in retries:
+                    log.info(*args)
+            retries.clear()
+            assert state.outcome is not None
+            return state.outcome.result()  # raises the last attempt's exception
 
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=wait,
             retry=tenacity.retry_if_exception(is_retryable),
             before_sleep=before_sleep,
+            retry_error_callback=gave_up,
             sleep=sleep,
             reraise=True,
         )
