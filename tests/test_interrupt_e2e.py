@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -73,6 +74,26 @@ def env(tmp_path: Path) -> dict[str, str]:
     return environ
 
 
+@contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Children started in this block get SIGINT's default disposition, as in a terminal.
+
+    A shell starts a background job (``.ci/run &``) with SIGINT ignored, and an ignored
+    signal stays ignored across fork and exec: the test's SIGINT would do nothing. A handled
+    one is reset to the default by exec, so while the child starts this process handles
+    SIGINT (Python's own handler) instead of ignoring it. No ``preexec_fn``: this process
+    runs the hub's threads, and Python code between fork and exec is unsafe then.
+    """
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Apply:
     """Starts ``mlsync apply`` subprocesses and kills any still running at teardown."""
 
@@ -86,13 +107,14 @@ class Apply:
         return [*mlsync, "apply", str(self.manifest), "--root-url", hub.url, *extra]
 
     def start(self, hub: RunningHub, *extra: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            self.command(hub, *extra),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
+        with sigint_not_ignored():
+            proc = subprocess.Popen(
+                self.command(hub, *extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=self.env,
+            )
         self.started.append(proc)
         return proc
 
