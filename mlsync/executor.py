@@ -42,6 +42,8 @@ STOP_GRACE_SECONDS = 1.0
 """How long a stop waits for workers; one stuck where nothing can wake it (connecting, say)
 is left behind (a daemon thread: it cannot keep the process alive, and writes nothing more
 than a kill at that moment would leave)."""
+STOPPING = "stopping... (transfers in flight keep their .part to resume next time)"
+"""The notice a stop sends at once, before waiting for the workers."""
 ERROR_REPORT_HEADER = (
     "error",
     "dataset_id",
@@ -184,8 +186,8 @@ class Executor:
                 fatal = self._collect(results, threads, report, count_task)
             except KeyboardInterrupt:
                 report.interrupted = True
-                self.sink(Notice("warning", self.dataset, STOPPING))
                 self._stop_workers()
+                self.sink(Notice("warning", self.dataset, STOPPING))
                 self._drain(results, threads, report, count_task)
                 self.state.commit()
                 raise
@@ -397,10 +399,6 @@ class Executor:
                 thread.join(timeout=0.1)
         while results:
             self._record(results.popleft(), report, count_task)
-
-
-STOPPING = "stopping... (transfers in flight keep their .part to resume next time)"
-"""The notice a stop sends at once, before waiting for the workers."""
 
 
 _R = TypeVar("_R")
