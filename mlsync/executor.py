@@ -2,10 +2,13 @@
 
 Workers only download (each with its own pooled HTTP client); the calling thread is the
 only one that touches the asset database, so SQLite sees a single writer and results are
-committed in batches. Ctrl-C sets a stop flag: workers abandon their current chunk (the
-``.part`` file stays and is resumed next time), results already in are committed, and
-``KeyboardInterrupt`` propagates. A disk that is full, read-only or gone stops the run with a
-``LocalWriteError`` in the same orderly way.
+committed in batches. Ctrl-C (or the CLI's SIGTERM, raised as a ``KeyboardInterrupt``) says
+"stopping" at once and sets a stop flag: queued actions are dropped, the sockets of bodies
+being read are shut down so that workers blocked on a slow server wake up, retry waits end,
+and workers abandon their current chunk (a ``.part`` with bytes stays and is resumed next
+time, an empty one is removed). Results already in are committed and ``KeyboardInterrupt``
+propagates, within about :data:`STOP_GRACE_SECONDS`. A disk that is full, read-only or gone
+stops the run with a ``LocalWriteError`` in the same orderly way.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from mlsync import layout
 from mlsync.errors import LocalWriteError, TransferError, UnsafePathError
-from mlsync.events import AssetFinished, EventSink, Task, ignore
+from mlsync.events import AssetFinished, EventSink, Notice, Task, ignore
 from mlsync.hub.http import RetryPolicy, Timeouts, TransferClient, redact
 from mlsync.records import ActionKind, PlannedAction
 from mlsync.transfer import FileTransfer, TransferStopped, describe_failure
@@ -35,6 +38,12 @@ COMMIT_EVERY = 500
 COMMIT_SECONDS = 1.0
 POLL_SECONDS = 0.02
 """How often the recording thread looks for finished transfers."""
+STOP_GRACE_SECONDS = 1.0
+"""How long a stop waits for workers; one stuck where nothing can wake it (connecting, say)
+is left behind (a daemon thread: it cannot keep the process alive, and writes nothing more
+than a kill at that moment would leave)."""
+STOPPING = "stopping... (transfers in flight keep their .part to resume next time)"
+"""The notice a stop sends at once, before waiting for the workers."""
 ERROR_REPORT_HEADER = (
     "error",
     "dataset_id",
@@ -129,6 +138,9 @@ class Executor:
             lambda timeouts: TransferClient(timeouts=timeouts, ca_bundle=ca_bundle)
         )
         self.stop = threading.Event()
+        self._in_flight: dict[int, object] = {}
+        """The response each worker thread is reading (by thread id), to abort on a stop."""
+        self._in_flight_lock = threading.Lock()
         self._checked_folders: set[str] = set()
         self._real_base: str | None = None
         self._real_folders: set[str] = set()
@@ -180,7 +192,8 @@ class Executor:
                 fatal = self._collect(results, threads, report, count_task)
             except KeyboardInterrupt:
                 report.interrupted = True
-                self.stop.set()
+                self._stop_workers()
+                self.sink(Notice("warning", self.dataset, STOPPING))
                 self._drain(results, threads, report, count_task)
                 self.state.commit()
                 raise
@@ -221,7 +234,9 @@ class Executor:
         except UnsafePathError as exc:
             return _Failed(action, self._failure(action, str(exc), None, 0))
         transfer = FileTransfer(
-            lambda offset, if_range: client.open(href, offset=offset, if_range=if_range),
+            lambda offset, if_range: self._reading(
+                client.open(href, offset=offset, if_range=if_range)
+            ),
             dest,
             label=f"{self.dataset}/{action.rel_path}",
             expected_size=action.size,
@@ -229,6 +244,7 @@ class Executor:
             policy=self.policy,
             on_bytes=on_bytes,
             stop=self.stop,
+            sleep=self._pause,
             root=self.dataset_dir,
             fresh=action.kind is not ActionKind.RESUME,  # the planner saw no part to resume
         )
@@ -247,7 +263,29 @@ class Executor:
             return _Failed(
                 action, self._failure(action, describe_failure(exc), None, transfer.attempts)
             )
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.pop(threading.get_ident(), None)
         return _Done(action, outcome.size, outcome.mtime_ns, outcome.attempts, outcome.sha256)
+
+    def _reading(self, response: _R) -> _R:
+        """Note the response this worker reads, so that a stop can wake it up."""
+        with self._in_flight_lock:
+            self._in_flight[threading.get_ident()] = response
+            if self.stop.is_set():  # the stop's abort pass may have run already
+                _abort(response)
+        return response
+
+    def _pause(self, seconds: float) -> None:
+        """A retry's wait, which a stop ends at once (the next attempt then stops)."""
+        self.stop.wait(seconds)
+
+    def _stop_workers(self) -> None:
+        """Set the stop flag and wake the workers blocked reading a body (a stalled server)."""
+        self.stop.set()
+        with self._in_flight_lock:
+            for response in self._in_flight.values():
+                _abort(response)
 
     def _destination(self, rel_path: str) -> Path:
         """The last guard before a write: no symlink in the tree may lead it outside.
@@ -365,12 +403,22 @@ class Executor:
         count_task: Task,
     ) -> None:
         """After Ctrl-C: give workers a moment to drop their chunk, record what finished."""
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
         while time.monotonic() < deadline and any(t.is_alive() for t in threads):
             for thread in threads:
                 thread.join(timeout=0.1)
         while results:
             self._record(results.popleft(), report, count_task)
+
+
+_R = TypeVar("_R")
+
+
+def _abort(response: object) -> None:
+    """Shut down the connection of a response being read, if it can be (test doubles may not)."""
+    abort = getattr(response, "abort", None)
+    if abort is not None:
+        abort()
 
 
 def _folder_of(action: PlannedAction) -> str:

@@ -116,8 +116,8 @@ def _judge(desired: DesiredAsset, local: LocalFile) -> PlannedAction:
       or there is no trustworthy record and the size equals the catalog's (the database was
       deleted: size alone is trusted then, as the reference client does). A stray ``.part``
       beside an up-to-date file is ignored.
-    * otherwise a ``.part`` decides: **resume** at its length, or **replace** from zero when
-      it is longer than the catalog's size.
+    * otherwise a ``.part`` that is not empty decides: **resume** at its length, or
+      **replace** from zero when it is longer than the catalog's size.
     * no final file: **add**.
     * a final file that is not up to date: **replace** when the database says complete but
       disk size or mtime changed since (modified locally), when its size differs from the
@@ -136,7 +136,7 @@ def _judge(desired: DesiredAsset, local: LocalFile) -> PlannedAction:
             return PlannedAction(
                 _UP_TO_DATE, desired.rel_path, desired.href, expected, desired.checksum, 0, reason
             )
-    if part_size is not None:
+    if part_size:  # an empty .part (killed before its first chunk) has nothing to resume
         if expected is not None and part_size > expected:
             kind, offset = _REPLACE, 0
             reason = f".part {part_size:,} > catalog {expected:,} bytes"

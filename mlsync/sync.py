@@ -49,6 +49,7 @@ from mlsync.records import (
     LocalFile,
     PlannedAction,
 )
+from mlsync.removed import stamp_owner
 from mlsync.runlock import RunLock
 from mlsync.sources import CatalogSource, CatalogStatus, SourceSpec, SyncTarget, make_source
 from mlsync.sources.mlhub import MLHubSource
@@ -284,6 +285,13 @@ class DatasetSync:
         status = self.source.refresh(db, dirs.catalog, frozen=frozen)
         self._check_filter(db, status)
         plan, reconcile = self._build_plan(db, dirs.assets, keep, self.if_exists)
+        if self.target.manifest is not None:
+            stamp_owner(
+                db,
+                manifest=self.target.manifest,
+                output_dir=dirs.assets.parent,
+                name=self.target.name,
+            )
         return DatasetPlan(self.target, dataset, dirs.assets, status, plan, reconcile)
 
     @contextmanager

@@ -154,7 +154,7 @@ class FileTransfer:
         )
         stopped_or_failed = True
         try:
-            retrying(self._attempt)
+            retrying(self._attempt_unless_stopped)
             stopped_or_failed = False
         except TransferStopped:
             raise
@@ -190,6 +190,18 @@ class FileTransfer:
         with contextlib.suppress(OSError):
             if self.part.stat().st_size == 0:
                 self.part.unlink()
+
+    def _attempt_unless_stopped(self) -> None:
+        """An attempt; a failure while the run stops is the stop's doing (it shuts down the
+        connection being read), not something to retry or report: the part stays."""
+        try:
+            self._attempt()
+        except (TransferStopped, LocalWriteError):
+            raise
+        except Exception:
+            if self.stop.is_set():
+                raise TransferStopped() from None
+            raise
 
     def _attempt(self) -> None:
         """One request; the part's descriptor is held from its open to the last check."""

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -73,6 +74,26 @@ def env(tmp_path: Path) -> dict[str, str]:
     return environ
 
 
+@contextmanager
+def sigint_not_ignored() -> Iterator[None]:
+    """Children started in this block get SIGINT's default disposition, as in a terminal.
+
+    A shell starts a background job (``.ci/run &``) with SIGINT ignored, and an ignored
+    signal stays ignored across fork and exec: the test's SIGINT would do nothing. A handled
+    one is reset to the default by exec, so while the child starts this process handles
+    SIGINT (Python's own handler) instead of ignoring it. No ``preexec_fn``: this process
+    runs the hub's threads, and Python code between fork and exec is unsafe then.
+    """
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Apply:
     """Starts ``mlsync apply`` subprocesses and kills any still running at teardown."""
 
@@ -86,13 +107,14 @@ class Apply:
         return [*mlsync, "apply", str(self.manifest), "--root-url", hub.url, *extra]
 
     def start(self, hub: RunningHub, *extra: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            self.command(hub, *extra),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.env,
-        )
+        with sigint_not_ignored():
+            proc = subprocess.Popen(
+                self.command(hub, *extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=self.env,
+            )
         self.started.append(proc)
         return proc
 
@@ -278,6 +300,95 @@ def test_sigint_exits_130_says_how_to_resume_and_rerun_completes(
     assert rerun.returncode == 0, rerun.stderr
     assert f"{on_disk} up to date" in rerun.stderr
     assert_finished(apply, tmp_path / "out", slow_root)
+
+
+def part_files(dataset_dir: Path) -> dict[str, int]:
+    """Every ``.part`` under ``dataset_dir`` (relative path → size)."""
+    return {
+        p.relative_to(dataset_dir).as_posix(): p.stat().st_size for p in dataset_dir.rglob("*.part")
+    }
+
+
+def test_sigterm_is_handled_like_ctrl_c_exit_143_and_the_next_plan_resumes_only_real_parts(
+    hub_factory: HubFactory, slow_root: Path, tmp_path: Path, apply: Apply, env: dict[str, str]
+) -> None:
+    """``docker stop``, systemd and a CI cancel send SIGTERM: the same orderly stop as Ctrl-C
+    (what finished recorded, the lock released, no traceback), exit 143 (128 + 15), and no
+    empty ``.part`` that the next plan would count as "to resume"."""
+    faults = stalling()
+    hub = hub_factory(root=slow_root, faults=faults)
+    dataset_dir = tmp_path / "out" / DATASET
+    proc = apply.start(hub, "--workers", "4")
+    wait_until(lambda: count_files(dataset_dir)() >= 30, proc, "30 files were in place")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=PROCESS_TIMEOUT)
+    assert proc.returncode == 143, err
+    assert "stopping" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+
+    on_disk = assert_stopped_cleanly(tmp_path / "out", slow_root, strict_db=True)
+    assert 30 <= on_disk < FILES, "the signal did not land part-way"
+    assert not (dataset_dir / LOCK_FILE_NAME).exists()
+    assert not (dataset_dir / "err_report.csv").exists()  # nothing failed: no report
+    parts = part_files(dataset_dir)
+    assert [rel for rel, size in parts.items() if size == 0] == []
+
+    planned = subprocess.run(
+        [sys.executable, "-m", "mlsync", "plan", str(apply.manifest), "--json",
+         "--root-url", hub.url],
+        capture_output=True, text=True, env=env, timeout=PROCESS_TIMEOUT, check=True,
+    )  # fmt: skip
+    counts = json.loads(planned.stdout)["counts"]
+    assert counts["resume"] == len(parts)
+    assert counts["up-to-date"] == on_disk
+
+    faults.rate_stall = 0.0
+    rerun = apply.run(hub)
+    assert rerun.returncode == 0, rerun.stderr
+    assert_finished(apply, tmp_path / "out", slow_root)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+@pytest.mark.parametrize(
+    "faults",
+    [
+        FaultConfig(seed=1, rate_stall=1.0, stall_seconds=30.0),
+        FaultConfig(seed=1, rate_503=1.0, retry_after=30),
+    ],
+    ids=["stalled-body", "retry-after"],
+)
+def test_a_signal_while_transfers_wait_says_stopping_and_exits_within_seconds(
+    hub_factory: HubFactory,
+    slow_root: Path,
+    tmp_path: Path,
+    apply: Apply,
+    signum: int,
+    code: int,
+    faults: FaultConfig,
+) -> None:
+    """Every asset stalls for 30 s half-way through its body, or is answered 503 with
+    ``Retry-After: 30``: the signal lands while every worker is blocked reading, or waiting to
+    retry. apply must say "stopping" and exit in about a second (the bound is generous: a
+    correctness check on a shared machine, not a benchmark). A stalled body's first half is
+    still in the reader's 1 MiB chunk, not in the part: no empty part may stay."""
+    hub = hub_factory(root=slow_root, faults=faults)
+    dataset_dir = tmp_path / "out" / DATASET
+    proc = apply.start(hub, "--workers", "4")
+    started = lambda: hub.stats["by_kind"].get("asset", 0) >= 4  # noqa: E731
+    wait_until(started, proc, "4 transfers had started")
+    time.sleep(0.3)  # into the stall or the wait
+    signalled = time.monotonic()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=PROCESS_TIMEOUT)
+    elapsed = time.monotonic() - signalled
+    assert proc.returncode == code, err
+    assert "stopping" in err
+    assert "Traceback" not in err
+    assert elapsed < 3.0, f"apply took {elapsed:.1f} s to stop"
+    assert not (dataset_dir / LOCK_FILE_NAME).exists()
+    assert [rel for rel, size in part_files(dataset_dir).items() if size == 0] == []
 
 
 # --- the run lock -------------------------------------------------------------------------

@@ -337,10 +337,12 @@ def _selected_state(draw: Draw[Any], size: int | None) -> PathState:
     if name == "part-short":
         part = draw(st.integers(0, max(size - 1, 0))) if size is not None else n
         record = "partial" if draw(st.booleans()) else None
-        return PathState(name, RESUME, offset=part, part=part, record=record, record_size=part)
+        # an empty part has nothing to resume: added (apply truncates it)
+        kind = RESUME if part else ADD
+        return PathState(name, kind, offset=part, part=part, record=record, record_size=part)
     assert name == "part-long"
     if size is None:
-        return PathState(name, RESUME, offset=n, part=n)
+        return PathState(name, RESUME if n else ADD, offset=n, part=n)
     return PathState(name, REPLACE, part=size + draw(st.integers(1, 5)), record=None)
 
 

@@ -76,6 +76,15 @@ def complete(
         (want(), have(state=FileState.COMPLETE, recorded_size=100), ADD, 0, "deleted locally"),
         (want(), have(state=FileState.FAILED), ADD, 0, "retry after failure"),
         (want(), have(part_size=40), RESUME, 40, ".part has 40 bytes"),
+        # an empty .part (a run killed before the first chunk landed) holds nothing to resume
+        (want(), have(part_size=0), ADD, 0, "new"),
+        (
+            want(None),
+            have(disk_size=60, disk_mtime_ns=1, part_size=0),
+            RESUME,
+            60,
+            "unrecorded file of unknown size",
+        ),
         (want(None), have(part_size=40), RESUME, 40, ".part has 40 bytes"),
         (want(), have(part_size=100), RESUME, 100, ".part has 100 bytes"),
         (want(), have(part_size=120), REPLACE, 0, ".part 120 > catalog 100 bytes"),
@@ -180,15 +189,13 @@ def test_every_asset_lands_in_exactly_one_class(desired: DesiredAsset, local: Lo
     assert action == classify(desired, local)  # deterministic
     assert action.kind in {ADD, RESUME, REPLACE, UP_TO_DATE}
     assert action.reason
-    nothing_on_disk = local.disk_size is None and local.part_size is None
+    nothing_on_disk = local.disk_size is None and not local.part_size  # an empty part: nothing
     assert (action.kind is ADD) == nothing_on_disk
     if action.kind is UP_TO_DATE:
         assert local.disk_size is not None
         assert desired.size in (None, local.disk_size)
     if action.kind is RESUME:
-        assert action.offset == (
-            local.part_size if local.part_size is not None else local.disk_size
-        )
+        assert action.offset == (local.part_size if local.part_size else local.disk_size)
         assert desired.size is None or action.offset <= desired.size
     else:
         assert action.offset == 0

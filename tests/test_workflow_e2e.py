@@ -753,6 +753,27 @@ def test_local_damage_is_planned_and_repaired_with_a_range_request(
     assert cli("plan", manifest, "--detailed-exitcode").code == 0
 
 
+def test_an_empty_part_is_planned_as_an_add_not_a_resume(
+    tmp_path: Path, hub: RunningHub, cli: Callable[..., CliResult]
+) -> None:
+    """A run killed between creating a part and writing its first chunk leaves it empty:
+    nothing to resume from, so the plan counts it "to add" (apply truncates it)."""
+    manifest = write_manifest(tmp_path / "sync.yaml", hub.url, collections={SOURCE: ["B02"]})
+    assert cli("apply", manifest).code == 0
+    tree = tmp_path / "out" / DATASET
+    rel = f"{SOURCE}/{SOURCE}_000001/B02.tif"
+    (tree / rel).unlink()
+    (tree / f"{rel}.part").write_bytes(b"")
+
+    document = cli("plan", manifest, "--json").json()
+    assert document["counts"]["add"] == 1 and document["counts"]["resume"] == 0
+    assert _actions(document)[rel]["kind"] == "add"
+    hub.reset_stats()
+    assert cli("apply", manifest).code == 0
+    assert hub.stats["range_requests"]["asset"] == 0
+    assert not list(tree.rglob("*.part"))
+
+
 def test_dropped_collection_is_orphaned_and_prune_removes_exactly_it(
     tmp_path: Path, hub: RunningHub, sample_root: Path, cli: Callable[..., CliResult]
 ) -> None:

@@ -1,7 +1,8 @@
 """``mlsync`` command line: argument parsing, dispatch, and exit codes.
 
 Exit codes follow Terraform: 0 success (for ``plan --detailed-exitcode``: nothing to do),
-1 error, 2 changes pending (``plan --detailed-exitcode`` only), 130 interrupted (Ctrl-C).
+1 error, 2 changes pending (``plan --detailed-exitcode`` only), 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM: handled like Ctrl-C, see :mod:`mlsync.cli.signals`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.markup import escape
 from mlsync import __version__
 from mlsync.cli import datasets_cmd, hub_cmd, sync_cmd
 from mlsync.cli.render import stderr_console
+from mlsync.cli.signals import exit_code, interruption_name, stop_signals_handled
 from mlsync.errors import MLSyncError
 from mlsync.hub.http import RedactingFilter, redact
 
@@ -92,14 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     console = stderr_console()
     try:
-        with _logging_configured(args.verbose, args.quiet):
+        with _logging_configured(args.verbose, args.quiet), stop_signals_handled():
             code: int = args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         console.print(
-            "[yellow]interrupted[/]: nothing half-written was kept as complete; "
-            "run the same command again to resume"
+            f"[yellow]{interruption_name(interruption)}[/]: nothing half-written was kept as "
+            "complete; run the same command again to resume"
         )
-        return EXIT_INTERRUPTED
+        return exit_code(interruption)
     except MLSyncError as exc:
         console.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False)
         return EXIT_ERROR

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,7 @@ from mlsync.lockfile import LockEntry, LockFile, check_frozen, read_lock, write_
 from mlsync.manifest import Manifest, load_manifest
 from mlsync.planner import PlannedDataset, SavedPlan, check_fresh
 from mlsync.records import ActionKind, PlannedAction
+from mlsync.removed import RemovedDataset, find_removed, remove_dataset
 from mlsync.sync import DatasetPlan, DatasetResult, DatasetSync, SyncTarget
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -79,7 +81,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=None,
         help=f"parallel transfers (default {default_workers()})",
     )
-    apply.add_argument("--prune", action="store_true", help="remove orphaned files (listed first)")
+    apply.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove orphaned files (listed first) and, once confirmed, the trees of datasets "
+        "removed from the manifest",
+    )
+    apply.add_argument(
+        "--yes",
+        action="store_true",
+        help="with --prune: remove the trees of removed datasets without asking",
+    )
     apply.set_defaults(func=run_apply)
 
     status = commands.add_parser("status", help="local state of each dataset (no network)")
@@ -158,6 +170,7 @@ def load_project(manifest_arg: str, only: list[str] | None = None) -> Project:
             filter=spec.to_filter(),
             catalog_only=spec.catalog_only,
             source=spec.to_source(),
+            manifest=path,
         )
         for spec in manifest.datasets
     ]
@@ -296,19 +309,46 @@ def _dataset_document(dataset_plan: DatasetPlan) -> dict[str, Any]:
     }
 
 
-def plan_document(plans: list[DatasetPlan]) -> dict[str, Any]:
+def plan_document(
+    plans: list[DatasetPlan], removed: Sequence[RemovedDataset] = ()
+) -> dict[str, Any]:
     combined = planner.combine(p.plan for p in plans)
     return {
         "summary": combined.summary_line(),
-        "has_changes": _has_changes(plans),
+        "has_changes": _has_changes(plans, removed),
         "counts": {kind.value: count for kind, count in combined.counts.items()},
         "datasets": [_dataset_document(p) for p in plans],
+        "removed_datasets": [r.to_dict() for r in removed],
     }
 
 
-def _has_changes(plans: list[DatasetPlan]) -> bool:
-    """Apply would change the tree: transfers, removals or a catalog to unpack."""
-    return any(p.plan.has_changes or p.catalog.unpack_pending for p in plans)
+def _has_changes(plans: list[DatasetPlan], removed: Sequence[RemovedDataset] = ()) -> bool:
+    """Apply would change the tree: transfers, removals (``--prune``: orphans and the trees
+    of removed datasets) or a catalog to unpack."""
+    return bool(removed) or any(p.plan.has_changes or p.catalog.unpack_pending for p in plans)
+
+
+def _removed_datasets(
+    project: Project, args: argparse.Namespace, plans: list[DatasetPlan]
+) -> list[RemovedDataset]:
+    """Trees this manifest synced for datasets it no longer names; only looked for when the
+    run covers the whole manifest (``--dataset`` or a saved plan narrows it: a dataset
+    renamed but not planned in this run could pass for removed)."""
+    if args.dataset:
+        return []
+    return find_removed(
+        project.path,
+        {target.output_dir for target in project.targets},
+        {spec.label for spec in project.manifest.datasets},
+        keep=[p.dataset_dir for p in plans],
+    )
+
+
+def _describe_removed(removed: RemovedDataset) -> str:
+    return (
+        f"dataset {removed.name} removed from the manifest: {removed.files:,} files "
+        f"({human_bytes(removed.bytes)}) left in {removed.dataset_dir}"
+    )
 
 
 def _dataset_heading(dataset_plan: DatasetPlan) -> str:
@@ -325,9 +365,14 @@ def _dataset_heading(dataset_plan: DatasetPlan) -> str:
     )
 
 
-def render_plan(plans: list[DatasetPlan]) -> None:
+def render_plan(plans: list[DatasetPlan], removed: Sequence[RemovedDataset] = ()) -> None:
     """Terraform-like: per dataset, a table of what changes; then the frozen summary line."""
     console = stdout_console()
+    for gone in removed:
+        console.print(
+            f"{_SYMBOL[ActionKind.ORPHAN]} {escape(_describe_removed(gone))}; "
+            "`mlsync apply --prune` removes them"
+        )
     for dataset_plan in plans:
         plan = dataset_plan.plan
         console.print(_dataset_heading(dataset_plan))
@@ -377,20 +422,21 @@ def run_plan(args: argparse.Namespace) -> int:
         keep = None if args.out or args.json else SHOWN_ACTIONS
         plans = _make_plans(project, args, renderer, keep)
     _update_lock(project, plans, args.frozen)
+    removed = _removed_datasets(project, args, plans)
     if args.out:
         _write_text_atomically(args.out, _saved_plan(project, plans).to_json())
     if args.json:
         # Built only when asked for: every action as JSON is hundreds of MB for a million.
-        document = plan_document(plans)
+        document = plan_document(plans, removed)
         print_json("plan", {**document, "saved_to": str(args.out) if args.out else None})
     else:
-        render_plan(plans)
+        render_plan(plans, removed)
         if args.out:
             stdout_console().print(
                 f"Saved the plan to {args.out}; run `mlsync apply {args.out}` to carry it out.",
                 markup=False,
             )
-    if args.detailed_exitcode and _has_changes(plans):
+    if args.detailed_exitcode and _has_changes(plans, removed):
         return EXIT_CHANGES
     return EXIT_OK
 
@@ -501,7 +547,27 @@ def run_apply(args: argparse.Namespace) -> int:
                 if exc.result is not None:
                     results.append(exc.result)
     _update_lock(project, gate.plans, args.frozen)
+    refused = False
+    removed: list[RemovedDataset] = []
+    for gone in _removed_datasets(project, args, gate.plans):
+        if not args.prune:
+            console.print(
+                f"{_describe_removed(gone)}; `mlsync apply --prune` removes them", markup=False
+            )
+        elif not args.yes and not sys.stdin.isatty():
+            # A whole tree is not removed on a guess: with no one to ask, --yes must say so.
+            console.print(
+                f"[bold red]error:[/] not removing {escape(_describe_removed(gone))}: there is "
+                "no terminal to confirm it; pass --yes to remove it",
+                highlight=False,
+            )
+            refused = True
+        elif args.yes or _confirmed_removal(gone, console):
+            remove_dataset(gone)
+            console.print(f"removed dataset {gone.name}: {gone.dataset_dir}", markup=False)
+            removed.append(gone)
     summary = _apply_summary(results, failures, time.monotonic() - started)
+    summary["removed_datasets"] = [r.to_dict() for r in removed]
     if args.json:
         print_json("apply", summary)
     else:
@@ -509,7 +575,22 @@ def run_apply(args: argparse.Namespace) -> int:
         out.print(summary["summary"], style="bold red" if failures else "bold green", markup=False)
         for failure in failures:
             out.print(str(failure), style="red", markup=False)
-    return EXIT_ERROR if failures else EXIT_OK
+    return EXIT_ERROR if failures or refused else EXIT_OK
+
+
+def _confirmed_removal(removed: RemovedDataset, console: Any) -> bool:
+    """Whether the person at the terminal typed "y" (anything else keeps the tree)."""
+    question = (
+        f"remove {removed.files:,} files ({human_bytes(removed.bytes)}) of dataset "
+        f"{removed.name}? [y/N] "
+    )
+    sys.stderr.write(f"{removed.dataset_dir}: {question}")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer in ("y", "yes"):
+        return True
+    console.print(f"kept {removed.dataset_dir}", markup=False)
+    return False
 
 
 def _duration(seconds: float) -> str:

@@ -9,6 +9,7 @@ string that may reach a person (exception, log line, report) passes through ``re
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import platform
 import random
 import re
+import socket
 import threading
 import time
 import urllib.request
@@ -451,6 +453,17 @@ class _TransferResponse:
             raise _requests_error(exc, self.url, mid_body=True) from None
         except OSError as exc:  # a socket error urllib3 let through
             raise requests.ConnectionError(f"{exc} ({redact(self.url)})") from None
+
+    def abort(self) -> None:
+        """Wake the thread reading this body, from another thread (a run stopping): its
+        socket is shut down (closing it would not end a blocked read). The reader then gets
+        an error, and the connection is not reused."""
+        sock = getattr(getattr(self._raw, "connection", None), "sock", None)
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                # socket's own shutdown: an SSLSocket's would also drop its TLS state under
+                # the reading thread's feet.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def __enter__(self) -> _TransferResponse:
         return self

@@ -81,7 +81,10 @@ class SyncTarget:
     """One dataset of a manifest (or of a ``download()`` call), fully resolved.
 
     ``source`` None means an MLHub API dataset known to the hub as ``ref``; otherwise
-    ``name`` is also the dataset's directory under ``output_dir``.
+    ``name`` is also the dataset's directory under ``output_dir``. ``manifest``: the manifest
+    file the target comes from (None for a ``download()`` call); plan and apply stamp it in
+    the dataset's asset database, so that the datasets it later drops can be found
+    (:mod:`mlsync.removed`).
     """
 
     name: str
@@ -90,6 +93,7 @@ class SyncTarget:
     filter: DownloadFilter = field(default_factory=DownloadFilter)
     catalog_only: bool = False
     source: SourceSpec | None = None
+    manifest: Path | None = None
 
 
 @dataclass(frozen=True)
