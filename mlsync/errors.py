@@ -16,7 +16,8 @@ never contain an API key (URLs are redacted before they reach a message).
     │   ├── EntityDoesNotExist        404 on a dataset, collection, item or catalog
     │   ├── HubConnectionError        DNS, refused, reset or timed out, after retries
     │   ├── HubServerError            5xx or 429 that outlasted every retry
-    │   └── HubResponseError          HTML, invalid JSON, or JSON of the wrong shape
+    │   ├── HubResponseError          HTML, invalid JSON, or JSON of the wrong shape
+    │   └── HubPathNotFound           404 from the API root itself: a wrong root URL path
     ├── CatalogError                  the dataset's STAC catalog cannot be used
     │   └── UnsafePathError           a member, id or key would escape the output directory
     ├── LocalWriteError               the output tree cannot be written (full, denied, gone)
@@ -47,6 +48,7 @@ __all__ = [
     "FilterError",
     "FrozenLockError",
     "HubConnectionError",
+    "HubPathNotFound",
     "HubResponseError",
     "HubServerError",
     "LocalWriteError",
@@ -120,6 +122,12 @@ class HubServerError(MLHubError):
 
 class HubResponseError(MLHubError):
     """The hub answered with something that is not the JSON the API promises."""
+
+
+class HubPathNotFound(MLHubError):
+    """A 404 from a URL where the API itself is missing (its dataset listing answers 404
+    too): the root URL's path is wrong, whatever was asked for. Not an
+    ``EntityDoesNotExist``: nothing is known about the dataset."""
 
 
 class CatalogError(MLSyncError):
