@@ -177,7 +177,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         keys = f", {len(args.api_keys)} API key(s) accepted" if args.api_keys else ""
-        console.print(f"serving [bold]{args.root}[/] at [bold]{url}[/]{keys} (Ctrl-C to stop)")
+        console.print(
+            f"serving [bold]{escape(str(args.root))}[/] ({escape(_datasets_served(args.root))}) "
+            f"at [bold]{url}[/]{keys} (Ctrl-C to stop)"
+        )
         console.print(f"  export MLHUB_ROOT_URL={url}")
         if args.faults is not None:
             console.print(f"  faults: {escape(_fault_summary(args.faults))}")
@@ -200,6 +203,18 @@ def run_serve(args: argparse.Namespace) -> int:
         pass  # uvicorn has shut down gracefully and re-raised Ctrl-C: stopping is success
     console.print("hub stopped")
     return EXIT_OK
+
+
+def _datasets_served(root: Path) -> str:
+    """``2 datasets: a, b`` when serving starts (ROOT is read live: later ones are served
+    too); with none, how to make one, so an empty hub is not a mystery."""
+    from mlsync.localhub.store import HubStore
+
+    ids = [dataset.id for dataset in HubStore(root).datasets()]
+    if not ids:
+        return f"no datasets yet; `mlsync hub make-sample {root}` writes one"
+    shown = ", ".join(ids[:5]) + (f", … {len(ids) - 5} more" if len(ids) > 5 else "")
+    return f"{len(ids)} dataset{'s' if len(ids) != 1 else ''}: {shown}"
 
 
 def _fault_summary(config: FaultConfig) -> str:

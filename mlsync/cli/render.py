@@ -34,7 +34,8 @@ from mlsync.events import (
 )
 from mlsync.hub.http import redact
 
-JSON_FORMAT_VERSION = 1
+JSON_FORMAT_VERSION = 2
+"""Bumped when a JSON field changes meaning or spelling (README, "## JSON output")."""
 
 
 PIPE_WIDTH = 200

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from mlsync import planner
 from mlsync.assetdb import AssetDB
+from mlsync.cli.hubargs import DEFAULT_MANIFEST, settings_for
 from mlsync.cli.render import (
     ProgressRenderer,
     human_bytes,
@@ -30,7 +31,6 @@ from mlsync.errors import (
     StalePlanError,
 )
 from mlsync.executor import default_workers
-from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession
 from mlsync.layout import ASSET_DB_NAME, dataset_dir
 from mlsync.lockfile import LockEntry, LockFile, check_frozen, read_lock, write_lock
@@ -40,7 +40,7 @@ from mlsync.records import ActionKind, PlannedAction
 from mlsync.sync import DatasetPlan, DatasetResult, DatasetSync, SyncTarget
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-DEFAULT_MANIFEST = "mlsync.yaml"
+MANIFEST_HELP = f"the manifest file (default: {DEFAULT_MANIFEST} in the current directory)"
 SHOWN_ACTIONS = 15
 _SYMBOL = {
     ActionKind.ADD: "[green]+[/]",
@@ -52,12 +52,12 @@ _SYMBOL = {
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     validate = commands.add_parser("validate", help="check a manifest (no network)")
-    validate.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST)
+    validate.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST, help=MANIFEST_HELP)
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=run_validate)
 
     plan = commands.add_parser("plan", help="show what apply would change")
-    plan.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST)
+    plan.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST, help=MANIFEST_HELP)
     _common_options(plan)
     plan.add_argument("--out", type=Path, help="save the plan so `mlsync apply FILE` runs it")
     plan.add_argument(
@@ -69,12 +69,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     apply = commands.add_parser("apply", help="download what is missing or partial")
     apply.add_argument(
-        "manifest", nargs="?", default=DEFAULT_MANIFEST, help="manifest, or a plan saved by --out"
+        "manifest",
+        nargs="?",
+        default=DEFAULT_MANIFEST,
+        help=f"the manifest, or a plan saved by `plan --out` (default: {DEFAULT_MANIFEST})",
     )
     _common_options(apply)
     apply.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=None,
         help=f"parallel transfers (default {default_workers()})",
     )
@@ -82,9 +85,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     apply.set_defaults(func=run_apply)
 
     status = commands.add_parser("status", help="local state of each dataset (no network)")
-    status.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST)
+    status.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST, help=MANIFEST_HELP)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=run_status)
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a whole number of parallel transfers, at least one."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -118,14 +132,7 @@ class Project:
     targets: list[SyncTarget]
 
     def session(self, args: argparse.Namespace) -> HubSession:
-        hub = self.manifest.hub
-        settings = resolve_settings(
-            profile=getattr(args, "profile", None) or hub.profile,
-            root_url=getattr(args, "root_url", None) or hub.root_url,
-            api_key_env=hub.api_key_env,
-            ca_bundle=getattr(args, "ca_bundle", None) or self.manifest.resolved_ca_bundle,
-        )
-        return HubSession(settings)
+        return HubSession(settings_for(args, self.manifest))
 
 
 def lock_path_for(manifest_path: Path) -> Path:
@@ -277,8 +284,21 @@ def _dataset_document(dataset_plan: DatasetPlan) -> dict[str, Any]:
             "ingested": dataset_plan.catalog.ingested,
             "unpack": dataset_plan.catalog.unpack_pending,
         },
-        "plan": dataset_plan.plan.to_dict(),
+        "plan": _json_plan(dataset_plan.plan.to_dict()),
     }
+
+
+def json_kind(kind: ActionKind | str) -> str:
+    """An action kind as the CLI's JSON spells it: ``up_to_date``, like every other count."""
+    return str(kind).replace("-", "_")
+
+
+def _json_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """A plan's ``to_dict`` (also the saved plan file, which keeps its own spelling) with the
+    CLI JSON's kind names in ``totals`` and ``actions``."""
+    plan["totals"] = {json_kind(kind): totals for kind, totals in plan["totals"].items()}
+    plan["actions"] = [{**action, "kind": json_kind(action["kind"])} for action in plan["actions"]]
+    return plan
 
 
 def plan_document(plans: list[DatasetPlan]) -> dict[str, Any]:
@@ -286,7 +306,7 @@ def plan_document(plans: list[DatasetPlan]) -> dict[str, Any]:
     return {
         "summary": combined.summary_line(),
         "has_changes": _has_changes(plans),
-        "counts": {kind.value: count for kind, count in combined.counts.items()},
+        "counts": {json_kind(kind): count for kind, count in combined.counts.items()},
         "datasets": [_dataset_document(p) for p in plans],
     }
 
