@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shlex
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from mlsync.cli.render import (
 )
 from mlsync.errors import (
     DownloadFailed,
+    EntityDoesNotExist,
     FrozenLockError,
     ManifestError,
     MLSyncError,
@@ -374,9 +377,37 @@ def _manifest_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+LISTING_HINT = "`mlsync datasets list`"
+
+
+@contextmanager
+def _listing_hint_for(project: Project, args: argparse.Namespace) -> Iterator[None]:
+    """A missing dataset's hint names ``mlsync datasets list``: give it the options that make
+    it ask the same hub (``-f`` when the manifest is not ``./mlsync.yaml``, ``--root-url``
+    and ``--profile`` when given here), so the suggested command works as printed."""
+    try:
+        yield
+    except EntityDoesNotExist as exc:
+        if LISTING_HINT not in str(exc):
+            raise
+        words = ["mlsync", "datasets", "list"]
+        if project.path.resolve() != Path(DEFAULT_MANIFEST).resolve():
+            words += ["-f", str(project.path)]
+        for option in ("root_url", "profile"):
+            if getattr(args, option, None):
+                words += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+        command = " ".join(shlex.quote(word) for word in words)
+        raise EntityDoesNotExist(
+            str(exc).replace(LISTING_HINT, f"`{command}`"), status=exc.status, url=exc.url
+        ) from None
+
+
 def run_plan(args: argparse.Namespace) -> int:
     project = load_project(args.manifest, args.dataset)
-    with ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer:
+    with (
+        _listing_hint_for(project, args),
+        ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer,
+    ):
         # Shown only, the table lists SHOWN_ACTIONS per kind: a plan of a million adds need
         # not hold more. --out and --json need every action.
         keep = None if args.out or args.json else SHOWN_ACTIONS
@@ -476,6 +507,13 @@ def run_apply(args: argparse.Namespace) -> int:
             f"{saved_path} is stale: the manifest {project.path} changed since it was made. "
             "Run `mlsync plan --out FILE` again and apply the new plan"
         )
+    with _listing_hint_for(project, args):
+        return _apply(project, args, saved, saved_path)
+
+
+def _apply(
+    project: Project, args: argparse.Namespace, saved: SavedPlan | None, saved_path: str
+) -> int:
     console = stderr_console()
     if saved is not None:
         # A saved plan is carried out whole or not at all: check every dataset before the
