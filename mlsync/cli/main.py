@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import logging
 import re
 import sys
@@ -20,13 +21,18 @@ from rich.markup import escape
 from mlsync import __version__
 from mlsync.cli import datasets_cmd, hub_cmd, sync_cmd
 from mlsync.cli.render import print_json, stderr_console
-from mlsync.errors import MLSyncError
+from mlsync.errors import LocalWriteError, MLSyncError
 from mlsync.hub.http import RedactingFilter, redact
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
+LOCAL_WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+LOCAL_WRITE_ADVICE = (
+    "Check that path's permissions, mount and free space, or write somewhere else; nothing "
+    "already complete was lost"
+)
 
 
 @contextmanager
@@ -194,6 +200,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             # --json promises one document on stdout, for a failure too.
             print_json("error", error_document(command_name(args), exc, message))
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        return EXIT_ERROR
+    except OSError as exc:
+        if exc.errno not in LOCAL_WRITE_ERRNOS:
+            raise
+        # A write no command expected to fail (a read-only tree, a folder of another user,
+        # a full disk): said in one line, as the commands' own checks say it.
+        local = LocalWriteError.from_os_error(
+            exc, exc.filename or "a file", advice=LOCAL_WRITE_ADVICE
+        )
+        message = redact(str(local))
+        if args.json:
+            print_json("error", error_document(command_name(args), local, message))
         console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
         return EXIT_ERROR
     return code

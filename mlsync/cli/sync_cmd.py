@@ -29,6 +29,7 @@ from mlsync.errors import (
     DownloadFailed,
     EntityDoesNotExist,
     FrozenLockError,
+    LocalWriteError,
     ManifestError,
     MLSyncError,
     StalePlanError,
@@ -264,7 +265,18 @@ def _update_lock(project: Project, plans: list[DatasetPlan], frozen: bool) -> No
     lock = project.lock.restricted_to({spec.label for spec in project.manifest.datasets})
     for dataset_plan in plans:
         lock = lock.with_entry(dataset_plan.target.name, dataset_plan.lock_entry())
-    write_lock(project.lock_path, lock)
+    try:
+        write_lock(project.lock_path, lock)
+    except OSError as exc:
+        raise LocalWriteError.from_os_error(
+            exc,
+            project.lock_path,
+            what="the lock file",
+            advice=(
+                "It is written next to the manifest: make that folder writable (or pass "
+                "--frozen, which only reads it)"
+            ),
+        ) from None
 
 
 def _saved_plan(project: Project, plans: list[DatasetPlan]) -> SavedPlan:
@@ -433,8 +445,13 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def _write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise LocalWriteError.from_os_error(
+            exc, path, what="the plan file", advice="Give --out a path in a writable folder"
+        ) from None
 
 
 # --- apply --------------------------------------------------------------------------------
