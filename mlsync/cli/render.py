@@ -9,7 +9,6 @@ import threading
 from typing import Any, TextIO
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -136,9 +135,9 @@ class ProgressRenderer:
                 return
             style = {"info": "", "warning": "yellow", "error": "bold red"}[event.level]
             prefix = f"{event.dataset}: " if event.dataset else ""
-            # Notices quote catalog values: "[", "]" in them are text, never markup.
-            text = escape(f"{prefix}{redact(event.text)}")
-            self.console.print(f"[{style}]{text}[/]" if style else text)
+            # Notices quote catalog values: a Text is never parsed as markup, so "[", "]" and
+            # backslashes in them (which escaping mangled next to "[") are shown as they are.
+            self.console.print(Text(f"{prefix}{redact(event.text)}", style=style))
         elif isinstance(event, TaskStarted):
             label = f"{event.dataset}: {event.description}"
             self._descriptions[event.task_id] = (label, event.total, event.unit)
@@ -171,5 +170,5 @@ class ProgressRenderer:
                 self.console.print(f"{label} done", markup=False, highlight=False)
             self._descriptions.pop(event.task_id, None)
         elif isinstance(event, AssetFinished) and not event.ok:
-            detail = escape(f"{event.dataset}/{event.rel_path}: {redact(event.error or '')}")
-            self.console.print(f"[red]failed[/] {detail}")
+            detail = f"{event.dataset}/{event.rel_path}: {redact(event.error or '')}"
+            self.console.print(Text.assemble(("failed", "red"), " ", detail))
