@@ -165,3 +165,12 @@ def test_a_run_lock_the_kernel_refuses(
     for command in ("plan", "apply"):
         line = one_error_line(cli(command, manifest))
         assert f"cannot create the run lock {lock}: permission denied" in line
+
+
+def test_make_sample_into_a_read_only_hub_folder(
+    mount: Mount, cli: Callable[..., CliResult]
+) -> None:
+    mount.read_only()
+    line = one_error_line(cli("hub", "make-sample", mount.path, "--dataset-id", "x_v1"))
+    assert f"cannot write {mount.path / 'x_v1'}: the file system is read-only" in line
+    assert "Give a hub folder you can write to" in line

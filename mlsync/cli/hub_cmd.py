@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 
 from mlsync.cli.render import stderr_console, stdout_console
-from mlsync.errors import ConfigurationError
+from mlsync.errors import ConfigurationError, LocalWriteError
 
 if TYPE_CHECKING:  # importing mlsync.localhub imports uvicorn: only done when serving
     from mlsync.localhub.faults import FaultConfig
@@ -251,7 +251,13 @@ def run_make_sample(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"{args.root / args.dataset_id} already exists; pass --overwrite to replace it"
         ) from None
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        raise LocalWriteError.from_os_error(
+            exc,
+            exc.filename or args.root,
+            advice="Give a hub folder you can write to",
+        ) from None
+    except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     stdout_console().print(
         f"{summary.dataset_id}: {summary.items:,} items, {summary.assets:,} assets, "
