@@ -11,7 +11,10 @@ whole HTML page (issue 16 item 10).
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -235,3 +238,53 @@ def test_a_long_text_error_body_is_cut_to_one_line(page_server: str) -> None:
     assert "bad request: line two xxx" in message
     assert message.endswith("…") and len(message) < 300
     assert caught.value.status == 400 and SECRET not in message
+
+
+@pytest.fixture
+def self_signed_hub(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
+    """An HTTPS server on 127.0.0.1 whose certificate no default CA bundle trusts; yields its
+    URL and a list of the TLS handshakes it saw."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    handshakes: list[str] = []
+
+    class TlsServer(ThreadingHTTPServer):
+        def get_request(self) -> tuple[socket.socket, Any]:
+            sock, address = self.socket.accept()
+            handshakes.append(str(address))
+            return context.wrap_socket(sock, server_side=True), address
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # the client hanging up mid-handshake is the point of the test
+
+    server = TlsServer(("127.0.0.1", 0), _PageHandler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/html/", handshakes
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_an_untrusted_certificate_is_not_retried_and_says_how_to_trust_it(
+    self_signed_hub: tuple[str, list[str]], cli: Callable[..., CliResult]
+) -> None:
+    url, handshakes = self_signed_hub
+    started = time.monotonic()
+    line = one_error_line(cli("datasets", "list", "--root-url", url))
+    assert time.monotonic() - started < FAST_ENOUGH
+    assert f"cannot reach the hub at {url}: its TLS certificate could not be verified" in line
+    assert "self-signed certificate" in line
+    assert "--ca-bundle" in line and "MLHUB_CA_BUNDLE" in line
+    assert len(handshakes) == 1, handshakes
