@@ -18,6 +18,7 @@ never contain an API key (URLs are redacted before they reach a message).
     │   ├── HubConnectionError        DNS, refused, reset or timed out, after retries
     │   ├── HubServerError            5xx or 429 that outlasted every retry
     │   ├── HubResponseError          HTML, invalid JSON, or JSON of the wrong shape
+    │   ├── HubPathNotFound           404 from the API root itself: a wrong root URL path
     │   └── HubHTTPError              4xx/5xx to mlsync.session.Session (also requests'
     │       │                         HTTPError, with .response, as requests' callers expect)
     │       ├── HubHTTPAuthError      401/403 there (also an AuthenticationError)
@@ -62,6 +63,7 @@ __all__ = [
     "HubHTTPAuthError",
     "HubHTTPError",
     "HubHTTPNotFoundError",
+    "HubPathNotFound",
     "HubResponseError",
     "HubServerError",
     "LocalWriteError",
@@ -170,6 +172,12 @@ class HubHTTPAuthError(AuthenticationError, HubHTTPError):
 class HubHTTPNotFoundError(EntityDoesNotExist, HubHTTPError):
     """404 to :class:`mlsync.session.Session`: an ``EntityDoesNotExist`` and an ``HTTPError``
     at once."""
+
+
+class HubPathNotFound(MLHubError):
+    """A 404 from a URL where the API itself is missing (its dataset listing answers 404
+    too): the root URL's path is wrong, whatever was asked for. Not an
+    ``EntityDoesNotExist``: nothing is known about the dataset."""
 
 
 class CatalogError(MLSyncError):

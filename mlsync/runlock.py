@@ -37,10 +37,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from mlsync.errors import LockHeldError
+from mlsync.errors import LocalWriteError, LockHeldError
 
 __all__ = ["LOCK_FILE_NAME", "LockHolder", "RunLock"]
 
+WRITABLE_ADVICE = (
+    "plan and apply keep the run lock and the asset database in the dataset directory, so "
+    "it must be writable: fix its permissions or mount, or set output_dir to a writable place"
+)
 log = logging.getLogger("mlsync.runlock")
 
 LOCK_FILE_NAME: Final = ".mlsync-apply.lock"
@@ -166,16 +170,25 @@ class RunLock:
         """Take the lock, taking over a stale one; raise :class:`LockHeldError` if held."""
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this RunLock")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(_MAX_ATTEMPTS):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            except FileExistsError:
-                if self._take_over_if_stale():
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(_MAX_ATTEMPTS):
+                try:
+                    fd = os.open(
+                        self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
+                    )
+                except FileExistsError:
+                    if self._take_over_if_stale():
+                        return
+                    continue  # it vanished or was replaced meanwhile: look again
+                if self._lock_new_file(fd):
                     return
-                continue  # it vanished or was replaced meanwhile: look again
-            if self._lock_new_file(fd):
-                return
+        except (BlockingIOError, FileExistsError):
+            raise
+        except OSError as exc:  # a read-only or foreign tree: one clear line, not a traceback
+            raise LocalWriteError.from_os_error(
+                exc, self.path, what="the run lock", action="create", advice=WRITABLE_ADVICE
+            ) from None
         raise LockHeldError(
             f"{self.path} keeps changing under us (several mlsync runs starting at once?); "
             "try again"

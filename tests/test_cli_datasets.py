@@ -115,7 +115,7 @@ def test_list_json(hub_env: RunningHub, cli: CliRun) -> None:
     code, out, err = cli("datasets", "list", "--json")
     assert code == 0, err
     document = _json(out)
-    assert document["format_version"] == 1
+    assert document["format_version"] == 2
     assert document["kind"] == "datasets"
     assert sorted(d["id"] for d in document["datasets"]) == [CROPS, FLOOD]
     assert document["datasets"] == client.list_datasets(root_url=hub_env.url)
@@ -171,7 +171,7 @@ def test_show_json_by_id_and_by_doi(hub_env: RunningHub, cli: CliRun) -> None:
     code, out, err = cli("datasets", "show", FLOOD, "--json")
     assert code == 0, err
     by_id = _json(out)
-    assert by_id["format_version"] == 1
+    assert by_id["format_version"] == 2
     assert by_id["kind"] == "dataset"
     assert by_id["dataset"] == client.get_dataset_by_id(FLOOD, root_url=hub_env.url)
     assert by_id["catalog_info"] == client.get_catalog_info(FLOOD, root_url=hub_env.url)

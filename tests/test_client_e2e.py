@@ -31,6 +31,7 @@ from mlsync.errors import (
     ConfigurationError,
     EntityDoesNotExist,
     HubConnectionError,
+    HubPathNotFound,
     HubResponseError,
     HubServerError,
     MLHubError,
@@ -726,9 +727,16 @@ def test_html_error_page_from_a_proxy(junk_server: _JunkServer) -> None:
 
 
 def test_html_404_page(junk_server: _JunkServer) -> None:
-    with pytest.raises(EntityDoesNotExist, match=r'Dataset "x" does not exist'):
-        client.get_dataset("x", root_url=_junk_url(junk_server, "html404"))
-    assert len(junk_server.hits) == 1
+    """Every path 404s: not a missing dataset but a root URL that leads to no API (issue 15
+    item 8; the 404 was reported as 'Dataset "x" does not exist' before)."""
+    root = _junk_url(junk_server, "html404")
+    with pytest.raises(HubPathNotFound) as caught:
+        client.get_dataset("x", root_url=root)
+    message = str(caught.value)
+    assert f"{root}datasets/x answered 404" in message
+    assert f"dataset listing {root}datasets" in message
+    assert "does not exist" not in message and "<html>" not in message
+    assert junk_server.hits == ["/html404/datasets/x", "/html404/datasets"]
 
 
 def test_unreachable_hub_fails_quickly_without_the_key() -> None:
@@ -738,8 +746,8 @@ def test_unreachable_hub_fails_quickly_without_the_key() -> None:
         client.list_datasets(session=session)
     assert time.monotonic() - started < 5
     message = str(caught.value)
-    assert f"could not reach the hub at {url}" in message
-    assert "connection failed" in message
+    assert f"cannot reach the hub at {url}" in message
+    assert "was refused (nothing is listening there); is `mlsync hub serve` running?" in message
     assert SECRET not in message
     assert SECRET not in repr(caught.value)
     assert caught.value.url == f"{url}datasets"

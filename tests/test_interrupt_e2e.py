@@ -340,7 +340,7 @@ def test_sigterm_is_handled_like_ctrl_c_exit_143_and_the_next_plan_resumes_only_
     )  # fmt: skip
     counts = json.loads(planned.stdout)["counts"]
     assert counts["resume"] == len(parts)
-    assert counts["up-to-date"] == on_disk
+    assert counts["up_to_date"] == on_disk
 
     faults.rate_stall = 0.0
     rerun = apply.run(hub)

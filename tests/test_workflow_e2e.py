@@ -235,7 +235,7 @@ def test_validate_ok_text_and_json(tmp_path: Path, cli: Callable[..., CliResult]
     run = cli("validate", manifest, "--json")
     assert run.code == 0, run.err
     document = run.json()
-    assert document["format_version"] == 1
+    assert document["format_version"] == 2
     assert document["kind"] == "validate"
     assert document["valid"] is True
     (row,) = document["datasets"]
@@ -291,7 +291,7 @@ def test_validate_json_reports_an_invalid_manifest(
     run = cli("validate", manifest, "--json")
     assert run.code == 1
     document = run.json()
-    assert document["format_version"] == 1 and document["kind"] == "validate"
+    assert document["format_version"] == 2 and document["kind"] == "validate"
     assert document["valid"] is False
     assert len(document["errors"]) == 2
     assert document["errors"][0].startswith(f"{manifest}:4:")
@@ -325,7 +325,7 @@ def test_plan_fresh_tree_exact_counts_summary_json_and_exit_codes(
     run = cli("plan", manifest, "--json")
     assert run.code == 0, run.err
     document = run.json()
-    assert document["format_version"] == 1
+    assert document["format_version"] == 2
     assert document["kind"] == "plan"
     assert document["summary"] == _plan_line(expected)
     assert document["has_changes"] is True
@@ -450,7 +450,7 @@ def test_apply_downloads_exact_bytes_and_second_run_transfers_nothing(
     run = cli("status", manifest, "--json")
     assert run.code == 0, run.err
     document = run.json()
-    assert document["kind"] == "status" and document["format_version"] == 1
+    assert document["kind"] == "status" and document["format_version"] == 2
     (row,) = document["datasets"]
     assert row["id"] == DATASET
     assert row["locked"] is True
@@ -472,7 +472,7 @@ def test_apply_json_reports_what_was_done(
     run = cli("apply", manifest, "--json")
     assert run.code == 0, run.err
     document = run.json()
-    assert document["kind"] == "apply" and document["format_version"] == 1
+    assert document["kind"] == "apply" and document["format_version"] == 2
     assert document["transferred"] == len(expected) == 12
     assert document["transferred_bytes"] == sum(a.size for a in expected.values())
     assert document["failed"] == 0 and document["error_reports"] == []

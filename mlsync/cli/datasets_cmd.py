@@ -12,9 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from mlsync import client
+from mlsync.cli.hubargs import add_manifest_option, manifest_for, settings_for
 from mlsync.cli.render import human_bytes, print_json, stderr_console, stdout_console
 from mlsync.errors import ConfigurationError
-from mlsync.hub.config import DEFAULT_PROFILE, existing_key, resolve_settings, write_profile
+from mlsync.hub.config import DEFAULT_PROFILE, existing_key, write_profile
 from mlsync.hub.http import HubSession
 
 EXIT_OK = 0
@@ -22,8 +23,14 @@ EXIT_OK = 0
 
 def add_session_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("hub")
-    group.add_argument("--root-url", help="hub API root (default: MLHUB_ROOT_URL, profile)")
-    group.add_argument("--profile", help="profile in ~/.mlhub/profiles (default: MLHUB_PROFILE)")
+    add_manifest_option(group)
+    group.add_argument(
+        "--root-url", help="hub API root (default: the manifest's, MLHUB_ROOT_URL, profile)"
+    )
+    group.add_argument(
+        "--profile",
+        help="profile in ~/.mlhub/profiles (default: the manifest's, MLHUB_PROFILE)",
+    )
     group.add_argument(
         "--api-key",
         help="API key (prefer MLHUB_API_KEY or a profile: arguments end up in shell history)",
@@ -41,13 +48,9 @@ def _plain(value: Any) -> str:
 
 
 def session_from_args(args: argparse.Namespace) -> HubSession:
-    settings = resolve_settings(
-        api_key=args.api_key,
-        profile=args.profile,
-        root_url=args.root_url,
-        ca_bundle=args.ca_bundle,
-    )
-    return HubSession(settings)
+    """The hub of the options, else of the manifest (``-f``, ``./mlsync.yaml``), else of the
+    environment and profile: the one ``plan`` in this folder would use."""
+    return HubSession(settings_for(args, manifest_for(args)))
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,7 +67,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     listing.set_defaults(func=run_list)
 
     show = sub.add_parser("show", help="one dataset's metadata, collections and sizes")
-    show.add_argument("dataset", metavar="ID|DOI")
+    show.add_argument(
+        "dataset", metavar="ID|DOI", help="a dataset id, or a DOI (it contains a '/')"
+    )
     show.add_argument("--json", action="store_true", help="machine-readable output")
     add_session_options(show)
     show.set_defaults(func=run_show)
@@ -142,10 +147,15 @@ def run_show(args: argparse.Namespace) -> int:
 def run_configure(args: argparse.Namespace) -> int:
     console = stderr_console()
     key = args.api_key
-    if not key:
+    if key is None:
         if not sys.stdin.isatty():
             raise ConfigurationError("no --api-key given and no terminal to prompt on")
         key = getpass.getpass("API Key: ")
+    if not key.strip():
+        raise ConfigurationError(
+            "refusing to store an empty API key; give it with --api-key KEY, or leave "
+            "--api-key out to be prompted for it"
+        )
     current = existing_key(args.profile)
     if current and not args.force:
         if not sys.stdin.isatty():

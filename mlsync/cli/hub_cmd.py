@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from rich.markup import escape
 
 from mlsync.cli.render import stderr_console, stdout_console
-from mlsync.errors import ConfigurationError
+from mlsync.errors import ConfigurationError, LocalWriteError
 
 if TYPE_CHECKING:  # importing mlsync.localhub imports uvicorn: only done when serving
     from mlsync.localhub.faults import FaultConfig
@@ -177,7 +177,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         keys = f", {len(args.api_keys)} API key(s) accepted" if args.api_keys else ""
-        console.print(f"serving [bold]{args.root}[/] at [bold]{url}[/]{keys} (Ctrl-C to stop)")
+        console.print(
+            f"serving [bold]{escape(str(args.root))}[/] ({escape(_datasets_served(args.root))}) "
+            f"at [bold]{url}[/]{keys} (Ctrl-C to stop)"
+        )
         console.print(f"  export MLHUB_ROOT_URL={url}")
         if args.faults is not None:
             console.print(f"  faults: {escape(_fault_summary(args.faults))}")
@@ -200,6 +203,18 @@ def run_serve(args: argparse.Namespace) -> int:
         pass  # uvicorn has shut down gracefully and re-raised Ctrl-C: stopping is success
     console.print("hub stopped")
     return EXIT_OK
+
+
+def _datasets_served(root: Path) -> str:
+    """``2 datasets: a, b`` when serving starts (ROOT is read live: later ones are served
+    too); with none, how to make one, so an empty hub is not a mystery."""
+    from mlsync.localhub.store import HubStore
+
+    ids = [dataset.id for dataset in HubStore(root).datasets()]
+    if not ids:
+        return f"no datasets yet; `mlsync hub make-sample {root}` writes one"
+    shown = ", ".join(ids[:5]) + (f", … {len(ids) - 5} more" if len(ids) > 5 else "")
+    return f"{len(ids)} dataset{'s' if len(ids) != 1 else ''}: {shown}"
 
 
 def _fault_summary(config: FaultConfig) -> str:
@@ -236,7 +251,13 @@ def run_make_sample(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"{args.root / args.dataset_id} already exists; pass --overwrite to replace it"
         ) from None
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        raise LocalWriteError.from_os_error(
+            exc,
+            exc.filename or args.root,
+            advice="Give a hub folder you can write to",
+        ) from None
+    except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
     stdout_console().print(
         f"{summary.dataset_id}: {summary.items:,} items, {summary.assets:,} assets, "

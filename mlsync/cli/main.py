@@ -8,10 +8,14 @@ Exit codes follow Terraform: 0 success (for ``plan --detailed-exitcode``: nothin
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import logging
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn, cast
 
 from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
@@ -19,15 +23,20 @@ from rich.markup import escape
 
 from mlsync import __version__
 from mlsync.cli import datasets_cmd, hub_cmd, sync_cmd
-from mlsync.cli.render import stderr_console
+from mlsync.cli.render import print_json, stderr_console
 from mlsync.cli.signals import exit_code, interruption_name, stop_signals_handled
-from mlsync.errors import MLSyncError
+from mlsync.errors import LocalWriteError, MLSyncError
 from mlsync.hub.http import RedactingFilter, redact
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
+LOCAL_WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+LOCAL_WRITE_ADVICE = (
+    "Check that path's permissions, mount and free space, or write somewhere else; nothing "
+    "already complete was lost"
+)
 
 
 @contextmanager
@@ -69,26 +78,122 @@ def _configure_logging(verbosity: int, quiet: bool) -> None:
         logging.getLogger("urllib3").setLevel(logging.INFO if verbosity else logging.WARNING)
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>[^']*)' \(choose from (?P<choices>.*)\)")
+VERBOSE_HELP = "more logging (-vv: HTTP detail)"
+QUIET_HELP = "warnings and errors only"
+JSON_HELP = "machine-readable output: one JSON document on stdout"
+
+
+class MlsyncArgumentParser(argparse.ArgumentParser):
+    """argparse with a did-you-mean for a mistyped (sub)command: Python 3.11's argparse
+    has no ``suggest_on_error``."""
+
+    def error(self, message: str) -> NoReturn:
+        found = _INVALID_CHOICE.search(message)
+        if found:
+            listed = found["choices"]
+            choices = re.findall(r"'([^']*)'", listed) or [c.strip() for c in listed.split(",")]
+            close = difflib.get_close_matches(found["given"], choices, n=1, cutoff=0.6)
+            if close:
+                message = f"{message}; did you mean '{close[0]}'?"
+        super().error(message)
+
+
+def _leaf_parsers(
+    parser: argparse.ArgumentParser, name: str = ""
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """``(command name, parser)`` of every parser that runs a command (``datasets list``...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice, sub in action.choices.items():
+                yield from _leaf_parsers(sub, f"{name} {choice}".strip())
+            return
+    if name:
+        yield name, parser
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``-q`` (and ``--json`` where the command has it) after the subcommand too.
+
+    Their ``SUPPRESS`` defaults leave what was given before the subcommand in place: argparse
+    copies every value a subparser sets over the main parser's. The subcommand's ``-v`` is
+    counted apart (``sub_verbose``) and added to the main one by :func:`parse_args`."""
+    parser.add_argument(
+        "-v", "--verbose", action="count", dest="sub_verbose", default=argparse.SUPPRESS,
+        help=VERBOSE_HELP,
+    )  # fmt: skip
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", dest="sub_quiet", default=argparse.SUPPRESS,
+        help=QUIET_HELP,
+    )  # fmt: skip
+    json_option = parser._option_string_actions.get("--json")
+    if json_option is not None:
+        json_option.default = argparse.SUPPRESS
+        json_option.help = json_option.help or JSON_HELP
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = MlsyncArgumentParser(
         prog="mlsync",
         description="Declarative, resumable sync of geospatial ML datasets to local disk.",
     )
     parser.add_argument("--version", action="version", version=f"mlsync {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv: HTTP detail)"
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    parser.add_argument("--json", action="store_true", help=f"{JSON_HELP} (commands that have it)")
+    commands = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND"),
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     sync_cmd.register(commands)
     datasets_cmd.register(commands)
     hub_cmd.register(commands)
+    for _name, leaf in _leaf_parsers(parser):
+        _add_output_options(leaf)
     return parser
+
+
+def json_commands(parser: argparse.ArgumentParser) -> set[str]:
+    """The commands that take ``--json``."""
+    return {name for name, leaf in _leaf_parsers(parser) if "--json" in leaf._option_string_actions}
+
+
+def command_name(args: argparse.Namespace) -> str:
+    """``plan``, ``datasets list``...: the command ``args`` runs."""
+    words = (
+        args.command,
+        getattr(args, "datasets_command", None),
+        getattr(args, "hub_command", None),
+    )
+    return " ".join(str(word) for word in words if word)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, merging the output options given before and after the subcommand."""
+    args = parser.parse_args(argv)
+    args.verbose += getattr(args, "sub_verbose", 0)
+    args.quiet = args.quiet or getattr(args, "sub_quiet", False)
+    if args.json and getattr(args, "func", None):
+        command = command_name(args)
+        if command not in json_commands(parser):
+            parser.error(f"`mlsync {command}` has no --json output")
+    return args
+
+
+def error_document(command: str, exc: MLSyncError, message: str) -> dict[str, object]:
+    """The ``kind: "error"`` JSON document: which command failed, why, one line per problem
+    (an invalid manifest lists each of its errors)."""
+    return {
+        "command": command,
+        "error_type": type(exc).__name__,
+        "message": message,
+        "errors": message.splitlines(),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_ERROR
@@ -103,7 +208,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return exit_code(interruption)
     except MLSyncError as exc:
-        console.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False)
+        message = redact(str(exc))
+        if args.json:
+            # --json promises one document on stdout, for a failure too.
+            print_json("error", error_document(command_name(args), exc, message))
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+        return EXIT_ERROR
+    except OSError as exc:
+        if exc.errno not in LOCAL_WRITE_ERRNOS:
+            raise
+        # A write no command expected to fail (a read-only tree, a folder of another user,
+        # a full disk): said in one line, as the commands' own checks say it.
+        local = LocalWriteError.from_os_error(
+            exc, exc.filename or "a file", advice=LOCAL_WRITE_ADVICE
+        )
+        message = redact(str(local))
+        if args.json:
+            print_json("error", error_document(command_name(args), local, message))
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
         return EXIT_ERROR
     return code
 

@@ -35,7 +35,8 @@ from mlsync.events import (
 )
 from mlsync.hub.http import redact
 
-JSON_FORMAT_VERSION = 1
+JSON_FORMAT_VERSION = 2
+"""Bumped when a JSON field changes meaning or spelling (README, "## JSON output")."""
 
 
 PIPE_WIDTH = 200
@@ -195,7 +196,8 @@ class ProgressRenderer:
                 return
             style = {"info": "", "warning": "yellow", "error": "bold red"}[event.level]
             prefix = f"{event.dataset}: " if event.dataset else ""
-            # Notices quote catalog values: "[", "]" and "\\" in them are text, never markup.
+            # Notices quote catalog values: a Text is never parsed as markup, so "[", "]" and
+            # backslashes in them (which escaping mangled next to "[") are shown as they are.
             self.console.print(Text(f"{prefix}{redact(event.text)}", style=style))
         elif isinstance(event, TaskStarted):
             label = f"{event.dataset}: {event.description}"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shlex
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from rich.table import Table
 
 from mlsync import planner
 from mlsync import status as status_lib
+from mlsync.cli.hubargs import DEFAULT_MANIFEST, settings_for
 from mlsync.cli.render import (
     ProgressRenderer,
     human_bytes,
@@ -27,13 +30,14 @@ from mlsync.cli.render import (
 )
 from mlsync.errors import (
     DownloadFailed,
+    EntityDoesNotExist,
     FrozenLockError,
+    LocalWriteError,
     ManifestError,
     MLSyncError,
     StalePlanError,
 )
 from mlsync.executor import default_workers
-from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession
 from mlsync.lockfile import LockEntry, LockFile, check_frozen, read_lock, write_lock
 from mlsync.manifest import Manifest, load_manifest
@@ -43,7 +47,7 @@ from mlsync.removed import RemovedDataset, find_removed, remove_dataset
 from mlsync.sync import DatasetPlan, DatasetResult, DatasetSync, SyncTarget
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-DEFAULT_MANIFEST = "mlsync.yaml"
+MANIFEST_HELP = f"the manifest file (default: {DEFAULT_MANIFEST} in the current directory)"
 SHOWN_ACTIONS = 15
 _SYMBOL = {
     ActionKind.ADD: "[green]+[/]",
@@ -55,12 +59,12 @@ _SYMBOL = {
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     validate = commands.add_parser("validate", help="check a manifest (no network)")
-    validate.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST)
+    validate.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST, help=MANIFEST_HELP)
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(func=run_validate)
 
     plan = commands.add_parser("plan", help="show what apply would change")
-    plan.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST)
+    plan.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST, help=MANIFEST_HELP)
     _common_options(plan)
     plan.add_argument("--out", type=Path, help="save the plan so `mlsync apply FILE` runs it")
     plan.add_argument(
@@ -72,12 +76,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
     apply = commands.add_parser("apply", help="download what is missing or partial")
     apply.add_argument(
-        "manifest", nargs="?", default=DEFAULT_MANIFEST, help="manifest, or a plan saved by --out"
+        "manifest",
+        nargs="?",
+        default=DEFAULT_MANIFEST,
+        help=f"the manifest, or a plan saved by `plan --out` (default: {DEFAULT_MANIFEST})",
     )
     _common_options(apply)
     apply.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=None,
         help=f"parallel transfers (default {default_workers()})",
     )
@@ -95,7 +102,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     apply.set_defaults(func=run_apply)
 
     status = commands.add_parser("status", help="local state of each dataset (no network)")
-    status.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST)
+    status.add_argument("manifest", nargs="?", default=DEFAULT_MANIFEST, help=MANIFEST_HELP)
     status.add_argument("--json", action="store_true")
     status.add_argument(
         "--dataset", action="append", default=[], help="only this dataset (by name; repeatable)"
@@ -112,6 +119,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help=f"parallel reads for --verify (default {status_lib.DEFAULT_VERIFY_WORKERS})",
     )
     status.set_defaults(func=run_status)
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a whole number of parallel transfers, at least one."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -145,14 +163,7 @@ class Project:
     targets: list[SyncTarget]
 
     def session(self, args: argparse.Namespace) -> HubSession:
-        hub = self.manifest.hub
-        settings = resolve_settings(
-            profile=getattr(args, "profile", None) or hub.profile,
-            root_url=getattr(args, "root_url", None) or hub.root_url,
-            api_key_env=hub.api_key_env,
-            ca_bundle=getattr(args, "ca_bundle", None) or self.manifest.resolved_ca_bundle,
-        )
-        return HubSession(settings)
+        return HubSession(settings_for(args, self.manifest))
 
 
 def lock_path_for(manifest_path: Path) -> Path:
@@ -282,7 +293,18 @@ def _update_lock(project: Project, plans: list[DatasetPlan], frozen: bool) -> No
     lock = project.lock.restricted_to({spec.label for spec in project.manifest.datasets})
     for dataset_plan in plans:
         lock = lock.with_entry(dataset_plan.target.name, dataset_plan.lock_entry())
-    write_lock(project.lock_path, lock)
+    try:
+        write_lock(project.lock_path, lock)
+    except OSError as exc:
+        raise LocalWriteError.from_os_error(
+            exc,
+            project.lock_path,
+            what="the lock file",
+            advice=(
+                "It is written next to the manifest: make that folder writable (or pass "
+                "--frozen, which only reads it)"
+            ),
+        ) from None
 
 
 def _saved_plan(project: Project, plans: list[DatasetPlan]) -> SavedPlan:
@@ -305,8 +327,21 @@ def _dataset_document(dataset_plan: DatasetPlan) -> dict[str, Any]:
             "ingested": dataset_plan.catalog.ingested,
             "unpack": dataset_plan.catalog.unpack_pending,
         },
-        "plan": dataset_plan.plan.to_dict(),
+        "plan": _json_plan(dataset_plan.plan.to_dict()),
     }
+
+
+def json_kind(kind: ActionKind | str) -> str:
+    """An action kind as the CLI's JSON spells it: ``up_to_date``, like every other count."""
+    return str(kind).replace("-", "_")
+
+
+def _json_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """A plan's ``to_dict`` (also the saved plan file, which keeps its own spelling) with the
+    CLI JSON's kind names in ``totals`` and ``actions``."""
+    plan["totals"] = {json_kind(kind): totals for kind, totals in plan["totals"].items()}
+    plan["actions"] = [{**action, "kind": json_kind(action["kind"])} for action in plan["actions"]]
+    return plan
 
 
 def plan_document(
@@ -316,7 +351,7 @@ def plan_document(
     return {
         "summary": combined.summary_line(),
         "has_changes": _has_changes(plans, removed),
-        "counts": {kind.value: count for kind, count in combined.counts.items()},
+        "counts": {json_kind(kind): count for kind, count in combined.counts.items()},
         "datasets": [_dataset_document(p) for p in plans],
         "removed_datasets": [r.to_dict() for r in removed],
     }
@@ -414,9 +449,37 @@ def _manifest_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+LISTING_HINT = "`mlsync datasets list`"
+
+
+@contextmanager
+def _listing_hint_for(project: Project, args: argparse.Namespace) -> Iterator[None]:
+    """A missing dataset's hint names ``mlsync datasets list``: give it the options that make
+    it ask the same hub (``-f`` when the manifest is not ``./mlsync.yaml``, ``--root-url``
+    and ``--profile`` when given here), so the suggested command works as printed."""
+    try:
+        yield
+    except EntityDoesNotExist as exc:
+        if LISTING_HINT not in str(exc):
+            raise
+        words = ["mlsync", "datasets", "list"]
+        if project.path.resolve() != Path(DEFAULT_MANIFEST).resolve():
+            words += ["-f", str(project.path)]
+        for option in ("root_url", "profile"):
+            if getattr(args, option, None):
+                words += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
+        command = " ".join(shlex.quote(word) for word in words)
+        raise EntityDoesNotExist(
+            str(exc).replace(LISTING_HINT, f"`{command}`"), status=exc.status, url=exc.url
+        ) from None
+
+
 def run_plan(args: argparse.Namespace) -> int:
     project = load_project(args.manifest, args.dataset)
-    with ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer:
+    with (
+        _listing_hint_for(project, args),
+        ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer,
+    ):
         # Shown only, the table lists SHOWN_ACTIONS per kind: a plan of a million adds need
         # not hold more. --out and --json need every action.
         keep = None if args.out or args.json else SHOWN_ACTIONS
@@ -443,8 +506,13 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def _write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise LocalWriteError.from_os_error(
+            exc, path, what="the plan file", advice="Give --out a path in a writable folder"
+        ) from None
 
 
 # --- apply --------------------------------------------------------------------------------
@@ -501,7 +569,6 @@ class _ApplyGate:
 
 
 def run_apply(args: argparse.Namespace) -> int:
-    started = time.monotonic()
     saved = _read_saved_plan(Path(args.manifest))
     saved_path = args.manifest
     if saved is not None:
@@ -518,6 +585,14 @@ def run_apply(args: argparse.Namespace) -> int:
             f"{saved_path} is stale: the manifest {project.path} changed since it was made. "
             "Run `mlsync plan --out FILE` again and apply the new plan"
         )
+    with _listing_hint_for(project, args):
+        return _apply(project, args, saved, saved_path)
+
+
+def _apply(
+    project: Project, args: argparse.Namespace, saved: SavedPlan | None, saved_path: str
+) -> int:
+    started = time.monotonic()
     console = stderr_console()
     if saved is not None:
         # A saved plan is carried out whole or not at all: check every dataset before the

@@ -135,7 +135,7 @@ def resolve_settings(
     Key: ``api_key`` argument; the variable named by ``api_key_env`` (a manifest setting);
     ``MLHUB_API_KEY`` if present (present but empty is an error, as in the reference);
     the ``profile`` argument, ``MLHUB_PROFILE``, then the ``default`` profile. A profile
-    named explicitly must exist; the implicit ``default`` may be absent (anonymous).
+    named explicitly must exist, except ``default``, which may be absent (anonymous).
     Root URL: argument, ``MLHUB_ROOT_URL``, the profile's ``root_url``, the public default.
     CA bundle: see :func:`resolve_ca_bundle`; checked first, before any request is made.
     """
@@ -144,7 +144,10 @@ def resolve_settings(
     path = profiles_path(env)
     parser = _read_profiles(path) if path.is_file() else None
     profile_name = profile or env.get(ENV_PROFILE)
-    explicit_profile = profile_name is not None
+    # Naming ``default`` (the README's manifest does) asks for nothing more than the implicit
+    # default: absent, it means no key, so a hub that needs none still works on a fresh
+    # machine. Another name that does not exist is a typo or a missing set-up: an error.
+    explicit_profile = profile_name is not None and profile_name != DEFAULT_PROFILE
     profile_name = profile_name or DEFAULT_PROFILE
 
     section: Mapping[str, str] | None = None

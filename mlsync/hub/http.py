@@ -18,6 +18,7 @@ import platform
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -43,17 +44,20 @@ from mlsync.errors import (
     HubHTTPAuthError,
     HubHTTPError,
     HubHTTPNotFoundError,
+    HubPathNotFound,
     HubResponseError,
     HubServerError,
     MLHubError,
 )
 from mlsync.hub import config as hub_config
-from mlsync.hub.config import KEY_HINT, HubSettings
+from mlsync.hub.config import ENV_ROOT_URL, KEY_HINT, HubSettings
 
 log = logging.getLogger("mlsync.http")
 
 USER_AGENT = f"mlsync/{__version__} (python {platform.python_version()})"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+LISTING_PATH = "datasets"
+"""The API's dataset listing: a 404 there means the root URL's path is wrong."""
 
 # --- redaction -------------------------------------------------------------------------------
 
@@ -230,6 +234,81 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 
 def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (RetryableStatus, *NETWORK_ERRORS))
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: urllib3's ``reason``, ``__cause__``/``__context__``, and
+    exceptions among its ``args`` (requests wraps a MaxRetryError that way)."""
+    stack, seen = [exc], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        reason = getattr(current, "reason", None)
+        linked = [reason, current.__cause__, current.__context__, *current.args]
+        stack.extend(e for e in linked if isinstance(e, BaseException))
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """Why a server cannot be reached at all, in plain words, and what to try: a failure that
+    retrying a few seconds later would not cure (refused, unknown host, TLS mismatch)."""
+
+    cause: str
+    hint: str
+
+
+_LOOPBACK_HINT = "is `mlsync hub serve` running?"
+
+
+def unreachable(exc: BaseException, url: str) -> Unreachable | None:
+    """The plain cause of a connection refused, a DNS failure or a TLS failure; None for
+    failures worth retrying (timeouts, resets, a body cut short)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return None
+    for cause in _causes(exc):
+        if isinstance(cause, urllib3.exceptions.NameResolutionError | socket.gaierror):
+            return Unreachable(
+                f"the host name {host!r} could not be resolved (DNS)",
+                "check the host name in the URL, and your network or proxy settings",
+            )
+        if isinstance(cause, ConnectionRefusedError):
+            return Unreachable(
+                f"the connection to {host}:{port} was refused (nothing is listening there)",
+                _LOOPBACK_HINT if loopback else "check the URL's host and port",
+            )
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            detail = cause.verify_message or cause.reason or str(cause)
+            return Unreachable(
+                f"its TLS certificate could not be verified ({detail})",
+                "behind a proxy or for a private CA, give --ca-bundle, the manifest's "
+                "hub.ca_bundle or MLHUB_CA_BUNDLE",
+            )
+        if isinstance(cause, ssl.SSLError):
+            if "WRONG_VERSION_NUMBER" in str(cause) or cause.reason == "WRONG_VERSION_NUMBER":
+                return Unreachable(
+                    f"{host}:{port} does not speak TLS (https)",
+                    "use an http:// URL if the server has no TLS",
+                )
+            return Unreachable(
+                f"the TLS handshake failed ({cause.reason or cause})",
+                "check the URL's scheme and port, and the server's TLS set-up",
+            )
+    return None
+
+
+def is_retryable_request(exc: BaseException, url: str) -> bool:
+    """:func:`is_retryable`, but a server that cannot be reached at all fails at once."""
+    return is_retryable(exc) and unreachable(exc, url) is None
 
 
 def describe_network_error(exc: BaseException) -> str:
@@ -523,6 +602,7 @@ class HubSession:
         if settings.ca_bundle is not None:
             self._http.verify = str(settings.ca_bundle)
         self._http.headers["Accept"] = "application/json"
+        self._api_found: bool | None = None
         register_secret(settings.api_key)
 
     def __enter__(self) -> HubSession:
@@ -594,9 +674,9 @@ class HubSession:
             return response
 
         try:
-            response = self.retry.retrying(is_retryable=is_retryable, describe=lambda: label)(
-                attempt
-            )
+            response = self.retry.retrying(
+                is_retryable=lambda exc: is_retryable_request(exc, url), describe=lambda: label
+            )(attempt)
         except RetryableStatus as exc:
             raise HubServerError(
                 f"{label}: the hub kept answering {exc.status} after {self.retry.attempts} "
@@ -605,6 +685,13 @@ class HubSession:
                 url=shown,
             ) from None
         except NETWORK_ERRORS as exc:
+            why = unreachable(exc, url)
+            if why is not None:
+                raise HubConnectionError(
+                    f"{label}: cannot reach the hub at {redact(self.root_url)}: {why.cause}; "
+                    f"{why.hint}",
+                    url=shown,
+                ) from None
             raise HubConnectionError(
                 f"{label}: could not reach the hub at {redact(self.root_url)} "
                 f"({describe_network_error(exc)}); check the root URL and your network",
@@ -633,17 +720,49 @@ class HubSession:
                 url=shown,
             )
         if status == 404:
+            if not _names_what_is_missing(detail) and not self._api_answers(response.url):
+                listing = redact(self.url(LISTING_PATH))
+                raise HubPathNotFound(
+                    f"{label}: {shown} answered 404, and so does the hub's dataset listing "
+                    f"{listing}: the root URL {redact(self.root_url)} does not lead to an MLHub "
+                    "API; check its path (--root-url, the manifest's hub.root_url or "
+                    f"{ENV_ROOT_URL})",
+                    status=status,
+                    url=shown,
+                )
             raise EntityDoesNotExist(
                 f"{label}: not found (404){': ' + detail if detail else ''}",
                 status=status,
                 url=shown,
             )
+        reason = one_line(response.reason or "", 60)
+        where = "" if shown in label else f" for {shown}"
         raise MLHubError(
-            f"{label}: the hub answered {status} {response.reason or ''}"
+            f"{label}: the hub answered {status}{' ' + reason if reason else ''}{where}"
             f"{': ' + detail if detail else ''}",
             status=status,
             url=shown,
         )
+
+    def _api_answers(self, not_found_url: str) -> bool:
+        """Whether the API is under the root URL at all (asked once per session): its dataset
+        listing answers something else than 404. A 404 for the listing itself says no."""
+        listing = self.url(LISTING_PATH)
+        if urlsplit(not_found_url)._replace(query="").geturl() == listing:
+            return False
+        if self._api_found is None:
+            try:
+                with self._http.get(
+                    listing,
+                    params=self._params_for(listing, None),
+                    stream=True,
+                    timeout=self.timeouts.as_tuple(),
+                    verify=verify_of(self._http),
+                ) as probe:
+                    self._api_found = probe.status_code != 404
+            except requests.RequestException:
+                return True  # unknown: keep the 404 as it is
+        return self._api_found
 
     def open_stream(
         self, path: str, *, offset: int = 0, if_range: str | None = None
@@ -666,16 +785,41 @@ class HubSession:
         return decode_json(response, what or f"GET {redact(response.url)}")
 
 
+DETAIL_MAX = 160
+"""Longest server-given reason quoted in an error message (one line, no page dumps)."""
+_HTML_TITLE = re.compile(r"<(title|h1)[^>]*>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def one_line(text: str, limit: int = DETAIL_MAX) -> str:
+    """Whitespace (newlines too) collapsed, cut to ``limit`` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _detail_of(response: requests.Response) -> str:
-    """The ``detail`` of a FastAPI-style error body, else a short text excerpt."""
+    """A short reason from an error body, on one line: a JSON ``detail``, an HTML page's
+    title (never the page), else the start of the text."""
     try:
         body = response.json()
-    except ValueError:
-        text = response.text.strip() if response.content else ""
-        return redact(text[:200])
+    except (ValueError, RecursionError):
+        text = response.text if response.content else ""
+        content_type = response.headers.get("Content-Type", "")
+        if "html" in content_type or text.lstrip()[:1] == "<":
+            found = _HTML_TITLE.search(text)
+            title = one_line(_TAG.sub(" ", found.group(2))) if found else ""
+            return redact(f"an HTML error page ({title})" if title else "an HTML error page")
+        return redact(one_line(text))
     if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return redact(body["detail"])
-    return redact(str(body)[:200])
+        return redact(one_line(body["detail"]))
+    return redact(one_line(str(body)))
+
+
+def _names_what_is_missing(detail: str) -> bool:
+    """Whether a 404's reason is the API's own ("Dataset x does not exist."), rather than a
+    web server's or framework's for a path it has no route for ("Not Found", a page)."""
+    generic = detail.strip().rstrip(".").lower() in ("", "not found", "404 not found")
+    return not generic and not detail.startswith("an HTML error page")
 
 
 def decode_json(response: requests.Response, label: str) -> Any:
@@ -684,7 +828,7 @@ def decode_json(response: requests.Response, label: str) -> Any:
     try:
         return response.json()
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's stack
-        excerpt = response.text[:80].strip().replace("\n", " ")
+        excerpt = one_line(response.text[:200], 80)
         kind = (
             "HTML" if "html" in content_type or excerpt.lower().startswith("<") else "invalid JSON"
         )
@@ -836,7 +980,9 @@ class StacSession:
                 )
 
         try:
-            result = self.retry.retrying(is_retryable=is_retryable, describe=lambda: what)(attempt)
+            result = self.retry.retrying(
+                is_retryable=lambda exc: is_retryable_request(exc, url), describe=lambda: what
+            )(attempt)
         except RetryableStatus as exc:
             raise HubServerError(
                 f"{what}: {shown} kept answering {exc.status} after {self.retry.attempts} "
@@ -845,6 +991,11 @@ class StacSession:
                 url=shown,
             ) from None
         except NETWORK_ERRORS as exc:
+            why = unreachable(exc, url)
+            if why is not None:
+                raise HubConnectionError(
+                    f"{what}: cannot reach {shown}: {why.cause}; {why.hint}", url=shown
+                ) from None
             raise HubConnectionError(
                 f"{what}: could not reach {shown} ({describe_network_error(exc)}); check the "
                 "URL and your network",
