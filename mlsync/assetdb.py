@@ -10,11 +10,11 @@ Two kinds of data live here and are treated differently:
   survives re-ingests. Losing it (the guide says the file "may be safely deleted") costs only
   re-verification: the planner then trusts a file whose size equals the catalog's.
 
-Schema (version 1)::
+Schema (version 2)::
 
     meta       (key TEXT PRIMARY KEY, value TEXT)              schema_version, catalog.*, ...
     files      (rel_path TEXT PRIMARY KEY, state, size, mtime_ns, checksum, error, attempts,
-                updated_at)                                    local state, survives re-ingest
+                updated_at, href, validator)                   local state, survives re-ingest
     items      (item_rowid INTEGER PRIMARY KEY, collection_id, item_id, west, south, east,
                 north, geometry_json, datetime, start_datetime, end_datetime)
     assets     (collection_id, item_rowid NULL for collection-level, asset_key, href, size,
@@ -24,6 +24,9 @@ Schema (version 1)::
 Datetimes are stored as ``datetime.isoformat()`` text and read back with ``fromisoformat``,
 so aware values come back aware with their offset. ``rel_path`` is relative to the dataset
 directory; several ``assets`` rows share one ``rel_path`` when they are one common asset.
+``files.href`` is the URL a complete file was fetched from and ``files.validator`` the
+server's strong ETag or Last-Modified for it (when it sent one): an asset whose catalog href
+is no longer the recorded one is replaced. NULL means unknown and is taken to match.
 
 A database written by the reference client (one ``assets`` table, no ``meta``) is detected and
 its table dropped: it holds no download state. A database from a newer mlsync is refused.
@@ -109,6 +112,22 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             updated_at REAL NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # 1 → 2: the href (and the server's validator) each file was fetched from. Rows recorded
+    # before have no href: it is taken from the catalog they were planned from (the one
+    # ingested now), i.e. "unknown" counts as "matches" once, and is recorded from then on.
+    # The catalog tables are then dropped (the layout changed: a key that ends with its
+    # extension, and _common/ placement kept stable), so the next run re-ingests.
+    (
+        "ALTER TABLE files ADD COLUMN href TEXT",
+        "ALTER TABLE files ADD COLUMN validator TEXT",
+        "UPDATE files SET href = (SELECT a.href FROM assets AS a "
+        "WHERE a.rel_path = files.rel_path ORDER BY a.rowid LIMIT 1) "
+        "WHERE state <> 'partial'",
+        "DROP TABLE IF EXISTS items",
+        "DROP TABLE IF EXISTS assets",
+        "DROP TABLE IF EXISTS asset_keys",
+        "DELETE FROM meta WHERE substr(key, 1, 8) = 'catalog.'",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -147,19 +166,21 @@ _STATE_BY_NAME: Final[dict[str | None, FileState]] = {
 }
 
 _UPSERT_COMPLETE: Final = """
-    INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at)
-    VALUES (?, 'complete', ?, ?, ?, NULL, 0, ?)
+    INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at,
+                       href, validator)
+    VALUES (?, 'complete', ?, ?, ?, NULL, 0, ?, ?, ?)
     ON CONFLICT (rel_path) DO UPDATE SET
         state = 'complete', size = excluded.size, mtime_ns = excluded.mtime_ns,
         checksum = excluded.checksum, error = NULL, attempts = 0,
-        updated_at = excluded.updated_at"""
+        updated_at = excluded.updated_at, href = excluded.href,
+        validator = excluded.validator"""
 _UPSERT_PARTIAL: Final = """
     INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at)
     VALUES (?, 'partial', ?, NULL, NULL, NULL, 0, ?)
     ON CONFLICT (rel_path) DO UPDATE SET
         state = 'partial', size = excluded.size, mtime_ns = NULL, checksum = NULL,
-        error = NULL, updated_at = excluded.updated_at"""
-# A failure keeps size/mtime/checksum: they still describe the file a failed replace left.
+        error = NULL, updated_at = excluded.updated_at, href = NULL, validator = NULL"""
+# A failure keeps size/mtime/checksum/href: they still describe the file a failed replace left.
 _UPSERT_FAILED: Final = """
     INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at)
     VALUES (?, 'failed', NULL, NULL, NULL, ?, ?, ?)
@@ -233,6 +254,10 @@ class FileUpdate:
     checksum: str | None = None
     error: str | None = None
     attempts: int = 0
+    href: str | None = None
+    """Of a complete file: the URL it was fetched from (None: unknown)."""
+    validator: str | None = None
+    """Of a complete file: the server's ETag or Last-Modified for it (None: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,7 +472,7 @@ class AssetDB:
         """Every ``files`` row, in ``rel_path`` order (disk fields left empty)."""
         yield from _local_files(
             self._conn.execute(
-                "SELECT rel_path, state, size, mtime_ns, checksum, error FROM files "
+                "SELECT rel_path, state, size, mtime_ns, checksum, error, href FROM files "
                 "ORDER BY rel_path"
             )
         )
@@ -455,11 +480,21 @@ class AssetDB:
     # --- local state ----------------------------------------------------------------------------
 
     def record_complete(
-        self, rel_path: str, size: int, mtime_ns: int, checksum: str | None
+        self,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        checksum: str | None,
+        href: str | None = None,
+        validator: str | None = None,
     ) -> None:
-        """The file is in place and verified; ``checksum`` in the catalog's multihash form."""
+        """The file is in place and verified; ``checksum`` in the catalog's multihash form,
+        ``href`` the URL it came from and ``validator`` the server's ETag or Last-Modified
+        (None: unknown)."""
         self._begin_write()
-        self._conn.execute(_UPSERT_COMPLETE, (rel_path, size, mtime_ns, checksum, time.time()))
+        self._conn.execute(
+            _UPSERT_COMPLETE, (rel_path, size, mtime_ns, checksum, time.time(), href, validator)
+        )
 
     def record_partial(self, rel_path: str, size: int) -> None:
         """``rel_path.part`` holds ``size`` bytes."""
@@ -482,7 +517,14 @@ class AssetDB:
             if update.state is FileState.COMPLETE:
                 if update.size is None or update.mtime_ns is None:
                     raise ValueError(f"complete update of {update.rel_path} needs size and mtime")
-                self.record_complete(update.rel_path, update.size, update.mtime_ns, update.checksum)
+                self.record_complete(
+                    update.rel_path,
+                    update.size,
+                    update.mtime_ns,
+                    update.checksum,
+                    update.href,
+                    update.validator,
+                )
             elif update.state is FileState.PARTIAL:
                 self.record_partial(update.rel_path, update.size or 0)
             elif update.state is FileState.FAILED:
@@ -511,6 +553,8 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             log.info("replacing the reference client's asset list in %s (no download state)", path)
             conn.execute("DROP TABLE assets")
             version = 0
+        for sql in _CATALOG_DDL:  # a step may read the catalog tables (they are empty if new)
+            conn.execute(sql)
         for step in _MIGRATIONS[version:]:
             for sql in step:
                 conn.execute(sql)
@@ -557,7 +601,7 @@ def _stored_version(conn: sqlite3.Connection, path: Path) -> int | None:
 
 
 def _local_files(rows: Iterable[tuple[Any, ...]]) -> Iterator[LocalFile]:
-    for rel_path, state, size, mtime_ns, checksum, error in rows:
+    for rel_path, state, size, mtime_ns, checksum, error, href in rows:
         yield LocalFile(
             rel_path,
             _STATE_BY_NAME[state],
@@ -565,6 +609,7 @@ def _local_files(rows: Iterable[tuple[Any, ...]]) -> Iterator[LocalFile]:
             recorded_mtime_ns=mtime_ns,
             recorded_checksum=checksum,
             last_error=error,
+            recorded_href=href,
         )
 
 
@@ -985,9 +1030,10 @@ class Selection:
             recorded_mtime,
             recorded_checksum,
             error,
+            recorded_href,
         ) in self.db._conn.execute(
             "SELECT a.rel_path, a.href, a.size, a.checksum, "
-            "f.state, f.size, f.mtime_ns, f.checksum, f.error "
+            "f.state, f.size, f.mtime_ns, f.checksum, f.error, f.href "
             "FROM assets AS a LEFT JOIN files AS f ON f.rel_path = a.rel_path "
             f"WHERE {self._where} ORDER BY a.rel_path"
         ):
@@ -1025,6 +1071,7 @@ class Selection:
                 disk_size,
                 disk_mtime,
                 probe_part,
+                recorded_href,
             )
 
     def iter_orphaned(self) -> Iterator[LocalFile]:
@@ -1035,7 +1082,7 @@ class Selection:
         """
         yield from _local_files(
             self.db._conn.execute(
-                "SELECT f.rel_path, f.state, f.size, f.mtime_ns, f.checksum, f.error "
+                "SELECT f.rel_path, f.state, f.size, f.mtime_ns, f.checksum, f.error, f.href "
                 "FROM files AS f WHERE NOT EXISTS (SELECT 1 FROM assets AS a "
                 f"WHERE a.rel_path = f.rel_path AND {self._where}) ORDER BY f.rel_path"
             )
@@ -1075,8 +1122,10 @@ StateRow = tuple[
     int | None,  # disk size of the final file (None: absent, not a regular file, or not probed)
     int | None,  # disk mtime_ns of the final file
     bool,  # a .part may be on disk (the disk was probed and the file's folder exists)
+    str | None,  # recorded href (None: unknown)
 ]
-"""One row of :meth:`Selection.iter_state_rows`, in :class:`LocalFile`'s field order."""
+"""One row of :meth:`Selection.iter_state_rows`, in :class:`LocalFile`'s field order (the
+recorded href last, as in :class:`LocalFile`)."""
 
 
 def row_objects(row: StateRow, dataset_dir: Path | None) -> tuple[DesiredAsset, LocalFile]:
@@ -1090,7 +1139,16 @@ def row_objects(row: StateRow, dataset_dir: Path | None) -> tuple[DesiredAsset, 
     return (
         DesiredAsset(rel_path, href, size, checksum),
         LocalFile(
-            rel_path, state, rec_size, rec_mtime, rec_checksum, row[9], row[10], part_size, error
+            rel_path,
+            state,
+            rec_size,
+            rec_mtime,
+            rec_checksum,
+            row[9],
+            row[10],
+            part_size,
+            error,
+            row[12],
         ),
     )
 

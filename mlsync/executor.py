@@ -55,7 +55,13 @@ class StateRecorder(Protocol):
     """The part of the asset database the executor writes to."""
 
     def record_complete(
-        self, rel_path: str, size: int, mtime_ns: int, checksum: str | None
+        self,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        checksum: str | None,
+        href: str | None = None,
+        validator: str | None = None,
     ) -> None: ...
 
     def record_failed(self, rel_path: str, error: str, attempts: int) -> None: ...
@@ -88,6 +94,7 @@ class _Done:
     size: int
     mtime_ns: int
     attempts: int
+    validator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +248,7 @@ class Executor:
             return _Failed(
                 action, self._failure(action, describe_failure(exc), None, transfer.attempts)
             )
-        return _Done(action, outcome.size, outcome.mtime_ns, outcome.attempts)
+        return _Done(action, outcome.size, outcome.mtime_ns, outcome.attempts, outcome.validator)
 
     def _destination(self, rel_path: str) -> Path:
         """The last guard before a write: no symlink in the tree may lead it outside.
@@ -330,8 +337,14 @@ class Executor:
     ) -> BaseException | None:
         count_task.advance(1)
         if isinstance(result, _Done):
+            action = result.action
             self.state.record_complete(
-                result.action.rel_path, result.size, result.mtime_ns, result.action.checksum
+                action.rel_path,
+                result.size,
+                result.mtime_ns,
+                action.checksum,
+                action.href,
+                result.validator,
             )
             report.transferred += 1
             report.bytes += result.size

@@ -112,7 +112,8 @@ def _judge(desired: DesiredAsset, local: LocalFile) -> PlannedAction:
 
     * **up to date** — the database says complete (or failed: a failed replace keeps the old
       file and its record) with the same size and mtime as on disk, the size matches the
-      catalog when it gives one, and the recorded checksum does not contradict the catalog's;
+      catalog when it gives one, the recorded checksum does not contradict the catalog's,
+      and the file was fetched from the catalog's href (an unknown href counts as the same);
       or there is no trustworthy record and the size equals the catalog's (the database was
       deleted: size alone is trusted then, as the reference client does). A stray ``.part``
       beside an up-to-date file is ignored.
@@ -121,7 +122,9 @@ def _judge(desired: DesiredAsset, local: LocalFile) -> PlannedAction:
     * no final file: **add**.
     * a final file that is not up to date: **replace** when the database says complete but
       disk size or mtime changed since (modified locally), when its size differs from the
-      catalog's, or when the recorded checksum differs; **resume** at the file's size when no
+      catalog's, when the recorded checksum differs, or when the recorded href is not the
+      catalog's (a new version published under a new URL, often with the same size and no
+      checksum); **resume** at the file's size when no
       record and no catalog size exist to judge it (the executor asks the server).
 
     Checksums are multihash hex; they are compared only when both use the same hash function
@@ -175,6 +178,8 @@ def _judge_final(desired: DesiredAsset, local: LocalFile, disk_size: int) -> tup
     if record_matches:
         if _checksums_differ(local.recorded_checksum, desired.checksum):
             return _REPLACE, "checksum differs from catalog"
+        if _hrefs_differ(local.recorded_href, desired.href):
+            return _REPLACE, "href changed upstream"
         return _UP_TO_DATE, "recorded"
     if expected is not None:
         return _UP_TO_DATE, "size matches catalog"
@@ -190,6 +195,8 @@ def recorded_up_to_date(
     recorded_checksum: str | None,
     disk_size: int | None,
     disk_mtime_ns: int | None,
+    href: str,
+    recorded_href: str | None,
 ) -> bool:
     """The common case of a synced tree, from plain values: a complete record that the final
     file and the catalog agree with. True only where :func:`classify` says up to date
@@ -202,6 +209,7 @@ def recorded_up_to_date(
         and recorded_mtime_ns is not None
         and recorded_mtime_ns == disk_mtime_ns
         and (size is None or size == disk_size)
+        and (recorded_href is None or recorded_href == href)
         and not _checksums_differ(recorded_checksum, checksum)
     )
 
@@ -224,6 +232,11 @@ def _checksums_differ(recorded: str | None, catalog: str | None) -> bool:
         return False
     recorded, catalog = recorded.lower(), catalog.lower()
     return recorded != catalog and recorded[:4] == catalog[:4]
+
+
+def _hrefs_differ(recorded: str | None, catalog: str) -> bool:
+    """True only when the href a file was fetched from is known and is not the catalog's."""
+    return recorded is not None and recorded != catalog
 
 
 _ORPHAN_STATES: Final = frozenset({FileState.COMPLETE, FileState.PARTIAL})

@@ -80,6 +80,9 @@ class LocalFile:
     disk_mtime_ns: int | None = None
     part_size: int | None = None
     last_error: str | None = None
+    recorded_href: str | None = None
+    """The href the recorded file was fetched from (None: unknown, e.g. recorded before
+    mlsync kept it; unknown is taken to match the catalog's)."""
 
 
 class ActionKind(enum.StrEnum):

@@ -183,7 +183,7 @@ class DatasetSync:
         with db.select(item_pred, asset_pred) as selection:
             for row in selection.iter_state_rows(dataset_dir):
                 # The two common cases without building objects: synced, and never seen.
-                if counted_fast and up_to_date(*row[2:8], row[9], row[10]):
+                if counted_fast and up_to_date(*row[2:8], row[9], row[10], row[1], row[12]):
                     count_up_to_date(row[2])
                     continue
                 if row[4] is missing and row[9] is None and not row[11]:
@@ -397,6 +397,7 @@ def _adoption(desired: DesiredAsset, local: LocalFile) -> FileUpdate:
         size=local.disk_size,
         mtime_ns=local.disk_mtime_ns,
         checksum=desired.checksum or local.recorded_checksum,
+        href=desired.href,
     )
 
 

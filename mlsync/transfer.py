@@ -65,6 +65,9 @@ class TransferOutcome:
     mtime_ns: int
     attempts: int
     resumed_from: int
+    validator: str | None = None
+    """The server's strong ETag, else its Last-Modified, for the file written (None: it sent
+    neither)."""
 
 
 class _Retry(Exception):
@@ -171,7 +174,7 @@ class FileTransfer:
         except OSError as exc:
             raise LocalWriteError.from_os_error(exc, self.dest) from None
         return TransferOutcome(
-            stat.st_size, stat.st_mtime_ns, self.attempts, self.resumed_from or 0
+            stat.st_size, stat.st_mtime_ns, self.attempts, self.resumed_from or 0, self._validator
         )
 
     def _drop_empty_part(self) -> None:

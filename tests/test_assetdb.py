@@ -105,6 +105,34 @@ def test_reference_client_database_is_replaced(tmp_path: Path) -> None:
         assert "asset_save_path" not in columns
 
 
+def test_schema_1_gains_hrefs_from_its_catalog_and_re_ingests(tmp_path: Path) -> None:
+    """Upgrading a database of schema 1: each recorded file takes the href of the catalog it
+    was planned from (unknown counts as unchanged, so nothing is downloaded again for it), a
+    partial record none; the catalog is dropped, to be ingested again with today's layout."""
+    path = tmp_path / "a.db"
+    with AssetDB.open(path) as db:
+        ingest_sample(db)
+        db.record_complete("src/s1/B01.tif", 10, 1, None, "https://other/x", "etag")
+        db.record_partial("src/s2/B01.tif", 3)
+        db.record_complete("gone/x.tif", 1, 1, None)
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE files DROP COLUMN href")
+        conn.execute("ALTER TABLE files DROP COLUMN validator")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with AssetDB.open(path) as db:
+        assert db.schema_version == assetdb.SCHEMA_VERSION
+        rows = dict(db._conn.execute("SELECT rel_path, href FROM files"))
+        assert rows == {
+            "src/s1/B01.tif": "https://hub/src/s1/B01.tif",
+            "src/s2/B01.tif": None,
+            "gone/x.tif": None,
+        }
+        assert db.count_assets() == 0
+        assert db.get_meta("catalog.sha256") is None
+        recorded = {f.rel_path: f.recorded_href for f in db.iter_recorded_files()}
+        assert recorded["src/s1/B01.tif"] == "https://hub/src/s1/B01.tif"
+
+
 def test_newer_schema_is_refused_with_advice(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     with AssetDB.open(path) as db:

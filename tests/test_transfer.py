@@ -251,7 +251,7 @@ class _Recorder:
     def __init__(self):
         self.complete, self.failed, self.commits = [], [], 0
 
-    def record_complete(self, rel_path, size, mtime_ns, checksum):
+    def record_complete(self, rel_path, size, mtime_ns, checksum, href=None, validator=None):
         self.complete.append(rel_path)
 
     def record_failed(self, rel_path, error, attempts):

@@ -185,7 +185,15 @@ class _Recorder:
         self.complete: list[str] = []
         self.failed: list[tuple[str, str]] = []
 
-    def record_complete(self, rel_path: str, size: int, mtime_ns: int, checksum: Any) -> None:
+    def record_complete(
+        self,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        checksum: Any,
+        href: str | None = None,
+        validator: str | None = None,
+    ) -> None:
         self.complete.append(rel_path)
 
     def record_failed(self, rel_path: str, error: str, attempts: int) -> None:
