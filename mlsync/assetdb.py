@@ -506,6 +506,28 @@ class AssetDB:
         self._begin_write()
         self._conn.execute(_UPSERT_FAILED, (rel_path, error, attempts, time.time()))
 
+    def record_moved(
+        self,
+        source: str,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        checksum: str | None,
+        href: str | None,
+    ) -> None:
+        """The complete file recorded at ``source`` was renamed to ``rel_path``: its record
+        (the server's validator, its checksum unless the catalog gives one) moves with it."""
+        self._begin_write()
+        row = self._conn.execute(
+            "SELECT validator, checksum FROM files WHERE rel_path = ?", (source,)
+        ).fetchone()
+        validator, recorded_checksum = (None, None) if row is None else row
+        self._conn.execute(
+            _UPSERT_COMPLETE,
+            (rel_path, size, mtime_ns, checksum or recorded_checksum, time.time(), href, validator),
+        )
+        self._conn.execute(_DELETE_FILE, (source,))
+
     def forget(self, rel_path: str) -> None:
         """Drop what is known about ``rel_path`` (after the file was removed)."""
         self._begin_write()
@@ -760,11 +782,15 @@ class CatalogIngest:
     ) -> IngestStats:
         """Resolve common assets, build indexes, store ``meta`` and commit.
 
-        Common: a common key, a ``None`` path, or a ``(collection_id, href)`` found in more
-        than one item. Each distinct common ``(collection_id, href)`` gets one path from
-        ``common_path(collection_id, key, href, collides)``, where ``key`` is the smallest key
-        it appears under and ``collides`` says another common href of that collection has the
-        same key (the caller must then make the name unique). An unsafe path drops the asset.
+        Common: a common key, a ``None`` path, a ``(collection_id, href)`` found in more
+        than one item, or one whose file is already on disk in ``{collection}/_common/``
+        (recorded in ``files`` with that href): placement must not depend on which items a
+        STAC API search happened to return. Each distinct common ``(collection_id, href)``
+        gets one path from ``common_path(collection_id, key, href, collides)``, where ``key``
+        is the smallest key it appears under and ``collides`` says another common href of
+        that collection has the same key (the caller must then make the name unique); a file
+        already on disk under the other of those two names keeps it. An unsafe path drops
+        the asset.
         """
         self._check_open()
         try:
@@ -775,6 +801,21 @@ class CatalogIngest:
         self._conn.execute("COMMIT")
         self._close()
         return stats
+
+    def _placed_common(self) -> dict[tuple[str, str], str]:
+        """``(collection_id, href) -> rel_path`` of the files on disk under a collection's
+        ``_common/`` folder (recorded with their href): such an href stays common, even when
+        this catalog (a narrower search) has it in one item only. Few rows: one per shared
+        file, found by one scan of ``files``."""
+        placed: dict[tuple[str, str], str] = {}
+        for rel_path, href in self._conn.execute(
+            "SELECT rel_path, href FROM files WHERE href IS NOT NULL AND state <> 'partial' "
+            f"AND instr(rel_path, '/{layout.COMMON_DIR}/') > 0 ORDER BY rel_path"
+        ):
+            parts = str(rel_path).split("/")
+            if len(parts) == 3 and parts[1] == layout.COMMON_DIR:
+                placed.setdefault((parts[0], str(href)), str(rel_path))
+        return placed
 
     def _finish(self, common_path: CommonPathFn, meta: Mapping[str, str]) -> IngestStats:
         conn = self._conn
@@ -790,6 +831,9 @@ class CatalogIngest:
             "WHERE item_rowid IS NOT NULL GROUP BY collection_id, href "
             "HAVING MIN(item_rowid) <> MAX(item_rowid)"
         )
+        placed = self._placed_common()
+        if placed:
+            conn.executemany(f"INSERT OR IGNORE INTO temp.{shared} VALUES (?, ?)", placed)
         if conn.execute(f"SELECT EXISTS (SELECT 1 FROM temp.{shared})").fetchone()[0]:
             conn.execute(
                 "UPDATE assets SET common = 1 WHERE common = 0 AND item_rowid IS NOT NULL "
@@ -810,6 +854,15 @@ class CatalogIngest:
         for collection_id, href, key, collides in groups:
             try:
                 rel_path = common_path(collection_id, key, href, bool(collides))
+                recorded = placed.get((collection_id, href))
+                if (
+                    recorded is not None
+                    and recorded != rel_path
+                    and recorded == common_path(collection_id, key, href, not collides)
+                ):
+                    # Placed under its other valid name (with or without the href's
+                    # digest, as the search decided then): keep it there.
+                    rel_path = recorded
             except UnsafePathError as exc:
                 self._refuse(str(exc))
                 continue
@@ -889,6 +942,7 @@ class Selection:
     ) -> None:
         self.db = db
         self._tables: list[str] = []
+        self._orphaned_table: str | None = None
         conditions: list[str] = []
         try:
             if asset_pred is not None and (keys := self._materialise_keys(asset_pred)):
@@ -1082,11 +1136,58 @@ class Selection:
         """
         yield from _local_files(
             self.db._conn.execute(
-                "SELECT f.rel_path, f.state, f.size, f.mtime_ns, f.checksum, f.error, f.href "
-                "FROM files AS f WHERE NOT EXISTS (SELECT 1 FROM assets AS a "
-                f"WHERE a.rel_path = f.rel_path AND {self._where}) ORDER BY f.rel_path"
+                "SELECT rel_path, state, size, mtime_ns, checksum, error, href "
+                f"FROM temp.{self._orphaned()} ORDER BY rel_path"
             )
         )
+
+    def move_sources(self, dataset_dir: Path | None = None) -> dict[str, LocalFile]:
+        """``target rel_path -> recorded file`` for selected paths whose href is that of a
+        complete, no longer selected file (disk fields filled when ``dataset_dir`` is given):
+        the files :func:`mlsync.planner.plan_move` may rename instead of downloading.
+
+        Costs one scan of the catalog, and only when such an unselected file exists (a synced
+        tree has none: nothing is scanned)."""
+        orphaned = self._orphaned()
+        conn = self.db._conn
+        if not conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM temp.{orphaned} "
+            "WHERE state = 'complete' AND href IS NOT NULL)"
+        ).fetchone()[0]:
+            return {}
+        sources: dict[str, LocalFile] = {}
+        # CROSS JOIN keeps the catalog as the outer loop (it has no index on href; the
+        # few unselected files do).
+        for target, *row in conn.execute(
+            "SELECT a.rel_path, o.rel_path, o.state, o.size, o.mtime_ns, o.checksum, o.error, "
+            f"o.href FROM assets AS a CROSS JOIN temp.{orphaned} AS o "
+            f"WHERE o.href = a.href AND o.state = 'complete' AND {self._where} "
+            "ORDER BY a.rel_path, o.rel_path"
+        ):
+            if target in sources:
+                continue
+            [local] = _local_files([row])
+            sources[target] = local if dataset_dir is None else stat_local(dataset_dir, local)
+        return sources
+
+    def _orphaned(self) -> str:
+        """The TEMP table of recorded paths not selected, made once per selection (one
+        pass over ``files``, shared by :meth:`move_sources` and :meth:`iter_orphaned`)."""
+        if self._orphaned_table is None:
+            table = self._new_table(
+                "orphaned",
+                "rel_path TEXT PRIMARY KEY, state TEXT, size INTEGER, mtime_ns INTEGER, "
+                "checksum TEXT, error TEXT, href TEXT",
+            )
+            conn = self.db._conn
+            conn.execute(
+                f"INSERT INTO temp.{table} SELECT f.rel_path, f.state, f.size, f.mtime_ns, "
+                "f.checksum, f.error, f.href FROM files AS f WHERE NOT EXISTS (SELECT 1 FROM "
+                f"assets AS a WHERE a.rel_path = f.rel_path AND {self._where})"
+            )
+            conn.execute(f"CREATE INDEX temp.{table}_by_href ON {table} (href)")
+            self._orphaned_table = table
+        return self._orphaned_table
 
 
 def _stat_paths(path: str) -> tuple[int | None, int | None, int | None]:

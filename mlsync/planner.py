@@ -37,6 +37,7 @@ __all__ = [
     "format_summary",
     "human_bytes",
     "orphans",
+    "plan_move",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -232,6 +233,35 @@ def _checksums_differ(recorded: str | None, catalog: str | None) -> bool:
         return False
     recorded, catalog = recorded.lower(), catalog.lower()
     return recorded != catalog and recorded[:4] == catalog[:4]
+
+
+def plan_move(action: PlannedAction, source: LocalFile) -> PlannedAction | None:
+    """``action`` (an ADD) as a move of ``source``'s file, or None when that file cannot stand
+    for the asset.
+
+    ``source`` is a recorded file that is no longer selected (an orphan to be). It stands for
+    the asset when it was fetched from the same href, is complete and unchanged on disk since
+    (size and mtime as recorded), has the catalog's size when it gives one, and its recorded
+    checksum does not contradict the catalog's. Apply then renames it into place (after
+    checking its size and the catalog's checksum again) instead of downloading it, and it is
+    not an orphan: a path that changes (a shared href moving to ``_common/``, a layout fix)
+    costs no transfer and leaves no stale copy.
+    """
+    disk_size = source.disk_size
+    if (
+        action.kind is not _ADD
+        or source.state is not FileState.COMPLETE
+        or source.recorded_href is None
+        or source.recorded_href != action.href
+        or disk_size is None
+        or source.recorded_size != disk_size
+        or source.recorded_mtime_ns is None
+        or source.recorded_mtime_ns != source.disk_mtime_ns
+        or (action.size is not None and action.size != disk_size)
+        or _checksums_differ(source.recorded_checksum, action.checksum)
+    ):
+        return None
+    return replace(action, move_from=source.rel_path, reason=f"moved from {source.rel_path}")
 
 
 def _hrefs_differ(recorded: str | None, catalog: str) -> bool:
@@ -443,6 +473,8 @@ class Plan(_Summarised):
                 action.checksum,
                 action.offset,
             ]
+            if action.move_from is not None:
+                line.append(action.move_from)
             digest.update(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
         return digest.hexdigest()
 
@@ -517,7 +549,7 @@ class PlanBuilder:
 
     def add(self, action: PlannedAction) -> None:
         kind = action.kind
-        left = None if action.size is None else _left(action)
+        left = None if action.size is None and action.move_from is None else _left(action)
         if self._count(kind, action.size, left) and (
             self.keep is None or self._totals[kind][0] <= self.keep
         ):
@@ -565,6 +597,9 @@ class PlanBuilder:
 
 
 def _left(action: PlannedAction) -> int:
+    """Bytes still to download for a transfer action (a move downloads none)."""
+    if action.move_from is not None:
+        return 0
     assert action.size is not None
     return max(action.size - action.offset, 0)
 
@@ -573,7 +608,7 @@ def _bytes_to_transfer(actions: Iterable[PlannedAction]) -> int | None:
     total = 0
     for action in actions:
         if action.kind in _TRANSFER_KINDS:
-            if action.size is None:
+            if action.size is None and action.move_from is None:
                 return None
             total += _left(action)
     return total
@@ -748,6 +783,7 @@ def _action_to_dict(action: PlannedAction) -> dict[str, Any]:
         "checksum": action.checksum,
         "offset": action.offset,
         "reason": action.reason,
+        "move_from": action.move_from,
     }
 
 
@@ -761,6 +797,7 @@ def _action_from_dict(raw: Any) -> PlannedAction:
         checksum=json_opt_str(raw.get("checksum")),
         offset=json_count(raw.get("offset", 0)),
         reason=json_str(raw.get("reason", "")),
+        move_from=json_opt_str(raw.get("move_from")),
     )
 
 

@@ -106,3 +106,6 @@ class PlannedAction:
     checksum: str | None = None
     offset: int = 0
     reason: str = ""
+    move_from: str | None = None
+    """An ADD whose bytes are already in the tree under another path (same href, recorded
+    complete, no longer selected there): apply renames that file instead of downloading."""

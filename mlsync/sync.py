@@ -181,16 +181,32 @@ class DatasetSync:
         up_to_date, count_up_to_date = planner.recorded_up_to_date, builder.add_up_to_date
         add_new, missing = builder.add_new, FileState.MISSING
         with db.select(item_pred, asset_pred) as selection:
+            # Files already on disk under a path no longer selected, by the path that now
+            # wants their href: renamed by apply instead of downloaded (overwrite fetches all).
+            moves = {} if not counted_fast else selection.move_sources(dataset_dir)
+            moved: set[str] = set()
             for row in selection.iter_state_rows(dataset_dir):
                 # The two common cases without building objects: synced, and never seen.
                 if counted_fast and up_to_date(*row[2:8], row[9], row[10], row[1], row[12]):
                     count_up_to_date(row[2])
                     continue
-                if row[4] is missing and row[9] is None and not row[11]:
+                if (
+                    row[4] is missing
+                    and row[9] is None
+                    and not row[11]
+                    and (not moves or row[0] not in moves)
+                ):
                     add_new(*row[:4])
                     continue
                 desired, local = row_objects(row, dataset_dir)
                 action = planner.classify(desired, local, if_exists=if_exists)
+                if moves and action.kind is ActionKind.ADD:
+                    source = moves.get(desired.rel_path)
+                    if source is not None and source.rel_path not in moved:
+                        move = planner.plan_move(action, source)
+                        if move is not None:
+                            moved.add(source.rel_path)
+                            action = move
                 builder.add(action)
                 if local.state is FileState.COMPLETE:
                     if local.disk_size is None:
@@ -201,7 +217,10 @@ class DatasetSync:
                     not skip or planner.classify(desired, local).kind is ActionKind.UP_TO_DATE
                 ):
                     reconcile.append(_adoption(desired, local))
-            builder.extend(planner.orphans(selection.iter_orphaned()))
+            orphaned = selection.iter_orphaned()
+            if moved:
+                orphaned = (local for local in orphaned if local.rel_path not in moved)
+            builder.extend(planner.orphans(orphaned))
         return builder.build(), reconcile
 
     def _check_filter(self, db: AssetDB) -> None:

@@ -161,3 +161,167 @@ def test_files_recorded_before_hrefs_were_kept_are_not_downloaded_again(
     run = cli("plan", manifest)
     assert run.code == 0, run.err
     assert f"Plan: 0 to add, 0 to resume, 1 to replace, {SAMPLE_ITEMS - 1} up to date" in run.out
+
+
+# --- an href shared by items: where it goes does not depend on the search window -------------
+
+SHARED_ITEMS = (f"{SOURCE}_000001", f"{SOURCE}_000005", f"{SOURCE}_000007")  # with datetimes
+
+
+def _share_a_mask(root: Path) -> tuple[Path, list[str]]:
+    """Give three items of the source collection one shared ``mask`` asset; the file, and the
+    three items' datetimes (each item's own instant)."""
+    mask = root / FLOOD / "files" / SOURCE / "mask.tif"
+    mask.write_bytes(b"mask" * 300)
+    times = []
+    for item_id in SHARED_ITEMS:
+        path = root / FLOOD / "catalog" / SOURCE / item_id / f"{item_id}.json"
+        item = json.loads(path.read_text())
+        item["assets"]["mask"] = {"href": "../../../files/demo_flood_v1_source/mask.tif"}
+        path.write_text(json.dumps(item))
+        times.append(item["properties"]["datetime"])
+    return mask, times
+
+
+def _search_manifest(path: Path, hub: RunningHub, window: str | None) -> Path:
+    when = "" if window is None else f"    datetime: {window}\n"
+    path.write_text(
+        f"version: 1\nhub:\n  root_url: {hub.url}\noutput_dir: out\ndatasets:\n"
+        + _source_lines("stac_api", hub)
+        + when
+        + f"    collections:\n      {SOURCE}: [mask]\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _asset_files(dataset_dir: Path) -> list[str]:
+    return sorted(
+        p.relative_to(dataset_dir).as_posix() for p in dataset_dir.rglob("*.tif") if p.is_file()
+    )
+
+
+def test_a_shared_href_keeps_its_place_when_the_search_window_changes(
+    tmp_path: Path,
+    sample_root_copy: Path,
+    hub_factory: Callable[..., RunningHub],
+    cli: Callable[..., CliResult],
+) -> None:
+    """Wide search first: the href three items share goes to _common/; a narrower search
+    that returns one of them keeps it there (no download, no orphan)."""
+    mask, times = _share_a_mask(sample_root_copy)
+    hub = hub_factory(sample_root_copy, catalog_ttl=0)
+    manifest = _search_manifest(tmp_path / "sync.yaml", hub, None)
+    assert cli("apply", manifest).code == 0
+    dataset_dir = _dataset_dir(tmp_path, "stac_api")
+    common = f"{SOURCE}/_common/mask.tif"
+    assert _asset_files(dataset_dir) == [common]
+
+    only = sorted(times)[0]
+    _search_manifest(tmp_path / "sync.yaml", hub, f"{only}/{only}")
+    run = cli("plan", manifest, "--json")
+    assert run.code == 0, run.err
+    assert run.json()["summary"] == "No changes. 1 asset up to date.", run.out
+    hub.reset_stats()
+    assert cli("apply", manifest).code == 0
+    assert hub.stats["by_kind"]["asset"] == 0
+    assert _asset_files(dataset_dir) == [common]
+    assert (dataset_dir / common).read_bytes() == mask.read_bytes()
+
+
+def test_bytes_already_on_disk_are_moved_not_downloaded_again(
+    tmp_path: Path,
+    sample_root_copy: Path,
+    hub_factory: Callable[..., RunningHub],
+    cli: Callable[..., CliResult],
+) -> None:
+    """Narrow search first: the href is one item's, in its folder; widening the window makes
+    it shared (_common/): the file is moved there, not downloaded again, and leaves no orphan.
+    Narrowing again keeps it in _common/."""
+    mask, times = _share_a_mask(sample_root_copy)
+    hub = hub_factory(sample_root_copy, catalog_ttl=0)
+    first = sorted(times)[0]
+    manifest = _search_manifest(tmp_path / "sync.yaml", hub, f"{first}/{first}")
+    assert cli("apply", manifest).code == 0
+    dataset_dir = _dataset_dir(tmp_path, "stac_api")
+    [in_item] = _asset_files(dataset_dir)
+    assert in_item.endswith("/mask.tif") and "/_common/" not in in_item
+
+    _search_manifest(tmp_path / "sync.yaml", hub, None)
+    run = cli("plan", manifest, "--json")
+    assert run.code == 0, run.err
+    plan = run.json()["datasets"][0]["plan"]
+    common = f"{SOURCE}/_common/mask.tif"
+    assert [(a["kind"], a["rel_path"], a["move_from"]) for a in plan["actions"]] == [
+        ("add", common, in_item)
+    ]
+    # A move counts as one to add (the summary line's format is frozen), never as an orphan.
+    assert run.json()["summary"] == (
+        "Plan: 1 to add, 0 to resume, 0 to replace, 0 up to date, 0 orphaned."
+    )
+    assert "moved from" in plan["actions"][0]["reason"]
+    hub.reset_stats()
+    run = cli("apply", manifest, "--json")
+    assert run.code == 0, run.err
+    assert hub.stats["by_kind"]["asset"] == 0
+    assert run.json()["datasets"][0]["moved"] == 1
+    assert run.json()["transferred"] == 0
+    assert _asset_files(dataset_dir) == [common]
+    assert (dataset_dir / common).read_bytes() == mask.read_bytes()
+    run = cli("plan", manifest, "--json")
+    assert run.json()["summary"] == "No changes. 1 asset up to date."
+
+    _search_manifest(tmp_path / "sync.yaml", hub, f"{first}/{first}")
+    run = cli("plan", manifest, "--json")
+    assert run.json()["summary"] == "No changes. 1 asset up to date.", run.out
+
+
+def test_a_tree_named_by_the_old_extension_rule_is_renamed_not_downloaded(
+    tmp_path: Path,
+    sample_root_copy: Path,
+    hub_factory: Callable[..., RunningHub],
+    cli: Callable[..., CliResult],
+) -> None:
+    """A tree synced by an mlsync that saved the key ``MTL.json`` as ``MTL.json.json`` (and
+    kept no hrefs): the upgrade renames the file, it downloads nothing."""
+    metadata = sample_root_copy / FLOOD / "files" / SOURCE / ITEM / "LC08_MTL.json"
+    metadata.write_text('{"landsat": "metadata"}')
+
+    def add_metadata(item: dict[str, Any]) -> None:
+        item["assets"]["MTL.json"] = {"href": f"../../../files/{SOURCE}/{ITEM}/LC08_MTL.json"}
+
+    _edit_item(sample_root_copy, add_metadata)
+    hub = hub_factory(sample_root_copy, catalog_ttl=0)
+    manifest = write_manifest(tmp_path / "sync.yaml", hub, "stac_api")
+    manifest.write_text(manifest.read_text().replace("[B02]", "[MTL.json]"))
+    assert cli("apply", manifest).code == 0
+    dataset_dir = _dataset_dir(tmp_path, "stac_api")
+    new_path = f"{SOURCE}/{ITEM}/MTL.json"
+    old_path = new_path + ".json"
+    assert (dataset_dir / new_path).read_bytes() == metadata.read_bytes()
+
+    # What the previous mlsync left: the file and its rows under the doubled name, schema 1.
+    (dataset_dir / new_path).rename(dataset_dir / old_path)
+    db_path = dataset_dir / "mlhub_stac_assets.db"
+    with sqlite3.connect(db_path) as conn:
+        for table in ("files", "assets"):
+            conn.execute(
+                f"UPDATE {table} SET rel_path = ? WHERE rel_path = ?", (old_path, new_path)
+            )
+        mtime_ns = (dataset_dir / old_path).stat().st_mtime_ns
+        conn.execute("UPDATE files SET mtime_ns = ? WHERE rel_path = ?", (mtime_ns, old_path))
+    _downgrade_to_schema_1(db_path)
+
+    run = cli("plan", manifest, "--json")
+    assert run.code == 0, run.err
+    actions = run.json()["datasets"][0]["plan"]["actions"]
+    assert [(a["kind"], a["rel_path"], a["move_from"]) for a in actions] == [
+        ("add", new_path, old_path)
+    ]
+    hub.reset_stats()
+    assert cli("apply", manifest).code == 0
+    assert hub.stats["by_kind"]["asset"] == 0
+    assert (dataset_dir / new_path).read_bytes() == metadata.read_bytes()
+    assert not (dataset_dir / old_path).exists()
+    run = cli("plan", manifest, "--json")
+    assert run.json()["summary"] == "No changes. 1 asset up to date."

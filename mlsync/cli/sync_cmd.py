@@ -528,6 +528,7 @@ def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed])
                 "summary": r.plan.plan.summary_line(),
                 "transferred": r.execution.transferred,
                 "bytes": r.execution.bytes,
+                "moved": r.execution.moved,
                 "failed": len(r.execution.failed),
                 "elapsed_seconds": round(r.execution.elapsed, 3),
                 "removed": r.pruned,
