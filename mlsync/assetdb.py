@@ -789,8 +789,9 @@ class CatalogIngest:
         gets one path from ``common_path(collection_id, key, href, collides)``, where ``key``
         is the smallest key it appears under and ``collides`` says another common href of
         that collection has the same key (the caller must then make the name unique); a file
-        already on disk under the other of those two names keeps it. An unsafe path drops
-        the asset.
+        already on disk in ``_common/`` keeps its path while that is still a name the layout
+        gives its href (see :meth:`_kept_common_paths`), and another href whose name would
+        be that one gets its digest-tagged name instead. An unsafe path drops the asset.
         """
         self._check_open()
         try:
@@ -816,6 +817,32 @@ class CatalogIngest:
             if len(parts) == 3 and parts[1] == layout.COMMON_DIR:
                 placed.setdefault((parts[0], str(href)), str(rel_path))
         return placed
+
+    def _kept_common_paths(
+        self, placed: Mapping[tuple[str, str], str], common_path: CommonPathFn
+    ) -> dict[tuple[str, str], str]:
+        """The placed common files that keep their path: those whose name is still one the
+        layout gives their href, under any key it has now, with or without the href's digest
+        (which keys and collisions a catalog shows depends on the items it holds). A name the
+        layout no longer gives (an older layout's) is not kept: the file is moved."""
+        keys: dict[tuple[str, str], set[str]] = {}
+        for collection_id, href, key in self._conn.execute(
+            "SELECT DISTINCT collection_id, href, asset_key FROM assets WHERE common = 1"
+        ):
+            if (collection_id, href) in placed:
+                keys.setdefault((collection_id, href), set()).add(key)
+        kept: dict[tuple[str, str], str] = {}
+        for (collection_id, href), key_set in keys.items():
+            recorded = placed[(collection_id, href)]
+            for key in sorted(key_set):
+                try:
+                    names = {common_path(collection_id, key, href, c) for c in (False, True)}
+                except UnsafePathError:
+                    continue
+                if recorded in names:
+                    kept[(collection_id, href)] = recorded
+                    break
+        return kept
 
     def _finish(self, common_path: CommonPathFn, meta: Mapping[str, str]) -> IngestStats:
         conn = self._conn
@@ -851,18 +878,15 @@ class CatalogIngest:
         )
         batch: list[tuple[str, str, str]] = []
         common_count = 0
+        kept = self._kept_common_paths(placed, common_path) if placed else {}
+        reserved = set(kept.values())
         for collection_id, href, key, collides in groups:
             try:
-                rel_path = common_path(collection_id, key, href, bool(collides))
-                recorded = placed.get((collection_id, href))
-                if (
-                    recorded is not None
-                    and recorded != rel_path
-                    and recorded == common_path(collection_id, key, href, not collides)
-                ):
-                    # Placed under its other valid name (with or without the href's
-                    # digest, as the search decided then): keep it there.
-                    rel_path = recorded
+                rel_path = kept.get((collection_id, href)) or common_path(
+                    collection_id, key, href, bool(collides)
+                )
+                if rel_path in reserved and (collection_id, href) not in kept:
+                    rel_path = common_path(collection_id, key, href, True)
             except UnsafePathError as exc:
                 self._refuse(str(exc))
                 continue
