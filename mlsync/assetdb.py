@@ -1111,7 +1111,9 @@ class Selection:
             recorded_href,
         ) in self.db._conn.execute(
             "SELECT a.rel_path, a.href, a.size, a.checksum, "
-            "f.state, f.size, f.mtime_ns, f.checksum, f.error, f.href "
+            "f.state, f.size, f.mtime_ns, f.checksum, f.error, "
+            # the recorded href only where it differs: no string to build for a synced row
+            "CASE WHEN f.href <> a.href THEN f.href END "
             "FROM assets AS a LEFT JOIN files AS f ON f.rel_path = a.rel_path "
             f"WHERE {self._where} ORDER BY a.rel_path"
         ):
@@ -1158,20 +1160,26 @@ class Selection:
         This is the SQL side of orphan detection: no set of desired paths in memory. Feed the
         result to :func:`mlsync.planner.orphans`, which decides which of them are orphans.
         """
-        yield from _local_files(
-            self.db._conn.execute(
+        if self._orphaned_table is not None:  # made by move_sources: read it again
+            query = (
                 "SELECT rel_path, state, size, mtime_ns, checksum, error, href "
-                f"FROM temp.{self._orphaned()} ORDER BY rel_path"
+                f"FROM temp.{self._orphaned_table} ORDER BY rel_path"
             )
-        )
+        else:
+            query = (  # href left out: an orphan is judged without it
+                "SELECT f.rel_path, f.state, f.size, f.mtime_ns, f.checksum, f.error, NULL "
+                "FROM files AS f WHERE NOT EXISTS (SELECT 1 FROM assets AS a "
+                f"WHERE a.rel_path = f.rel_path AND {self._where}) ORDER BY f.rel_path"
+            )
+        yield from _local_files(self.db._conn.execute(query))
 
     def move_sources(self, dataset_dir: Path | None = None) -> dict[str, LocalFile]:
         """``target rel_path -> recorded file`` for selected paths whose href is that of a
         complete, no longer selected file (disk fields filled when ``dataset_dir`` is given):
         the files :func:`mlsync.planner.plan_move` may rename instead of downloading.
 
-        Costs one scan of the catalog, and only when such an unselected file exists (a synced
-        tree has none: nothing is scanned)."""
+        Costs one pass over ``files`` (kept for :meth:`iter_orphaned`), and one scan of the
+        catalog only when such an unselected file exists."""
         orphaned = self._orphaned()
         conn = self.db._conn
         if not conn.execute(
@@ -1195,8 +1203,9 @@ class Selection:
         return sources
 
     def _orphaned(self) -> str:
-        """The TEMP table of recorded paths not selected, made once per selection (one
-        pass over ``files``, shared by :meth:`move_sources` and :meth:`iter_orphaned`)."""
+        """The TEMP table of recorded paths not selected, made once per selection by
+        :meth:`move_sources` (one pass over ``files``, which :meth:`iter_orphaned` then
+        reads instead of making it again)."""
         if self._orphaned_table is None:
             table = self._new_table(
                 "orphaned",
@@ -1247,7 +1256,7 @@ StateRow = tuple[
     int | None,  # disk size of the final file (None: absent, not a regular file, or not probed)
     int | None,  # disk mtime_ns of the final file
     bool,  # a .part may be on disk (the disk was probed and the file's folder exists)
-    str | None,  # recorded href (None: unknown)
+    str | None,  # recorded href, only when it is not the catalog's (None: the same, or unknown)
 ]
 """One row of :meth:`Selection.iter_state_rows`, in :class:`LocalFile`'s field order (the
 recorded href last, as in :class:`LocalFile`)."""

@@ -563,6 +563,10 @@ class PlanBuilder:
         else:
             self._count(_ADD, size, size)
 
+    def count(self, kind: ActionKind) -> int:
+        """How many actions of ``kind`` so far."""
+        return self._totals[kind][0]
+
     def add_up_to_date(self, size: int | None) -> None:
         """Count an up-to-date asset without its action (see :func:`recorded_up_to_date`)."""
         self._count(_UP_TO_DATE, size, None)

@@ -82,7 +82,8 @@ class LocalFile:
     last_error: str | None = None
     recorded_href: str | None = None
     """The href the recorded file was fetched from (None: unknown, e.g. recorded before
-    mlsync kept it; unknown is taken to match the catalog's)."""
+    mlsync kept it; unknown is taken to match the catalog's). A selection's state rows give
+    it only where it differs from the catalog's (None there also means "the same")."""
 
 
 class ActionKind(enum.StrEnum):

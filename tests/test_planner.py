@@ -292,6 +292,51 @@ def test_a_file_from_another_href_is_never_up_to_date_on_its_record(
     assert unknown == classify(desired, replace(local, recorded_href=desired.href))
 
 
+# --- moves -----------------------------------------------------------------------------------
+
+
+@given(desired_assets, local_files())
+def test_a_move_is_planned_only_for_an_unchanged_file_of_the_same_href(
+    desired: DesiredAsset, source: LocalFile
+) -> None:
+    """``plan_move`` turns an ADD into a move of ``source`` exactly when that file stands for
+    the asset: complete, from the same href, unchanged since recorded, of the catalog's size,
+    its checksum not contradicting the catalog's; and then nothing else changes."""
+    source = replace(source, rel_path="c/old/B01.tif")
+    add = classify(desired, LocalFile(PATH))
+    move = planner.plan_move(add, source)
+    fits = (
+        source.state is FileState.COMPLETE
+        and source.recorded_href == desired.href
+        and source.disk_size is not None
+        and source.recorded_size == source.disk_size
+        and source.recorded_mtime_ns == source.disk_mtime_ns
+        and desired.size in (None, source.disk_size)
+        and not (
+            desired.checksum
+            and source.recorded_checksum
+            and desired.checksum[:4] == source.recorded_checksum[:4]
+            and desired.checksum.lower() != source.recorded_checksum.lower()
+        )
+    )
+    assert (move is not None) == fits
+    if move is not None:
+        assert move == replace(
+            add, move_from=source.rel_path, reason=f"moved from {source.rel_path}"
+        )
+        builder = PlanBuilder("d")
+        builder.add(move)
+        plan = builder.build()
+        assert plan.transfer_bytes == 0  # nothing to download
+        assert (plan.count(ADD), plan.totals[ADD].bytes) == (1, desired.size or 0)
+        assert Plan.from_json(plan.to_json()) == plan
+        assert (
+            plan.fingerprint() != Plan(dataset="d", totals=plan.totals, actions=[add]).fingerprint()
+        )
+    for kind in (RESUME, REPLACE, UP_TO_DATE):
+        assert planner.plan_move(replace(add, kind=kind), source) is None
+
+
 # --- orphans ---------------------------------------------------------------------------------
 
 
@@ -383,6 +428,7 @@ actions = st.builds(
     checksum=st.one_of(st.none(), st.just(SHA_A)),
     offset=st.integers(0, 100),
     reason=st.text(max_size=10),
+    move_from=st.one_of(st.none(), st.text(min_size=1, max_size=8)),
 )
 
 
