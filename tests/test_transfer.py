@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import threading
+from typing import ClassVar
 
 import pytest
 import requests
@@ -314,7 +315,7 @@ def test_failures_before_a_fatal_disk_error_stay_in_the_callers_report(tmp_path)
 
 
 class _Counting(_FakeClient):
-    opened: list[str] = []
+    opened: ClassVar[list[str]] = []
 
     def open(self, href, *, offset=0, if_range=None):
         _Counting.opened.append(href)
