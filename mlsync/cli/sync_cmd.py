@@ -498,6 +498,8 @@ def run_apply(args: argparse.Namespace) -> int:
 
 def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed]) -> dict[str, Any]:
     transferred = sum(r.execution.transferred for r in results)
+    moved = sum(r.execution.moved for r in results)
+    moved_text = f"{moved:,} moved, " if moved else ""
     transferred_bytes = sum(r.execution.bytes for r in results)
     pruned = sum(len(r.pruned) for r in results)
     failed = sum(f.failed for f in failures)
@@ -505,17 +507,19 @@ def _apply_summary(results: list[DatasetResult], failures: list[DownloadFailed])
     if failed:
         text = (
             f"Apply finished with errors: {transferred:,} transferred "
-            f"({human_bytes(transferred_bytes)}), {failed:,} failed, {pruned:,} removed."
+            f"({human_bytes(transferred_bytes)}), {moved_text}{failed:,} failed, "
+            f"{pruned:,} removed."
         )
     else:
         text = (
             f"Apply complete! {transferred:,} transferred ({human_bytes(transferred_bytes)}), "
-            f"{pruned:,} removed, {up_to_date:,} already up to date."
+            f"{moved_text}{pruned:,} removed, {up_to_date:,} already up to date."
         )
     return {
         "summary": text,
         "transferred": transferred,
         "transferred_bytes": transferred_bytes,
+        "moved": moved,
         "failed": failed,
         "removed": pruned,
         "up_to_date": up_to_date,
