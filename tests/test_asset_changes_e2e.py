@@ -125,7 +125,9 @@ def _downgrade_to_schema_1(db_path: Path) -> None:
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
 
 
+@pytest.mark.parametrize("kind", ["mlhub", "stac", "stac_api"])
 def test_files_recorded_before_hrefs_were_kept_are_not_downloaded_again(
+    kind: str,
     tmp_path: Path,
     sample_root_copy: Path,
     hub_factory: Callable[..., RunningHub],
@@ -134,9 +136,9 @@ def test_files_recorded_before_hrefs_were_kept_are_not_downloaded_again(
     """An existing database gains the href column: its rows are not re-downloaded for that
     (unknown counts as the same), and the href is known from then on."""
     hub = hub_factory(sample_root_copy, catalog_ttl=0)
-    manifest = write_manifest(tmp_path / "sync.yaml", hub, "stac_api")
+    manifest = write_manifest(tmp_path / "sync.yaml", hub, kind)
     assert cli("apply", manifest).code == 0
-    db_path = _dataset_dir(tmp_path, "stac_api") / "mlhub_stac_assets.db"
+    db_path = _dataset_dir(tmp_path, kind) / "mlhub_stac_assets.db"
     _downgrade_to_schema_1(db_path)
 
     hub.reset_stats()
