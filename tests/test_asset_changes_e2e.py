@@ -262,8 +262,10 @@ def test_bytes_already_on_disk_are_moved_not_downloaded_again(
         "Plan: 1 to add, 0 to resume, 0 to replace, 0 up to date, 0 orphaned."
     )
     assert "moved from" in plan["actions"][0]["reason"]
+    saved = tmp_path / "plan.json"
+    assert cli("plan", manifest, "--out", saved).code == 0  # a saved plan carries the move
     hub.reset_stats()
-    run = cli("apply", manifest, "--json")
+    run = cli("apply", saved, "--json")
     assert run.code == 0, run.err
     assert hub.stats["by_kind"]["asset"] == 0
     assert run.json()["datasets"][0]["moved"] == 1
