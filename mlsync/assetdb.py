@@ -14,7 +14,7 @@ Schema (version 2)::
 
     meta       (key TEXT PRIMARY KEY, value TEXT)              schema_version, catalog.*, ...
     files      (rel_path TEXT PRIMARY KEY, state, size, mtime_ns, checksum, error, attempts,
-                updated_at, sha256)                            local state, survives re-ingest
+                updated_at, sha256, href, validator)           local state, survives re-ingest
     items      (item_rowid INTEGER PRIMARY KEY, collection_id, item_id, west, south, east,
                 north, geometry_json, datetime, start_datetime, end_datetime)
     assets     (collection_id, item_rowid NULL for collection-level, asset_key, href, size,
@@ -24,6 +24,9 @@ Schema (version 2)::
 Datetimes are stored as ``datetime.isoformat()`` text and read back with ``fromisoformat``,
 so aware values come back aware with their offset. ``rel_path`` is relative to the dataset
 directory; several ``assets`` rows share one ``rel_path`` when they are one common asset.
+``files.href`` is the URL a complete file was fetched from and ``files.validator`` the
+server's strong ETag or Last-Modified for it (when it sent one): an asset whose catalog href
+is no longer the recorded one is replaced. NULL means unknown and is taken to match.
 
 A database written by the reference client (one ``assets`` table, no ``meta``) is detected and
 its table dropped: it holds no download state. A database from a newer mlsync is refused.
@@ -113,6 +116,22 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 1 → 2. The sha256 of the bytes written, so `status --verify` can check a file whose
     # catalog gives no checksum (NULL for files recorded before: reported as unverifiable).
     ("ALTER TABLE files ADD COLUMN sha256 TEXT",),
+    # 2 → 3: the href (and the server's validator) each file was fetched from. Rows recorded
+    # before have no href: it is taken from the catalog they were planned from (the one
+    # ingested now), i.e. "unknown" counts as "matches" once, and is recorded from then on.
+    # The catalog tables are then dropped (the layout changed: a key that ends with its
+    # extension, and _common/ placement kept stable), so the next run re-ingests.
+    (
+        "ALTER TABLE files ADD COLUMN href TEXT",
+        "ALTER TABLE files ADD COLUMN validator TEXT",
+        "UPDATE files SET href = (SELECT a.href FROM assets AS a "
+        "WHERE a.rel_path = files.rel_path ORDER BY a.rowid LIMIT 1) "
+        "WHERE state <> 'partial'",
+        "DROP TABLE IF EXISTS items",
+        "DROP TABLE IF EXISTS assets",
+        "DROP TABLE IF EXISTS asset_keys",
+        "DELETE FROM meta WHERE substr(key, 1, 8) = 'catalog.'",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -152,12 +171,13 @@ _STATE_BY_NAME: Final[dict[str | None, FileState]] = {
 
 _UPSERT_COMPLETE: Final = """
     INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at,
-        sha256)
-    VALUES (?, 'complete', ?, ?, ?, NULL, 0, ?, ?)
+        sha256, href, validator)
+    VALUES (?, 'complete', ?, ?, ?, NULL, 0, ?, ?, ?, ?)
     ON CONFLICT (rel_path) DO UPDATE SET
         state = 'complete', size = excluded.size, mtime_ns = excluded.mtime_ns,
         checksum = excluded.checksum, error = NULL, attempts = 0,
-        updated_at = excluded.updated_at, sha256 = excluded.sha256"""
+        updated_at = excluded.updated_at, sha256 = excluded.sha256, href = excluded.href,
+        validator = excluded.validator"""
 # `status --verify` found the file's content changed: the record stays complete but loses its
 # mtime, so the planner takes the file for modified locally and replaces it.
 _MARK_DRIFTED: Final = """
@@ -175,8 +195,9 @@ _UPSERT_PARTIAL: Final = """
     VALUES (?, 'partial', ?, NULL, NULL, NULL, 0, ?)
     ON CONFLICT (rel_path) DO UPDATE SET
         state = 'partial', size = excluded.size, mtime_ns = NULL, checksum = NULL,
-        error = NULL, updated_at = excluded.updated_at, sha256 = NULL"""
-# A failure keeps size/mtime/checksum: they still describe the file a failed replace left.
+        error = NULL, updated_at = excluded.updated_at, sha256 = NULL, href = NULL,
+        validator = NULL"""
+# A failure keeps size/mtime/checksum/href: they still describe the file a failed replace left.
 _UPSERT_FAILED: Final = """
     INSERT INTO files (rel_path, state, size, mtime_ns, checksum, error, attempts, updated_at)
     VALUES (?, 'failed', NULL, NULL, NULL, ?, ?, ?)
@@ -250,6 +271,10 @@ class FileUpdate:
     checksum: str | None = None
     error: str | None = None
     attempts: int = 0
+    href: str | None = None
+    """Of a complete file: the URL it was fetched from (None: unknown)."""
+    validator: str | None = None
+    """Of a complete file: the server's ETag or Last-Modified for it (None: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,7 +561,7 @@ class AssetDB:
         """Every ``files`` row, in ``rel_path`` order (disk fields left empty)."""
         yield from _local_files(
             self._conn.execute(
-                "SELECT rel_path, state, size, mtime_ns, checksum, error FROM files "
+                "SELECT rel_path, state, size, mtime_ns, checksum, error, href FROM files "
                 "ORDER BY rel_path"
             )
         )
@@ -549,13 +574,18 @@ class AssetDB:
         size: int,
         mtime_ns: int,
         checksum: str | None,
+        *,
         sha256: str | None = None,
+        href: str | None = None,
+        validator: str | None = None,
     ) -> None:
         """The file is in place and verified; ``checksum`` in the catalog's multihash form,
-        ``sha256`` the hex digest of the bytes written (None: not known)."""
+        ``sha256`` the hex digest of the bytes written, ``href`` the URL it came from and
+        ``validator`` the server's ETag or Last-Modified (each None: not known)."""
         self._begin_write()
         self._conn.execute(
-            _UPSERT_COMPLETE, (rel_path, size, mtime_ns, checksum, time.time(), sha256)
+            _UPSERT_COMPLETE,
+            (rel_path, size, mtime_ns, checksum, time.time(), sha256, href, validator),
         )
 
     def recorded_sha256(self, rel_path: str) -> str | None:
@@ -589,6 +619,38 @@ class AssetDB:
         self._begin_write()
         self._conn.execute(_UPSERT_FAILED, (rel_path, error, attempts, time.time()))
 
+    def record_moved(
+        self,
+        source: str,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        checksum: str | None,
+        href: str | None,
+    ) -> None:
+        """The complete file recorded at ``source`` was renamed to ``rel_path``: its record
+        (the server's validator, the sha256 of its bytes, its checksum unless the catalog
+        gives one) moves with it."""
+        self._begin_write()
+        row = self._conn.execute(
+            "SELECT validator, checksum, sha256 FROM files WHERE rel_path = ?", (source,)
+        ).fetchone()
+        validator, recorded_checksum, sha256 = (None, None, None) if row is None else row
+        self._conn.execute(
+            _UPSERT_COMPLETE,
+            (
+                rel_path,
+                size,
+                mtime_ns,
+                checksum or recorded_checksum,
+                time.time(),
+                sha256,
+                href,
+                validator,
+            ),
+        )
+        self._conn.execute(_DELETE_FILE, (source,))
+
     def forget(self, rel_path: str) -> None:
         """Drop what is known about ``rel_path`` (after the file was removed)."""
         self._begin_write()
@@ -600,7 +662,14 @@ class AssetDB:
             if update.state is FileState.COMPLETE:
                 if update.size is None or update.mtime_ns is None:
                     raise ValueError(f"complete update of {update.rel_path} needs size and mtime")
-                self.record_complete(update.rel_path, update.size, update.mtime_ns, update.checksum)
+                self.record_complete(
+                    update.rel_path,
+                    update.size,
+                    update.mtime_ns,
+                    update.checksum,
+                    href=update.href,
+                    validator=update.validator,
+                )
             elif update.state is FileState.PARTIAL:
                 self.record_partial(update.rel_path, update.size or 0)
             elif update.state is FileState.FAILED:
@@ -636,6 +705,8 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             log.info("replacing the reference client's asset list in %s (no download state)", path)
             conn.execute("DROP TABLE assets")
             version = 0
+        for sql in _CATALOG_DDL:  # a step may read the catalog tables (they are empty if new)
+            conn.execute(sql)
         for step in _MIGRATIONS[version:]:
             for sql in step:
                 conn.execute(sql)
@@ -682,7 +753,7 @@ def _stored_version(conn: sqlite3.Connection, path: Path) -> int | None:
 
 
 def _local_files(rows: Iterable[tuple[Any, ...]]) -> Iterator[LocalFile]:
-    for rel_path, state, size, mtime_ns, checksum, error in rows:
+    for rel_path, state, size, mtime_ns, checksum, error, href in rows:
         yield LocalFile(
             rel_path,
             _STATE_BY_NAME[state],
@@ -690,6 +761,7 @@ def _local_files(rows: Iterable[tuple[Any, ...]]) -> Iterator[LocalFile]:
             recorded_mtime_ns=mtime_ns,
             recorded_checksum=checksum,
             last_error=error,
+            recorded_href=href,
         )
 
 
@@ -840,11 +912,16 @@ class CatalogIngest:
     ) -> IngestStats:
         """Resolve common assets, build indexes, store ``meta`` and commit.
 
-        Common: a common key, a ``None`` path, or a ``(collection_id, href)`` found in more
-        than one item. Each distinct common ``(collection_id, href)`` gets one path from
-        ``common_path(collection_id, key, href, collides)``, where ``key`` is the smallest key
-        it appears under and ``collides`` says another common href of that collection has the
-        same key (the caller must then make the name unique). An unsafe path drops the asset.
+        Common: a common key, a ``None`` path, a ``(collection_id, href)`` found in more
+        than one item, or one whose file is already on disk in ``{collection}/_common/``
+        (recorded in ``files`` with that href): placement must not depend on which items a
+        STAC API search happened to return. Each distinct common ``(collection_id, href)``
+        gets one path from ``common_path(collection_id, key, href, collides)``, where ``key``
+        is the smallest key it appears under and ``collides`` says another common href of
+        that collection has the same key (the caller must then make the name unique); a file
+        already on disk in ``_common/`` keeps its path while that is still a name the layout
+        gives its href (see :meth:`_kept_common_paths`), and another href whose name would
+        be that one gets its digest-tagged name instead. An unsafe path drops the asset.
         """
         self._check_open()
         try:
@@ -855,6 +932,47 @@ class CatalogIngest:
         self._conn.execute("COMMIT")
         self._close()
         return stats
+
+    def _placed_common(self) -> dict[tuple[str, str], str]:
+        """``(collection_id, href) -> rel_path`` of the files on disk under a collection's
+        ``_common/`` folder (recorded with their href): such an href stays common, even when
+        this catalog (a narrower search) has it in one item only. Few rows: one per shared
+        file, found by one scan of ``files``."""
+        placed: dict[tuple[str, str], str] = {}
+        for rel_path, href in self._conn.execute(
+            "SELECT rel_path, href FROM files WHERE href IS NOT NULL AND state <> 'partial' "
+            f"AND instr(rel_path, '/{layout.COMMON_DIR}/') > 0 ORDER BY rel_path"
+        ):
+            parts = str(rel_path).split("/")
+            if len(parts) == 3 and parts[1] == layout.COMMON_DIR:
+                placed.setdefault((parts[0], str(href)), str(rel_path))
+        return placed
+
+    def _kept_common_paths(
+        self, placed: Mapping[tuple[str, str], str], common_path: CommonPathFn
+    ) -> dict[tuple[str, str], str]:
+        """The placed common files that keep their path: those whose name is still one the
+        layout gives their href, under any key it has now, with or without the href's digest
+        (which keys and collisions a catalog shows depends on the items it holds). A name the
+        layout no longer gives (an older layout's) is not kept: the file is moved."""
+        keys: dict[tuple[str, str], set[str]] = {}
+        for collection_id, href, key in self._conn.execute(
+            "SELECT DISTINCT collection_id, href, asset_key FROM assets WHERE common = 1"
+        ):
+            if (collection_id, href) in placed:
+                keys.setdefault((collection_id, href), set()).add(key)
+        kept: dict[tuple[str, str], str] = {}
+        for (collection_id, href), key_set in keys.items():
+            recorded = placed[(collection_id, href)]
+            for key in sorted(key_set):
+                try:
+                    names = {common_path(collection_id, key, href, c) for c in (False, True)}
+                except UnsafePathError:
+                    continue
+                if recorded in names:
+                    kept[(collection_id, href)] = recorded
+                    break
+        return kept
 
     def _finish(self, common_path: CommonPathFn, meta: Mapping[str, str]) -> IngestStats:
         conn = self._conn
@@ -870,6 +988,9 @@ class CatalogIngest:
             "WHERE item_rowid IS NOT NULL GROUP BY collection_id, href "
             "HAVING MIN(item_rowid) <> MAX(item_rowid)"
         )
+        placed = self._placed_common()
+        if placed:
+            conn.executemany(f"INSERT OR IGNORE INTO temp.{shared} VALUES (?, ?)", placed)
         if conn.execute(f"SELECT EXISTS (SELECT 1 FROM temp.{shared})").fetchone()[0]:
             conn.execute(
                 "UPDATE assets SET common = 1 WHERE common = 0 AND item_rowid IS NOT NULL "
@@ -887,9 +1008,15 @@ class CatalogIngest:
         )
         batch: list[tuple[str, str, str]] = []
         common_count = 0
+        kept = self._kept_common_paths(placed, common_path) if placed else {}
+        reserved = set(kept.values())
         for collection_id, href, key, collides in groups:
             try:
-                rel_path = common_path(collection_id, key, href, bool(collides))
+                rel_path = kept.get((collection_id, href)) or common_path(
+                    collection_id, key, href, bool(collides)
+                )
+                if rel_path in reserved and (collection_id, href) not in kept:
+                    rel_path = common_path(collection_id, key, href, True)
             except UnsafePathError as exc:
                 self._refuse(str(exc))
                 continue
@@ -969,6 +1096,7 @@ class Selection:
     ) -> None:
         self.db = db
         self._tables: list[str] = []
+        self._orphaned_table: str | None = None
         conditions: list[str] = []
         try:
             if asset_pred is not None and (keys := self._materialise_keys(asset_pred)):
@@ -1110,9 +1238,12 @@ class Selection:
             recorded_mtime,
             recorded_checksum,
             error,
+            recorded_href,
         ) in self.db._conn.execute(
             "SELECT a.rel_path, a.href, a.size, a.checksum, "
-            "f.state, f.size, f.mtime_ns, f.checksum, f.error "
+            "f.state, f.size, f.mtime_ns, f.checksum, f.error, "
+            # the recorded href only where it differs: no string to build for a synced row
+            "CASE WHEN f.href <> a.href THEN f.href END "
             "FROM assets AS a LEFT JOIN files AS f ON f.rel_path = a.rel_path "
             f"WHERE {self._where} ORDER BY a.rel_path"
         ):
@@ -1150,6 +1281,7 @@ class Selection:
                 disk_size,
                 disk_mtime,
                 probe_part,
+                recorded_href,
             )
 
     def iter_orphaned(self) -> Iterator[LocalFile]:
@@ -1158,13 +1290,67 @@ class Selection:
         This is the SQL side of orphan detection: no set of desired paths in memory. Feed the
         result to :func:`mlsync.planner.orphans`, which decides which of them are orphans.
         """
-        yield from _local_files(
-            self.db._conn.execute(
-                "SELECT f.rel_path, f.state, f.size, f.mtime_ns, f.checksum, f.error "
+        if self._orphaned_table is not None:  # made by move_sources: read it again
+            query = (
+                "SELECT rel_path, state, size, mtime_ns, checksum, error, href "
+                f"FROM temp.{self._orphaned_table} ORDER BY rel_path"
+            )
+        else:
+            query = (  # href left out: an orphan is judged without it
+                "SELECT f.rel_path, f.state, f.size, f.mtime_ns, f.checksum, f.error, NULL "
                 "FROM files AS f WHERE NOT EXISTS (SELECT 1 FROM assets AS a "
                 f"WHERE a.rel_path = f.rel_path AND {self._where}) ORDER BY f.rel_path"
             )
-        )
+        yield from _local_files(self.db._conn.execute(query))
+
+    def move_sources(self, dataset_dir: Path | None = None) -> dict[str, LocalFile]:
+        """``target rel_path -> recorded file`` for selected paths whose href is that of a
+        complete, no longer selected file (disk fields filled when ``dataset_dir`` is given):
+        the files :func:`mlsync.planner.plan_move` may rename instead of downloading.
+
+        Costs one pass over ``files`` (kept for :meth:`iter_orphaned`), and one scan of the
+        catalog only when such an unselected file exists."""
+        orphaned = self._orphaned()
+        conn = self.db._conn
+        if not conn.execute(
+            f"SELECT EXISTS (SELECT 1 FROM temp.{orphaned} "
+            "WHERE state = 'complete' AND href IS NOT NULL)"
+        ).fetchone()[0]:
+            return {}
+        sources: dict[str, LocalFile] = {}
+        # CROSS JOIN keeps the catalog as the outer loop (it has no index on href; the
+        # few unselected files do).
+        for target, *row in conn.execute(
+            "SELECT a.rel_path, o.rel_path, o.state, o.size, o.mtime_ns, o.checksum, o.error, "
+            f"o.href FROM assets AS a CROSS JOIN temp.{orphaned} AS o "
+            f"WHERE o.href = a.href AND o.state = 'complete' AND {self._where} "
+            "ORDER BY a.rel_path, o.rel_path"
+        ):
+            if target in sources:
+                continue
+            [local] = _local_files([row])
+            sources[target] = local if dataset_dir is None else stat_local(dataset_dir, local)
+        return sources
+
+    def _orphaned(self) -> str:
+        """The TEMP table of recorded paths not selected, made once per selection by
+        :meth:`move_sources` (one pass over ``files``, which :meth:`iter_orphaned` then
+        reads instead of making it again)."""
+        if self._orphaned_table is None:
+            table = self._new_table(
+                "orphaned",
+                "rel_path TEXT PRIMARY KEY, state TEXT, size INTEGER, mtime_ns INTEGER, "
+                "checksum TEXT, error TEXT, href TEXT",
+            )
+            conn = self.db._conn
+            conn.execute(
+                f"INSERT INTO temp.{table} SELECT f.rel_path, f.state, f.size, f.mtime_ns, "
+                "f.checksum, f.error, f.href FROM files AS f WHERE NOT EXISTS (SELECT 1 FROM "
+                f"assets AS a WHERE a.rel_path = f.rel_path AND {self._where})"
+            )
+            conn.execute(f"CREATE INDEX temp.{table}_by_href ON {table} (href)")
+            self._orphaned_table = table
+        return self._orphaned_table
 
 
 def _stat_paths(path: str) -> tuple[int | None, int | None, int | None]:
@@ -1200,8 +1386,10 @@ StateRow = tuple[
     int | None,  # disk size of the final file (None: absent, not a regular file, or not probed)
     int | None,  # disk mtime_ns of the final file
     bool,  # a .part may be on disk (the disk was probed and the file's folder exists)
+    str | None,  # recorded href, only when it is not the catalog's (None: the same, or unknown)
 ]
-"""One row of :meth:`Selection.iter_state_rows`, in :class:`LocalFile`'s field order."""
+"""One row of :meth:`Selection.iter_state_rows`, in :class:`LocalFile`'s field order (the
+recorded href last, as in :class:`LocalFile`)."""
 
 
 def row_objects(row: StateRow, dataset_dir: Path | None) -> tuple[DesiredAsset, LocalFile]:
@@ -1215,7 +1403,16 @@ def row_objects(row: StateRow, dataset_dir: Path | None) -> tuple[DesiredAsset, 
     return (
         DesiredAsset(rel_path, href, size, checksum),
         LocalFile(
-            rel_path, state, rec_size, rec_mtime, rec_checksum, row[9], row[10], part_size, error
+            rel_path,
+            state,
+            rec_size,
+            rec_mtime,
+            rec_checksum,
+            row[9],
+            row[10],
+            part_size,
+            error,
+            row[12],
         ),
     )
 

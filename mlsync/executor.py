@@ -14,6 +14,7 @@ stops the run with a ``LocalWriteError`` in the same orderly way.
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import os
 import stat
@@ -31,7 +32,13 @@ from mlsync.errors import LocalWriteError, TransferError, UnsafePathError
 from mlsync.events import AssetFinished, EventSink, Notice, Task, ignore
 from mlsync.hub.http import RetryPolicy, Timeouts, TransferClient, redact
 from mlsync.records import ActionKind, PlannedAction
-from mlsync.transfer import FileTransfer, TransferStopped, describe_failure
+from mlsync.transfer import (
+    CHUNK_SIZE,
+    FileTransfer,
+    TransferStopped,
+    describe_failure,
+    parse_checksum,
+)
 
 TRANSFER_KINDS = frozenset({ActionKind.ADD, ActionKind.RESUME, ActionKind.REPLACE})
 COMMIT_EVERY = 500
@@ -69,7 +76,20 @@ class StateRecorder(Protocol):
         size: int,
         mtime_ns: int,
         checksum: str | None,
+        *,
         sha256: str | None = None,
+        href: str | None = None,
+        validator: str | None = None,
+    ) -> None: ...
+
+    def record_moved(
+        self,
+        source: str,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        checksum: str | None,
+        href: str | None,
     ) -> None: ...
 
     def record_failed(self, rel_path: str, error: str, attempts: int) -> None: ...
@@ -91,6 +111,8 @@ class FailedAsset:
 class ExecutionReport:
     transferred: int = 0
     bytes: int = 0
+    moved: int = 0
+    """Files renamed into place from a path no longer selected (nothing downloaded)."""
     failed: list[FailedAsset] = field(default_factory=list)
     interrupted: bool = False
     elapsed: float = 0.0
@@ -102,7 +124,10 @@ class _Done:
     size: int
     mtime_ns: int
     attempts: int
+    validator: str | None = None
     sha256: str | None = None
+    moved_from: str | None = None
+    """Set when the file was renamed from there instead of downloaded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +254,8 @@ class Executor:
         """The outcome of one action; None when the run is stopping (the part stays)."""
         assert action.href is not None
         href = action.href
+        if action.move_from is not None and (moved := self._move(action)) is not None:
+            return moved
         try:
             dest = self._destination(action.rel_path)
         except UnsafePathError as exc:
@@ -266,7 +293,35 @@ class Executor:
         finally:
             with self._in_flight_lock:
                 self._in_flight.pop(threading.get_ident(), None)
-        return _Done(action, outcome.size, outcome.mtime_ns, outcome.attempts, outcome.sha256)
+        return _Done(
+            action,
+            outcome.size,
+            outcome.mtime_ns,
+            outcome.attempts,
+            validator=outcome.validator,
+            sha256=outcome.sha256,
+        )
+
+    def _move(self, action: PlannedAction) -> _Done | None:
+        """Rename the file the planner found at ``action.move_from`` into place, after checking
+        it is still a regular file of the catalog's size and checksum (when it gives them);
+        None when it cannot be used (the asset is then downloaded as any other)."""
+        assert action.move_from is not None
+        try:
+            source = layout.resolve_inside(self.dataset_dir, action.move_from)
+            dest = self._destination(action.rel_path)
+            st = os.lstat(source)
+            if not stat.S_ISREG(st.st_mode) or action.size not in (None, st.st_size):
+                return None
+            if action.checksum is not None and not _matches_checksum(source, action.checksum):
+                return None
+            if os.path.lexists(dest):
+                return None  # something appeared there since the plan: never clobber it
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(source, dest)
+        except (OSError, UnsafePathError):
+            return None
+        return _Done(action, st.st_size, st.st_mtime_ns, 0, moved_from=action.move_from)
 
     def _reading(self, response: _R) -> _R:
         """Note the response this worker reads, so that a stop can wake it up."""
@@ -373,13 +428,32 @@ class Executor:
         self, result: _Done | _Failed, report: ExecutionReport, count_task: Task
     ) -> BaseException | None:
         count_task.advance(1)
-        if isinstance(result, _Done):
-            self.state.record_complete(
-                result.action.rel_path,
+        if isinstance(result, _Done) and result.moved_from is not None:
+            action = result.action
+            self.state.record_moved(
+                result.moved_from,
+                action.rel_path,
                 result.size,
                 result.mtime_ns,
-                result.action.checksum,
-                result.sha256,
+                action.checksum,
+                action.href,
+            )
+            report.moved += 1
+            self.sink(AssetFinished(self.dataset, action.rel_path, True, 0))
+            self.sink(
+                Notice("info", self.dataset, f"moved {result.moved_from} to {action.rel_path}")
+            )
+            return None
+        if isinstance(result, _Done):
+            action = result.action
+            self.state.record_complete(
+                action.rel_path,
+                result.size,
+                result.mtime_ns,
+                action.checksum,
+                sha256=result.sha256,
+                href=action.href,
+                validator=result.validator,
             )
             report.transferred += 1
             report.bytes += result.size
@@ -419,6 +493,20 @@ def _abort(response: object) -> None:
     abort = getattr(response, "abort", None)
     if abort is not None:
         abort()
+
+
+def _matches_checksum(path: Path, checksum: str) -> bool:
+    """Whether the file's content has the catalog's ``file:checksum`` (True when mlsync cannot
+    compute that hash function: the size was checked)."""
+    parsed = parse_checksum(checksum)
+    if parsed is None:
+        return True
+    name, expected = parsed
+    digest = hashlib.new(name)
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK_SIZE):
+            digest.update(block)
+    return digest.hexdigest() == expected
 
 
 def _folder_of(action: PlannedAction) -> str:

@@ -11,6 +11,9 @@ The layout is the reference client's (§3.3 of the API notes), so a tree it made
     {output_dir}/{dataset_id}/{collection_id}/{asset_key}{ext}             collection assets
     {output_dir}/{dataset_id}/mlhub_stac_assets.db, err_report.csv
 
+``{ext}`` is the href's extension, left out when the key already ends with it (a key
+``MTL.json`` is saved as ``MTL.json``, where the reference wrote ``MTL.json.json``).
+
 Ids, keys and hrefs come from a downloaded catalog, i.e. from strangers: every component is
 checked by :func:`safe_component` and every relative path built here has a fixed number of
 components, none of them ``..``. :func:`resolve_inside` is the last guard before a write.
@@ -229,8 +232,20 @@ def is_common(asset_key: str, shared: bool) -> bool:
 
 
 def _file_name(asset_key: str, href: str, *, tag: str = "") -> str:
-    """``{asset_key}{tag}{ext}``; ``tag`` is trusted (``-{hex}``), the key is checked here."""
-    name = _asset_key(asset_key) + tag + asset_extension(href)
+    """``{asset_key}{tag}{ext}``; ``tag`` is trusted (``-{hex}``), the key is checked here.
+
+    A key that already ends with the extension (compared case-insensitively: ``MTL.json``
+    for a ``.json`` href, ``thumb.PNG`` for ``.png``) is not given it twice: the name is the
+    key (its case kept), and a tag goes before the key's own suffix (``MTL-{hex}.json``). The
+    key must be longer than the extension (``.json`` stays ``.json.json``). The reference
+    appended the extension whatever the key; for keys without that suffix, as in the user
+    guide's datasets (``B02``, ``labels``, ``documentation``), nothing changes.
+    """
+    key = _asset_key(asset_key)
+    ext = asset_extension(href)
+    if ext and len(key) > len(ext) and key[-len(ext) :].lower() == ext.lower():
+        key, ext = key[: -len(ext)], key[-len(ext) :]
+    name = key + tag + ext
     if name.lower().endswith(PART_SUFFIX):
         raise _refuse("asset key", asset_key, f"the file name {name!r} ends with {PART_SUFFIX}")
     return name

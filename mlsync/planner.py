@@ -37,6 +37,7 @@ __all__ = [
     "format_summary",
     "human_bytes",
     "orphans",
+    "plan_move",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -112,7 +113,8 @@ def _judge(desired: DesiredAsset, local: LocalFile) -> PlannedAction:
 
     * **up to date** — the database says complete (or failed: a failed replace keeps the old
       file and its record) with the same size and mtime as on disk, the size matches the
-      catalog when it gives one, and the recorded checksum does not contradict the catalog's;
+      catalog when it gives one, the recorded checksum does not contradict the catalog's,
+      and the file was fetched from the catalog's href (an unknown href counts as the same);
       or there is no trustworthy record and the size equals the catalog's (the database was
       deleted: size alone is trusted then, as the reference client does). A stray ``.part``
       beside an up-to-date file is ignored.
@@ -121,7 +123,9 @@ def _judge(desired: DesiredAsset, local: LocalFile) -> PlannedAction:
     * no final file: **add**.
     * a final file that is not up to date: **replace** when the database says complete but
       disk size or mtime changed since (modified locally), when its size differs from the
-      catalog's, or when the recorded checksum differs; **resume** at the file's size when no
+      catalog's, when the recorded checksum differs, or when the recorded href is not the
+      catalog's (a new version published under a new URL, often with the same size and no
+      checksum); **resume** at the file's size when no
       record and no catalog size exist to judge it (the executor asks the server).
 
     Checksums are multihash hex; they are compared only when both use the same hash function
@@ -177,6 +181,8 @@ def _judge_final(desired: DesiredAsset, local: LocalFile, disk_size: int) -> tup
     if record_matches:
         if _checksums_differ(local.recorded_checksum, desired.checksum):
             return _REPLACE, "checksum differs from catalog"
+        if _hrefs_differ(local.recorded_href, desired.href):
+            return _REPLACE, "href changed upstream"
         return _UP_TO_DATE, "recorded"
     if expected is not None:
         return _UP_TO_DATE, "size matches catalog"
@@ -192,6 +198,8 @@ def recorded_up_to_date(
     recorded_checksum: str | None,
     disk_size: int | None,
     disk_mtime_ns: int | None,
+    href: str,
+    recorded_href: str | None,
 ) -> bool:
     """The common case of a synced tree, from plain values: a complete record that the final
     file and the catalog agree with. True only where :func:`classify` says up to date
@@ -204,6 +212,7 @@ def recorded_up_to_date(
         and recorded_mtime_ns is not None
         and recorded_mtime_ns == disk_mtime_ns
         and (size is None or size == disk_size)
+        and (recorded_href is None or recorded_href == href)
         and not _checksums_differ(recorded_checksum, checksum)
     )
 
@@ -226,6 +235,40 @@ def _checksums_differ(recorded: str | None, catalog: str | None) -> bool:
         return False
     recorded, catalog = recorded.lower(), catalog.lower()
     return recorded != catalog and recorded[:4] == catalog[:4]
+
+
+def plan_move(action: PlannedAction, source: LocalFile) -> PlannedAction | None:
+    """``action`` (an ADD) as a move of ``source``'s file, or None when that file cannot stand
+    for the asset.
+
+    ``source`` is a recorded file that is no longer selected (an orphan to be). It stands for
+    the asset when it was fetched from the same href, is complete and unchanged on disk since
+    (size and mtime as recorded), has the catalog's size when it gives one, and its recorded
+    checksum does not contradict the catalog's. Apply then renames it into place (after
+    checking its size and the catalog's checksum again) instead of downloading it, and it is
+    not an orphan: a path that changes (a shared href moving to ``_common/``, a layout fix)
+    costs no transfer and leaves no stale copy.
+    """
+    disk_size = source.disk_size
+    if (
+        action.kind is not _ADD
+        or source.state is not FileState.COMPLETE
+        or source.recorded_href is None
+        or source.recorded_href != action.href
+        or disk_size is None
+        or source.recorded_size != disk_size
+        or source.recorded_mtime_ns is None
+        or source.recorded_mtime_ns != source.disk_mtime_ns
+        or (action.size is not None and action.size != disk_size)
+        or _checksums_differ(source.recorded_checksum, action.checksum)
+    ):
+        return None
+    return replace(action, move_from=source.rel_path, reason=f"moved from {source.rel_path}")
+
+
+def _hrefs_differ(recorded: str | None, catalog: str) -> bool:
+    """True only when the href a file was fetched from is known and is not the catalog's."""
+    return recorded is not None and recorded != catalog
 
 
 _ORPHAN_STATES: Final = frozenset({FileState.COMPLETE, FileState.PARTIAL})
@@ -432,6 +475,8 @@ class Plan(_Summarised):
                 action.checksum,
                 action.offset,
             ]
+            if action.move_from is not None:
+                line.append(action.move_from)
             digest.update(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
         return digest.hexdigest()
 
@@ -506,7 +551,7 @@ class PlanBuilder:
 
     def add(self, action: PlannedAction) -> None:
         kind = action.kind
-        left = None if action.size is None else _left(action)
+        left = None if action.size is None and action.move_from is None else _left(action)
         if self._count(kind, action.size, left) and (
             self.keep is None or self._totals[kind][0] <= self.keep
         ):
@@ -519,6 +564,10 @@ class PlanBuilder:
             self.add(PlannedAction(_ADD, rel_path, href, size, checksum, 0, NEW_REASON))
         else:
             self._count(_ADD, size, size)
+
+    def count(self, kind: ActionKind) -> int:
+        """How many actions of ``kind`` so far."""
+        return self._totals[kind][0]
 
     def add_up_to_date(self, size: int | None) -> None:
         """Count an up-to-date asset without its action (see :func:`recorded_up_to_date`)."""
@@ -554,6 +603,9 @@ class PlanBuilder:
 
 
 def _left(action: PlannedAction) -> int:
+    """Bytes still to download for a transfer action (a move downloads none)."""
+    if action.move_from is not None:
+        return 0
     assert action.size is not None
     return max(action.size - action.offset, 0)
 
@@ -562,7 +614,7 @@ def _bytes_to_transfer(actions: Iterable[PlannedAction]) -> int | None:
     total = 0
     for action in actions:
         if action.kind in _TRANSFER_KINDS:
-            if action.size is None:
+            if action.size is None and action.move_from is None:
                 return None
             total += _left(action)
     return total
@@ -737,6 +789,7 @@ def _action_to_dict(action: PlannedAction) -> dict[str, Any]:
         "checksum": action.checksum,
         "offset": action.offset,
         "reason": action.reason,
+        "move_from": action.move_from,
     }
 
 
@@ -750,6 +803,7 @@ def _action_from_dict(raw: Any) -> PlannedAction:
         checksum=json_opt_str(raw.get("checksum")),
         offset=json_count(raw.get("offset", 0)),
         reason=json_str(raw.get("reason", "")),
+        move_from=json_opt_str(raw.get("move_from")),
     )
 
 

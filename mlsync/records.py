@@ -80,6 +80,10 @@ class LocalFile:
     disk_mtime_ns: int | None = None
     part_size: int | None = None
     last_error: str | None = None
+    recorded_href: str | None = None
+    """The href the recorded file was fetched from (None: unknown, e.g. recorded before
+    mlsync kept it; unknown is taken to match the catalog's). A selection's state rows give
+    it only where it differs from the catalog's (None there also means "the same")."""
 
 
 class ActionKind(enum.StrEnum):
@@ -103,3 +107,6 @@ class PlannedAction:
     checksum: str | None = None
     offset: int = 0
     reason: str = ""
+    move_from: str | None = None
+    """An ADD whose bytes are already in the tree under another path (same href, recorded
+    complete, no longer selected there): apply renames that file instead of downloading."""

@@ -182,7 +182,7 @@ def _has_catalog(db: AssetDB) -> bool:
 
 def _category(row: StateRow, dataset_dir: Path) -> str:
     """complete, partial, failed, missing or modified: the planner's verdict, in words."""
-    if planner.recorded_up_to_date(*row[2:8], row[9], row[10]):
+    if planner.recorded_up_to_date(*row[2:8], row[9], row[10], row[1], row[12]):
         return "complete"
     if row[4] is FileState.MISSING and row[9] is None and not row[11]:
         return "missing"

@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsync import layout, planner
-from mlsync.assetdb import AssetDB, AssetPredicate, FileUpdate, ItemPredicate, row_objects
+from mlsync.assetdb import (
+    AssetDB,
+    AssetPredicate,
+    FileUpdate,
+    ItemPredicate,
+    Selection,
+    row_objects,
+)
 from mlsync.errors import (
     DownloadFailed,
     FrozenLockError,
@@ -173,42 +180,33 @@ class DatasetSync:
         ``keep``: actions kept per kind, for a plan that is only shown (None: all);
         ``if_exists``: the planner's policy for existing files."""
         f = self.target.filter
-        builder = planner.PlanBuilder(self.target.name, keep=keep)
-        reconcile: list[FileUpdate] = []
         if self.target.catalog_only:
-            return builder.build(), reconcile
+            return planner.PlanBuilder(self.target.name, keep=keep).build(), []
         item_pred: ItemPredicate | None = None
         if f.time is not None or f.bbox is not None or f.intersects is not None:
             item_pred = partial(item_selected, f)
         asset_pred: AssetPredicate | None = (
             None if f.collections is None else partial(asset_selected, f)
         )
-        skip = if_exists is IfExists.SKIP
-        counted_fast = if_exists is not IfExists.OVERWRITE  # overwrite replaces even these
-        up_to_date, count_up_to_date = planner.recorded_up_to_date, builder.add_up_to_date
-        add_new, missing = builder.add_new, FileState.MISSING
         with db.select(item_pred, asset_pred) as selection:
-            for row in selection.iter_state_rows(dataset_dir):
-                # The two common cases without building objects: synced, and never seen.
-                if counted_fast and up_to_date(*row[2:8], row[9], row[10]):
-                    count_up_to_date(row[2])
-                    continue
-                if row[4] is missing and row[9] is None and not row[11]:
-                    add_new(*row[:4])
-                    continue
-                desired, local = row_objects(row, dataset_dir)
-                action = planner.classify(desired, local, if_exists=if_exists)
-                builder.add(action)
-                if local.state is FileState.COMPLETE:
-                    if local.disk_size is None:
-                        reconcile.append(FileUpdate(desired.rel_path, FileState.MISSING))
-                elif action.kind is ActionKind.UP_TO_DATE and (
-                    # A file "skip" keeps unverified is not recorded as complete: a later
-                    # default run still judges it (and replaces it if it is wrong).
-                    not skip or planner.classify(desired, local).kind is ActionKind.UP_TO_DATE
-                ):
-                    reconcile.append(_adoption(desired, local))
-            builder.extend(planner.orphans(selection.iter_orphaned()))
+            name = self.target.name
+            builder, reconcile, moved = _stream_plan(
+                name, selection, dataset_dir, keep, if_exists, {}
+            )
+            if if_exists is not IfExists.OVERWRITE and builder.count(ActionKind.ADD):
+                # Files already on disk under a path no longer selected, by the path that now
+                # wants their href: renamed by apply instead of downloaded. Looked for only
+                # when there is something to add (overwrite fetches everything); found, the
+                # plan is made again with them.
+                moves = selection.move_sources(dataset_dir)
+                if moves:
+                    builder, reconcile, moved = _stream_plan(
+                        name, selection, dataset_dir, keep, if_exists, moves
+                    )
+            orphaned = selection.iter_orphaned()
+            if moved:
+                orphaned = (local for local in orphaned if local.rel_path not in moved)
+            builder.extend(planner.orphans(orphaned))
         return builder.build(), reconcile
 
     def _check_filter(self, db: AssetDB, status: CatalogStatus) -> None:
@@ -445,6 +443,54 @@ _MISSING_HINTS: dict[str | None, str] = {
 """Why a source's catalog may lack collections the dataset does have, by source kind."""
 
 
+def _stream_plan(
+    name: str,
+    selection: Selection,
+    dataset_dir: Path,
+    keep: int | None,
+    if_exists: IfExists,
+    moves: Mapping[str, LocalFile],
+) -> tuple[planner.PlanBuilder, list[FileUpdate], set[str]]:
+    """The selected assets through the planner (orphans aside): the builder, the
+    reconcile list, and the paths of the ``moves`` sources it used."""
+    builder = planner.PlanBuilder(name, keep=keep)
+    reconcile: list[FileUpdate] = []
+    moved: set[str] = set()
+    skip = if_exists is IfExists.SKIP
+    counted_fast = if_exists is not IfExists.OVERWRITE  # overwrite replaces even these
+    up_to_date, count_up_to_date = planner.recorded_up_to_date, builder.add_up_to_date
+    add_new, missing = builder.add_new, FileState.MISSING
+    for row in selection.iter_state_rows(dataset_dir):
+        # The two common cases without building objects: never seen, and synced.
+        if row[4] is missing:
+            if row[9] is None and not row[11] and (not moves or row[0] not in moves):
+                add_new(*row[:4])
+                continue
+        elif counted_fast and up_to_date(*row[2:8], row[9], row[10], row[1], row[12]):
+            count_up_to_date(row[2])
+            continue
+        desired, local = row_objects(row, dataset_dir)
+        action = planner.classify(desired, local, if_exists=if_exists)
+        if moves and action.kind is ActionKind.ADD:
+            source = moves.get(desired.rel_path)
+            if source is not None and source.rel_path not in moved:
+                move = planner.plan_move(action, source)
+                if move is not None:
+                    moved.add(source.rel_path)
+                    action = move
+        builder.add(action)
+        if local.state is FileState.COMPLETE:
+            if local.disk_size is None:
+                reconcile.append(FileUpdate(desired.rel_path, FileState.MISSING))
+        elif action.kind is ActionKind.UP_TO_DATE and (
+            # A file "skip" keeps unverified is not recorded as complete: a later
+            # default run still judges it (and replaces it if it is wrong).
+            not skip or planner.classify(desired, local).kind is ActionKind.UP_TO_DATE
+        ):
+            reconcile.append(_adoption(desired, local))
+    return builder, reconcile, moved
+
+
 def _adoption(desired: DesiredAsset, local: LocalFile) -> FileUpdate:
     """Record an up-to-date file as complete, as the planner judged it (by its size)."""
     assert local.disk_size is not None and local.disk_mtime_ns is not None
@@ -454,6 +500,7 @@ def _adoption(desired: DesiredAsset, local: LocalFile) -> FileUpdate:
         size=local.disk_size,
         mtime_ns=local.disk_mtime_ns,
         checksum=desired.checksum or local.recorded_checksum,
+        href=desired.href,
     )
 
 

@@ -67,6 +67,9 @@ class TransferOutcome:
     resumed_from: int
     sha256: str | None = None
     """Hex sha256 of the file's bytes, computed as they were written (``status --verify``)."""
+    validator: str | None = None
+    """The server's strong ETag, else its Last-Modified, for the file written (None: it sent
+    neither)."""
 
 
 class _Retry(Exception):
@@ -181,7 +184,8 @@ class FileTransfer:
             stat.st_mtime_ns,
             self.attempts,
             self.resumed_from or 0,
-            self._sha256.hexdigest(),
+            sha256=self._sha256.hexdigest(),
+            validator=self._validator,
         )
 
     def _drop_empty_part(self) -> None:

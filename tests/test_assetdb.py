@@ -122,14 +122,43 @@ def test_schema_1_database_gains_the_sha256_column_and_keeps_its_state(tmp_path:
     with AssetDB.open_read_only(path) as db:  # read-only: no migration, no sha256 column
         assert db.schema_version == 1 and db.recorded_sha256("a.tif") is None
     with AssetDB.open(path) as db:
-        assert db.schema_version == assetdb.SCHEMA_VERSION == 2
+        assert db.schema_version == assetdb.SCHEMA_VERSION == 3
         assert [f.rel_path for f in db.iter_recorded_files()] == ["a.tif"]
         assert db.recorded_sha256("a.tif") is None
-        db.record_complete("b.tif", 3, 8, None, "ab" * 32)
+        db.record_complete("b.tif", 3, 8, None, sha256="ab" * 32)
     with AssetDB.open_read_only(path) as db:
         assert db.recorded_sha256("b.tif") == "ab" * 32
         with pytest.raises(LocalWriteError, match=r"a\.db: the file system or the file is read-"):
             db.record_partial("c.tif", 1)  # the connection itself refuses to write
+
+
+def test_schema_1_gains_hrefs_from_its_catalog_and_re_ingests(tmp_path: Path) -> None:
+    """Upgrading a database of schema 1: each recorded file takes the href of the catalog it
+    was planned from (unknown counts as unchanged, so nothing is downloaded again for it), a
+    partial record none; the catalog is dropped, to be ingested again with today's layout."""
+    path = tmp_path / "a.db"
+    with AssetDB.open(path) as db:
+        ingest_sample(db)
+        db.record_complete("src/s1/B01.tif", 10, 1, None, href="https://other/x", validator="etag")
+        db.record_partial("src/s2/B01.tif", 3)
+        db.record_complete("gone/x.tif", 1, 1, None)
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE files DROP COLUMN href")
+        conn.execute("ALTER TABLE files DROP COLUMN validator")
+        conn.execute("ALTER TABLE files DROP COLUMN sha256")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with AssetDB.open(path) as db:
+        assert db.schema_version == assetdb.SCHEMA_VERSION
+        rows = dict(db._conn.execute("SELECT rel_path, href FROM files"))
+        assert rows == {
+            "src/s1/B01.tif": "https://hub/src/s1/B01.tif",
+            "src/s2/B01.tif": None,
+            "gone/x.tif": None,
+        }
+        assert db.count_assets() == 0
+        assert db.get_meta("catalog.sha256") is None
+        recorded = {f.rel_path: f.recorded_href for f in db.iter_recorded_files()}
+        assert recorded["src/s1/B01.tif"] == "https://hub/src/s1/B01.tif"
 
 
 def test_newer_schema_is_refused_with_advice(tmp_path: Path) -> None:

@@ -452,3 +452,84 @@ def test_paths_stay_inside_or_are_refused(
     except UnsafePathError:
         return
     _lands_inside(scratch, rel)
+
+
+# --- a key that already carries its extension ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "href", "name"),
+    [
+        ("MTL.json", "https://h/LC08_MTL.json", "MTL.json"),  # was MTL.json.json
+        ("thumb.PNG", "https://h/thumb.png", "thumb.PNG"),  # case-insensitive, key's case kept
+        ("ANG.txt", "https://h/x_ANG.TXT?sig=1", "ANG.txt"),
+        ("B02.tif", "https://h/B02.tif", "B02.tif"),
+        # Only a whole extension counts: the key must end with ".ext", not with "ext".
+        ("json", "https://h/x.json", "json.json"),
+        ("MTLjson", "https://h/x.json", "MTLjson.json"),
+        # Another extension in the key is not the one appended: it is kept, and the href's too.
+        ("data.json", "https://h/x.tif", "data.json.tif"),
+        ("x.tif", "https://h/x.tif.aux.xml", "x.tif.xml"),
+        # A key that is only the extension keeps a name before it.
+        (".json", "https://h/x.json", ".json.json"),
+    ],
+)
+def test_a_key_ending_with_the_extension_does_not_get_it_twice(
+    key: str, href: str, name: str
+) -> None:
+    assert item_asset_path("c", "i", key, href) == f"c/i/{name}"
+    assert common_asset_path("c", key, href) == f"c/_common/{name}"
+    assert collection_asset_path("c", key, href) == f"c/{name}"
+
+
+def test_a_disambiguated_name_keeps_one_extension() -> None:
+    assert common_asset_path("c", "MTL.json", "https://h/MTL.json", disambiguator="ab12") == (
+        "c/_common/MTL-ab12.json"
+    )
+    assert common_asset_path("c", "thumb.PNG", "https://h/t.png", disambiguator="ab12") == (
+        "c/_common/thumb-ab12.PNG"
+    )
+    assert common_asset_path("c", "B02", "https://h/B02.tif", disambiguator="ab12") == (
+        "c/_common/B02-ab12.tif"
+    )
+
+
+# The user guide's datasets (and the reference's layout for them, §3.3 of the API notes):
+# keys without a suffix get the href's extension, exactly as the reference names them.
+@pytest.mark.parametrize(
+    ("collection", "item", "key", "href", "path"),
+    [
+        (
+            "nasa_marine_debris_labels",
+            "nasa_marine_debris_labels_20160928_153233_0e16_16816-29821-16",
+            "labels",
+            "https://h/nasa_marine_debris_labels_20160928_153233_0e16_16816-29821-16/pixel_bounds.geojson",
+            "nasa_marine_debris_labels/nasa_marine_debris_labels_20160928_153233_0e16_16816-29821-16/labels.geojson",
+        ),
+        (
+            "nasa_marine_debris_source",
+            "nasa_marine_debris_source_20160928_153233_0e16_16816-29821-16",
+            "image",
+            "https://h/20160928_153233_0e16_16816-29821-16.tif",
+            "nasa_marine_debris_source/nasa_marine_debris_source_20160928_153233_0e16_16816-29821-16/image.tif",
+        ),
+        (
+            "sen12floods_s2_source",
+            "sen12floods_s2_source_0001_2019_03_21",
+            "B02",
+            "https://h/sen12floods_s2_source/0001/B02.tif",
+            "sen12floods_s2_source/sen12floods_s2_source_0001_2019_03_21/B02.tif",
+        ),
+    ],
+)
+def test_the_guides_layout_is_unchanged(
+    collection: str, item: str, key: str, href: str, path: str
+) -> None:
+    assert item_asset_path(collection, item, key, href) == path
+
+
+def test_the_guides_common_documentation_is_unchanged() -> None:
+    assert (
+        common_asset_path("nasa_marine_debris_labels", "documentation", "https://h/doc.pdf")
+        == "nasa_marine_debris_labels/_common/documentation.pdf"
+    )

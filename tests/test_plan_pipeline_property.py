@@ -25,7 +25,7 @@ import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
@@ -133,6 +133,7 @@ class PathState:
     modify: bool = False  # grow the final file by one byte after recording it
     reconcile: FileState | None = None  # the FileUpdate state _build_plan must emit
     orphan_size: int | None = None  # for unselected paths: the ORPHAN size (None: not one)
+    href: str | None = None  # the href a complete record names (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -274,11 +275,14 @@ def _filter_args(draw: Draw[Any], catalog: Catalog) -> dict[str, Any]:
     return args
 
 
-def _selected_state(draw: Draw[Any], size: int | None) -> PathState:
+def _selected_state(draw: Draw[Any], size: int | None, href: str) -> PathState:
     name = draw(
         st.sampled_from(
             [
                 "missing",
+                "missing",
+                "complete-with-href",
+                "href-changed",
                 "failed",
                 "deleted",
                 "complete",
@@ -304,6 +308,10 @@ def _selected_state(draw: Draw[Any], size: int | None) -> PathState:
         return PathState(name, ADD, record="stale", record_size=full, reconcile=FileState.MISSING)
     if name == "complete":
         return PathState(name, UP_TO_DATE, final=full, record="complete")
+    if name == "complete-with-href":
+        return PathState(name, UP_TO_DATE, final=full, record="complete", href=href)
+    if name == "href-changed":  # fetched from another href: a new version upstream
+        return PathState(name, REPLACE, final=full, record="complete", href=href + "?v=1")
     if name == "complete+stray-part":
         return PathState(name, UP_TO_DATE, final=full, part=n, record="complete")
     if name == "failed-replace":  # a failed replace keeps the old, recorded file
@@ -376,12 +384,35 @@ def scenarios(draw: Draw[Any]) -> Scenario:
         and (row.item is None or item_selected(f, catalog.items[row.item]))
     )
     states = {
-        path: _selected_state(draw, catalog.sizes[href_of[path]]) for path in sorted(selected)
+        path: _selected_state(draw, catalog.sizes[href_of[path]], href_of[path])
+        for path in sorted(selected)
     }
     unselected = sorted(set(paths) - selected)
     gone = [f"{cid}/gone{n}/B01.tif" for cid in ("src", "old") for n in range(2)]
     for path in draw(st.lists(st.sampled_from(unselected + gone), unique=True, max_size=6)):
         states[path] = _orphan_state(draw)
+    # Files of hrefs that selected paths still lack, left under paths no longer selected (a
+    # shared href that moves to _common/, a layout fix): apply must move them, not download.
+    wanting = sorted({href_of[p] for p in selected if states[p].kind is ADD})
+    free = [p for p in unselected + gone if p not in states]
+    if wanting and free:
+        hrefs = draw(st.lists(st.sampled_from(wanting), unique=True, max_size=2))
+        for href, path in zip(hrefs, draw(st.permutations(free)), strict=False):
+            size = catalog.sizes[href]
+            n = size if size is not None else draw(st.integers(0, 30))
+            if draw(st.integers(0, 4)) == 0:  # not the catalog's file: never moved
+                states[path] = PathState(
+                    "stranger",
+                    ORPHAN,
+                    final=n,
+                    record="complete",
+                    orphan_size=n,
+                    href=href + "#other",
+                )
+                continue
+            states[path] = PathState(
+                "move-source", ORPHAN, final=n, record="complete", orphan_size=n, href=href
+            )
     return Scenario(catalog, filter_args, paths, selected, states)
 
 
@@ -413,7 +444,7 @@ def materialise(db: AssetDB, dataset_dir: Path, rel_path: str, state: PathState)
         target.with_name(target.name + layout.PART_SUFFIX).write_bytes(b"p" * state.part)
     if state.record in ("complete", "complete+failed"):
         stat = target.stat()
-        db.record_complete(rel_path, stat.st_size, stat.st_mtime_ns, None)
+        db.record_complete(rel_path, stat.st_size, stat.st_mtime_ns, None, href=state.href)
     elif state.record == "stale":
         db.record_complete(rel_path, state.record_size, STALE_MTIME_NS, None)
     elif state.record == "partial":
@@ -462,10 +493,24 @@ def simulate_apply(
             continue
         target = layout.resolve_inside(dataset_dir, action.rel_path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if action.move_from is not None:
+            layout.resolve_inside(dataset_dir, action.move_from).rename(target)
+            stat = target.stat()
+            db.record_moved(
+                action.move_from,
+                action.rel_path,
+                stat.st_size,
+                stat.st_mtime_ns,
+                action.checksum,
+                action.href,
+            )
+            continue
         target.write_bytes(b"d" * (3 if action.size is None else action.size))
         target.with_name(target.name + layout.PART_SUFFIX).unlink(missing_ok=True)
         stat = target.stat()
-        db.record_complete(action.rel_path, stat.st_size, stat.st_mtime_ns, action.checksum)
+        db.record_complete(
+            action.rel_path, stat.st_size, stat.st_mtime_ns, action.checksum, href=action.href
+        )
     db.commit()
 
 
@@ -505,8 +550,22 @@ def check_partition(
             expected,
             action,
         )
+    # A file left under an unselected path with the href of an asset to add is moved (to the
+    # first such path), not downloaded; and it is no orphan then.
+    moves: dict[str, str] = {}
+    for source, state in sorted(scenario.states.items()):
+        if state.name != "move-source" or source in selected:
+            continue
+        targets = [p for p in joined if href_of[p] == state.href and classified[p].kind is ADD]
+        if targets:
+            moves[targets[0]] = source
+    event(f"moves: {len(moves)}")
+    expected_actions = {
+        p: replace(a, move_from=moves[p], reason=f"moved from {moves[p]}") if p in moves else a
+        for p, a in classified.items()
+    }
     listed = [a for a in plan.actions if a.kind is not ORPHAN]
-    assert listed == [classified[p] for p in joined if classified[p].kind is not UP_TO_DATE]
+    assert listed == [expected_actions[p] for p in joined if classified[p].kind is not UP_TO_DATE]
     assert all(a.kind in TRANSFERS for a in listed)
     listed_paths = [a.rel_path for a in listed]
     assert len(listed_paths) == len(set(listed_paths))
@@ -519,7 +578,7 @@ def check_partition(
     assert sum(plan.totals[kind].count for kind in SELECTED_KINDS) == len(selected)
     assert plan.selected_count == len(selected)
     assert plan.totals[UP_TO_DATE].count == len(selected) - len(listed_paths)
-    transfer_sizes = [(a.size, a.offset) for a in listed]
+    transfer_sizes = [(a.size, a.offset) for a in listed if a.move_from is None]
     if any(size is None for size, _ in transfer_sizes):
         assert plan.transfer_bytes is None
     else:
@@ -530,17 +589,19 @@ def check_partition(
     orphans = {a.rel_path: a for a in plan.actions if a.kind is ORPHAN}
     assert plan.totals[ORPHAN].count == len(orphans)
     assert not orphans.keys() & selected
+    moved = set(moves.values())
     from_db = {
         r.rel_path: r.recorded_size
         for r in recorded
         if r.rel_path not in selected
+        and r.rel_path not in moved
         and (r.state in (FileState.COMPLETE, FileState.PARTIAL) or r.recorded_size is not None)
     }
     assert {path: a.size for path, a in orphans.items()} == from_db
     expected_orphans = {
         path: state.orphan_size
         for path, state in scenario.states.items()
-        if path not in selected and state.orphan_size is not None
+        if path not in selected and path not in moved and state.orphan_size is not None
     }
     assert from_db == expected_orphans
     assert [a.rel_path for a in plan.actions if a.kind is ORPHAN] == sorted(orphans)
@@ -611,3 +672,92 @@ def test_plan_pipeline_partition_idempotence_and_safety(tmp_path: Path, scenario
         assert third.fingerprint() == second.fingerprint()
         assert third_reconcile == []
         check_inside(dataset_dir, third, scenario.selected)
+
+
+# --- placement of shared hrefs across searches ---------------------------------------------------
+
+
+def narrowed(catalog: Catalog, keep: frozenset[int]) -> Catalog:
+    """The catalog a narrower search returns: only the items in ``keep`` (and every
+    collection's own assets)."""
+    index = {old: new for new, old in enumerate(sorted(keep))}
+    rows = tuple(
+        Row(row.collection_id, None if row.item is None else index[row.item], row.key, row.href)
+        for row in catalog.rows
+        if row.item is None or row.item in keep
+    )
+    items = tuple(catalog.items[old] for old in sorted(keep))
+    return Catalog(items, rows, catalog.sizes, catalog.checksums)
+
+
+@st.composite
+def searches(draw: Draw[Any]) -> tuple[Catalog, list[frozenset[int]]]:
+    catalog = _catalog(draw)
+    count = len(catalog.items)
+    window = st.frozensets(st.integers(0, count - 1)) if count else st.just(frozenset[int]())
+    return catalog, draw(st.lists(window, min_size=2, max_size=4))
+
+
+def item_placements(db: AssetDB) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """``(collection_id, item_id, key) -> (href, rel_path)`` of every item asset now in the
+    catalog."""
+    return {
+        (collection_id, item_id, key): (href, rel_path)
+        for collection_id, item_id, key, href, rel_path in db._conn.execute(
+            "SELECT a.collection_id, i.item_id, a.asset_key, a.href, a.rel_path FROM assets AS a "
+            "JOIN items AS i ON i.item_rowid = a.item_rowid"
+        )
+    }
+
+
+@settings(SETTINGS, max_examples=25)
+@given(world=searches())
+def test_a_downloaded_shared_href_keeps_its_path_whatever_the_search_returns(
+    tmp_path: Path, world: tuple[Catalog, list[frozenset[int]]]
+) -> None:
+    """A sequence of searches over one catalog (each a subset of its items), each applied:
+    an href whose file is in ``_common/`` stays in ``_common/`` in every later search that
+    returns it, even in one item only, at the same path while that is still a name the layout
+    gives it; every other path follows the layout rule; no two hrefs claim one path."""
+    catalog, windows = world
+    dataset_dir = tmp_path / uuid.uuid4().hex
+    dataset_dir.mkdir()
+    files: dict[str, str] = {}  # the recorded state: path -> href
+    with AssetDB.open(dataset_dir / layout.ASSET_DB_NAME) as db:
+        for window in windows:
+            search = narrowed(catalog, window)
+            ingest(db, search)  # also asserts: nothing refused, no path claimed twice
+            placed: dict[tuple[str, str], str] = {}
+            for path, href in sorted(files.items()):
+                collection_id, folder, _name = path.split("/")
+                if folder == layout.COMMON_DIR:
+                    placed.setdefault((collection_id, href), path)
+            keys: dict[tuple[str, str], set[str]] = {}
+            for row in search.rows:
+                if row.item is not None:
+                    keys.setdefault((row.collection_id, row.href), set()).add(row.key)
+            now = item_placements(db)
+            for row, path in zip(search.rows, reference_paths(search), strict=True):
+                if row.item is None:
+                    continue
+                group = (row.collection_id, row.href)
+                got = now[(row.collection_id, search.items[row.item].item_id, row.key)][1]
+                before = placed.get(group)
+                names = {
+                    common_path(row.collection_id, key, row.href, collides)
+                    for key in keys[group]
+                    for collides in (False, True)
+                }
+                if before is not None and before in names:
+                    event("kept in place")
+                    assert got == before, (row, before, got)
+                elif before is not None or "/_common/" in path:
+                    event("kept common, renamed" if before is not None else "common by rule")
+                    assert got.startswith(f"{row.collection_id}/{layout.COMMON_DIR}/")
+                else:
+                    assert got == path
+            # apply: every path downloaded, recorded with its href
+            for href, path in set(now.values()):
+                db.record_complete(path, 1, 1, None, href=href)
+                files[path] = href
+            db.commit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -38,10 +39,12 @@ SHA_A = "1220" + "aa" * 32
 SHA_B = "1220" + "bb" * 32
 OTHER_HASH = "1340" + "cc" * 64
 PATH = "c/i/B01.tif"
+HREF = "https://hub/B01.tif"
+OLD_HREF = "https://hub/v1/B01.tif"
 
 
 def want(size: int | None = 100, checksum: str | None = None) -> DesiredAsset:
-    return DesiredAsset(PATH, "https://hub/B01.tif", size, checksum)
+    return DesiredAsset(PATH, HREF, size, checksum)
 
 
 def have(**fields: object) -> LocalFile:
@@ -138,6 +141,22 @@ def complete(
             0,
             "size matches catalog",
         ),
+        # the file was fetched from another href: a new version upstream, same size
+        (want(), complete(recorded_href=OLD_HREF), REPLACE, 0, "href changed upstream"),
+        (want(None), complete(recorded_href=OLD_HREF), REPLACE, 0, "href changed upstream"),
+        (want(), complete(recorded_href=HREF), UP_TO_DATE, 0, "recorded"),
+        # an unknown href (recorded before mlsync kept it) counts as the same
+        (want(), complete(recorded_href=None), UP_TO_DATE, 0, "recorded"),
+        # a failed replace keeps the old file's href: it is still to be replaced
+        (
+            want(),
+            complete(recorded_href=OLD_HREF, state=FileState.FAILED),
+            REPLACE,
+            0,
+            "href changed upstream",
+        ),
+        # a .part beside a file from the old href: resumed (the transfer's If-Range guards it)
+        (want(), complete(recorded_href=OLD_HREF, part_size=5), RESUME, 5, ".part has 5 bytes"),
     ],
 )
 def test_classify_rules(
@@ -158,10 +177,11 @@ def test_classify_rules(
 small_sizes = st.one_of(st.none(), st.integers(0, 4))
 mtimes = st.one_of(st.none(), st.integers(1, 3))
 checksums = st.one_of(st.none(), st.sampled_from([SHA_A, SHA_B, SHA_A.upper(), OTHER_HASH]))
+hrefs = st.sampled_from(["https://hub/x", "https://hub/y"])
 desired_assets = st.builds(
     DesiredAsset,
     rel_path=st.just(PATH),
-    href=st.just("https://hub/x"),
+    href=hrefs,
     size=small_sizes,
     checksum=checksums,
 )
@@ -180,6 +200,7 @@ def local_files(draw: st.DrawFn) -> LocalFile:
         disk_mtime_ns=None if disk_size is None else draw(st.integers(1, 3)),
         part_size=draw(small_sizes),
         last_error=draw(st.one_of(st.none(), st.just("boom"))),
+        recorded_href=draw(st.one_of(st.none(), hrefs)),
     )
 
 
@@ -216,6 +237,8 @@ def test_the_fast_up_to_date_check_agrees_with_classify(
         local.recorded_checksum,
         local.disk_size,
         local.disk_mtime_ns,
+        desired.href,
+        local.recorded_href,
     )
     judged = classify(desired, local).kind is UP_TO_DATE
     if local.state is FileState.COMPLETE and local.disk_size is not None:
@@ -255,8 +278,70 @@ def test_done_action_is_up_to_date_next_time(
         recorded_checksum=desired.checksum,
         disk_size=size,
         disk_mtime_ns=mtime,
+        recorded_href=desired.href,
     )
     assert classify(desired, done).kind is UP_TO_DATE
+
+
+@given(desired_assets, local_files())
+def test_a_file_from_another_href_is_never_up_to_date_on_its_record(
+    desired: DesiredAsset, local: LocalFile
+) -> None:
+    """A record naming another href never lets the file pass as up to date by that record:
+    it is replaced (or resumed when a .part is there); an unknown href judges as the same."""
+    action = classify(desired, local)
+    if local.recorded_href is not None and local.recorded_href != desired.href:
+        assert action.reason != "recorded"
+        same = classify(desired, replace(local, recorded_href=desired.href))
+        if same.reason == "recorded" and local.part_size is None:
+            assert (action.kind, action.reason) == (REPLACE, "href changed upstream")
+    unknown = classify(desired, replace(local, recorded_href=None))
+    assert unknown == classify(desired, replace(local, recorded_href=desired.href))
+
+
+# --- moves -----------------------------------------------------------------------------------
+
+
+@given(desired_assets, local_files())
+def test_a_move_is_planned_only_for_an_unchanged_file_of_the_same_href(
+    desired: DesiredAsset, source: LocalFile
+) -> None:
+    """``plan_move`` turns an ADD into a move of ``source`` exactly when that file stands for
+    the asset: complete, from the same href, unchanged since recorded, of the catalog's size,
+    its checksum not contradicting the catalog's; and then nothing else changes."""
+    source = replace(source, rel_path="c/old/B01.tif")
+    add = classify(desired, LocalFile(PATH))
+    move = planner.plan_move(add, source)
+    fits = (
+        source.state is FileState.COMPLETE
+        and source.recorded_href == desired.href
+        and source.disk_size is not None
+        and source.recorded_size == source.disk_size
+        and source.recorded_mtime_ns == source.disk_mtime_ns
+        and desired.size in (None, source.disk_size)
+        and not (
+            desired.checksum
+            and source.recorded_checksum
+            and desired.checksum[:4] == source.recorded_checksum[:4]
+            and desired.checksum.lower() != source.recorded_checksum.lower()
+        )
+    )
+    assert (move is not None) == fits
+    if move is not None:
+        assert move == replace(
+            add, move_from=source.rel_path, reason=f"moved from {source.rel_path}"
+        )
+        builder = PlanBuilder("d")
+        builder.add(move)
+        plan = builder.build()
+        assert plan.transfer_bytes == 0  # nothing to download
+        assert (plan.count(ADD), plan.totals[ADD].bytes) == (1, desired.size or 0)
+        assert Plan.from_json(plan.to_json()) == plan
+        assert (
+            plan.fingerprint() != Plan(dataset="d", totals=plan.totals, actions=[add]).fingerprint()
+        )
+    for kind in (RESUME, REPLACE, UP_TO_DATE):
+        assert planner.plan_move(replace(add, kind=kind), source) is None
 
 
 # --- orphans ---------------------------------------------------------------------------------
@@ -350,6 +435,7 @@ actions = st.builds(
     checksum=st.one_of(st.none(), st.just(SHA_A)),
     offset=st.integers(0, 100),
     reason=st.text(max_size=10),
+    move_from=st.one_of(st.none(), st.text(min_size=1, max_size=8)),
 )
 
 

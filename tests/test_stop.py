@@ -35,7 +35,9 @@ class _Recorder:
         self.complete: list[str] = []
         self.commits = 0
 
-    def record_complete(self, rel_path: str, size: int, mtime_ns: int, checksum: str | None):
+    def record_complete(
+        self, rel_path: str, size: int, mtime_ns: int, checksum: str | None, **recorded: object
+    ) -> None:
         self.complete.append(rel_path)
 
     def record_failed(self, rel_path: str, error: str, attempts: int) -> None:

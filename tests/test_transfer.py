@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import threading
+from typing import ClassVar
 
 import pytest
 import requests
@@ -270,13 +271,18 @@ def test_parse_checksum_multihash():
 
 class _Recorder:
     def __init__(self):
-        self.complete, self.failed, self.commits = [], [], 0
+        self.complete, self.failed, self.moved, self.commits = [], [], [], 0
 
-    def record_complete(self, rel_path, size, mtime_ns, checksum, sha256=None):
+    def record_complete(
+        self, rel_path, size, mtime_ns, checksum, *, sha256=None, href=None, validator=None
+    ):
         self.complete.append(rel_path)
 
     def record_failed(self, rel_path, error, attempts):
         self.failed.append(rel_path)
+
+    def record_moved(self, source, rel_path, size, mtime_ns, checksum, href):
+        self.moved.append((source, rel_path))
 
     def commit(self):
         self.commits += 1
@@ -329,6 +335,74 @@ def test_failures_before_a_fatal_disk_error_stay_in_the_callers_report(tmp_path)
     assert (tmp_path / "b" / "fine.bin").read_bytes() == DATA
     assert not (tmp_path / "d").exists()  # the run stopped at the disk error
     assert state.commits >= 1
+
+
+class _Counting(_FakeClient):
+    opened: ClassVar[list[str]] = []
+
+    def open(self, href, *, offset=0, if_range=None):
+        _Counting.opened.append(href)
+        return super().open(href, offset=offset, if_range=if_range)
+
+
+@pytest.mark.parametrize(
+    ("on_disk", "size", "checksum", "moved"),
+    [
+        (DATA, len(DATA), SHA, True),
+        (DATA, None, None, True),
+        (DATA[::-1], len(DATA), SHA, False),  # same size, not the catalog's bytes
+        (DATA[:-1], len(DATA), None, False),  # not the catalog's size
+        (None, len(DATA), None, False),  # gone since the plan
+    ],
+)
+def test_a_move_renames_the_file_after_checking_it_else_downloads(
+    tmp_path, on_disk, size, checksum, moved
+):
+    source = tmp_path / "col" / "item" / "mask.tif"
+    if on_disk is not None:
+        source.parent.mkdir(parents=True)
+        source.write_bytes(on_disk)
+    action = PlannedAction(
+        ActionKind.ADD, "col/_common/mask.tif", "http://h/ok", size, checksum, 0, "moved",
+        move_from="col/item/mask.tif",
+    )  # fmt: skip
+    state = _Recorder()
+    _Counting.opened = []
+    executor = Executor(
+        dataset="d", dataset_dir=tmp_path, state=state, workers=1, policy=FAST,
+        client_factory=_Counting,
+    )  # fmt: skip
+    report = executor.run([action], count=1, total_bytes=0)
+    dest = tmp_path / "col" / "_common" / "mask.tif"
+    assert dest.read_bytes() == (on_disk if moved else DATA)
+    if moved:
+        assert (_Counting.opened, report.moved, report.transferred) == ([], 1, 0)
+        assert state.moved == [("col/item/mask.tif", "col/_common/mask.tif")]
+        assert not source.exists()
+    else:
+        assert (_Counting.opened, report.moved, report.transferred) == (["http://h/ok"], 0, 1)
+        assert state.complete == ["col/_common/mask.tif"] and state.moved == []
+        assert on_disk is None or source.read_bytes() == on_disk  # left alone: an orphan
+
+
+def test_a_move_never_follows_a_symlink_out_of_the_tree(tmp_path):
+    outside = tmp_path / "outside.tif"
+    outside.write_bytes(DATA)
+    tree = tmp_path / "tree"
+    (tree / "col" / "item").mkdir(parents=True)
+    (tree / "col" / "item" / "mask.tif").symlink_to(outside)
+    action = PlannedAction(
+        ActionKind.ADD, "col/_common/mask.tif", "http://h/ok", len(DATA), None, 0, "moved",
+        move_from="col/item/mask.tif",
+    )  # fmt: skip
+    _Counting.opened = []
+    executor = Executor(
+        dataset="d", dataset_dir=tree, state=_Recorder(), workers=1, policy=FAST,
+        client_factory=_Counting,
+    )  # fmt: skip
+    report = executor.run([action], count=1, total_bytes=0)
+    assert report.moved == 0 and _Counting.opened == ["http://h/ok"]
+    assert outside.read_bytes() == DATA and (tree / "col" / "item" / "mask.tif").is_symlink()
 
 
 def test_a_vanished_dataset_directory_is_an_error_not_made_again(tmp_path):

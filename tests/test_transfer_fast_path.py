@@ -186,7 +186,15 @@ class _Recorder:
         self.failed: list[tuple[str, str]] = []
 
     def record_complete(
-        self, rel_path: str, size: int, mtime_ns: int, checksum: Any, sha256: Any = None
+        self,
+        rel_path: str,
+        size: int,
+        mtime_ns: int,
+        checksum: Any,
+        *,
+        sha256: Any = None,
+        href: str | None = None,
+        validator: str | None = None,
     ) -> None:
         self.complete.append(rel_path)
 

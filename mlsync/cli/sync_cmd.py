@@ -682,6 +682,8 @@ def _apply_summary(
     results: list[DatasetResult], failures: list[DownloadFailed], elapsed: float
 ) -> dict[str, Any]:
     transferred = sum(r.execution.transferred for r in results)
+    moved = sum(r.execution.moved for r in results)
+    moved_text = f"{moved:,} moved, " if moved else ""
     transferred_bytes = sum(r.execution.bytes for r in results)
     pruned = sum(len(r.pruned) for r in results)
     failed = sum(f.failed for f in failures)
@@ -692,12 +694,13 @@ def _apply_summary(
     if failed:
         text = (
             f"Apply finished with errors: {transferred:,} transferred "
-            f"({human_bytes(transferred_bytes)}), {failed:,} failed, {pruned:,} removed."
+            f"({human_bytes(transferred_bytes)}), {moved_text}{failed:,} failed, "
+            f"{pruned:,} removed."
         )
     else:
         text = (
             f"Apply complete! {transferred:,} transferred ({human_bytes(transferred_bytes)}), "
-            f"{pruned:,} removed, {up_to_date:,} already up to date."
+            f"{moved_text}{pruned:,} removed, {up_to_date:,} already up to date."
         )
     text += f" Took {_duration(elapsed)}"
     text += f", {human_bytes(int(rate))}/s on average." if transferred_bytes else "."
@@ -711,6 +714,7 @@ def _apply_summary(
         "summary": text,
         "transferred": transferred,
         "transferred_bytes": transferred_bytes,
+        "moved": moved,
         "failed": failed,
         "removed": pruned,
         "up_to_date": up_to_date,
@@ -726,6 +730,7 @@ def _apply_summary(
                 "summary": r.plan.plan.summary_line(),
                 "transferred": r.execution.transferred,
                 "bytes": r.execution.bytes,
+                "moved": r.execution.moved,
                 "failed": len(r.execution.failed),
                 "elapsed_seconds": round(r.execution.elapsed, 3),
                 "removed": r.pruned,
