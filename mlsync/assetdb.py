@@ -331,7 +331,6 @@ class AssetDB:
         self._ingest: CatalogIngest | None = None
         self._temp_names = itertools.count(1)
         self.read_only = False
-        self._has_sha256 = True
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -410,7 +409,13 @@ class AssetDB:
             version = _stored_version(conn, path)
             if version is None or version == 0:
                 raise StateError(f"{path} holds no mlsync download state yet; run `mlsync plan`")
-            columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(files)")}
+            if version < SCHEMA_VERSION:
+                # Reading an older schema would need the upgrade, which writes: say so.
+                raise StateError(
+                    f"the asset database {path} was written by an older mlsync (schema "
+                    f"{version}, this one reads {SCHEMA_VERSION}); run `mlsync plan` once "
+                    "(it upgrades the database in place, keeping what was downloaded)"
+                )
         except sqlite3.Error as exc:
             conn.close()
             raise StateError(f"cannot read the asset database {path}: {exc}") from exc
@@ -419,7 +424,6 @@ class AssetDB:
             raise
         db = cls(conn, path)
         db.read_only = True
-        db._has_sha256 = "sha256" in columns
         return db
 
     def close(self) -> None:
@@ -589,11 +593,7 @@ class AssetDB:
         )
 
     def recorded_sha256(self, rel_path: str) -> str | None:
-        """The sha256 recorded when ``rel_path`` was written (None: unknown, or not complete).
-
-        A database opened read-only at an older schema has no such column: None."""
-        if not self._has_sha256:
-            return None
+        """The sha256 recorded when ``rel_path`` was written (None: unknown, or not complete)."""
         row = self._conn.execute(
             "SELECT sha256 FROM files WHERE rel_path = ? AND state = 'complete'", (rel_path,)
         ).fetchone()

@@ -119,8 +119,9 @@ def test_schema_1_database_gains_the_sha256_column_and_keeps_its_state(tmp_path:
     )
     conn.commit()
     conn.close()
-    with AssetDB.open_read_only(path) as db:  # read-only: no migration, no sha256 column
-        assert db.schema_version == 1 and db.recorded_sha256("a.tif") is None
+    # read-only: no migration, so an older schema is one clear line, not a query that fails
+    with pytest.raises(StateError, match=r"older mlsync \(schema 1.*run `mlsync plan` once"):
+        AssetDB.open_read_only(path)
     with AssetDB.open(path) as db:
         assert db.schema_version == assetdb.SCHEMA_VERSION == 3
         assert [f.rel_path for f in db.iter_recorded_files()] == ["a.tif"]

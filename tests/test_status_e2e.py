@@ -458,3 +458,27 @@ def test_verify_interrupted_marks_nothing_and_stops_its_reads(
     with pytest.raises(VerifyStopped):
         status_module._digest_of(str(assets(tmp_path)[0]), "sha256", read.append, stop)
     assert read == []
+
+
+def test_status_on_a_database_of_an_older_mlsync_says_to_plan_once(
+    tmp_path: Path, hub: RunningHub, cli: Cli
+) -> None:
+    """status never upgrades (it is read-only), so a database of schema 1 (no recorded sha256
+    or href) is one line saying what to run, not a failing query."""
+    path = manifest(tmp_path, hub)
+    assert cli("apply", path).code == 0
+    with sqlite3.connect(tree(tmp_path) / "mlhub_stac_assets.db") as conn:
+        for column in ("href", "validator", "sha256"):
+            conn.execute(f"ALTER TABLE files DROP COLUMN {column}")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    run = cli("status", path)
+    assert run.code == 1, run.err
+    (line,) = run.err.strip().splitlines()
+    assert "older mlsync (schema 1" in line and "run `mlsync plan` once" in line
+    # --verify, which writes its marks, upgrades the database; the upgrade drops the catalog
+    # index (its layout changed), so there is nothing to verify until the next plan.
+    verify = cli("status", path, "--verify")
+    assert verify.code == 2 and "Traceback" not in verify.err
+    assert "not planned" in verify.out
+    assert cli("plan", path).code == 0
+    assert status_row(cli, path)["state"] == "synced"
