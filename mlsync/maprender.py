@@ -201,13 +201,23 @@ def _count(summary: MapSummary, feature: Feature, seen: dict[str, str]) -> None:
         )
 
 
+def _drawn_aoi(dataset_map: DatasetMap) -> dict[str, Any] | None:
+    """The area of interest to draw: a bbox across the antimeridian as one box (east + 360)
+    rather than the two halves the GeoJSON has, so no edge is drawn along 180°."""
+    bbox = dataset_map.filter.bbox
+    if bbox is not None and bbox[0] > bbox[2]:
+        w, s, e, n = bbox[0], bbox[1], bbox[2] + 360, bbox[3]
+        return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+    return dataset_map.aoi()
+
+
 def _write_dataset(out: IO[str], dataset_map: DatasetMap) -> MapSummary:
     total = dataset_map.item_count()
     summary = MapSummary(dataset_map.name, simplified=total > DETAIL_LIMIT)
     action_index = {action: i for i, action in enumerate(ACTIONS)}
     out.write('{"name":' + _dump(dataset_map.name))
     out.write(',"collections":' + _dump(dataset_map.collections))
-    aoi = _compact_geometry(dataset_map.aoi(), False)
+    aoi = _compact_geometry(_drawn_aoi(dataset_map), False)
     out.write(',"aoi":' + _dump(aoi))
     window = dataset_map.time_range()
     time = None if window is None else [_epoch_ms(window[0]), _epoch_ms(window[1]), *window]

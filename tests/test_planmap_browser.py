@@ -173,6 +173,12 @@ def test_antimeridian_items_are_drawn_whole(
     assert widths["split"] == pytest.approx(4.0)
     assert widths["boxonly"] == pytest.approx(2.0)
     assert widths["nowhere"] is None  # listed, not drawn
+    aoi = browser.execute_script(
+        """const ds = window.mlsyncMap.current(); return ds.aoiShapes.map(p => {
+             const xs = p.rings[0].filter((v, i) => i % 2 === 0);
+             return Math.max(...xs) - Math.min(...xs); });"""
+    )
+    assert aoi == [pytest.approx(10.0)]  # the area across 180°: one box, 175°E to 175°W
     listed = browser.execute_script("return document.getElementById('nodraw').textContent")
     assert "nowhere" in listed
     for label in ("split", "boxonly"):
