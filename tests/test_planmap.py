@@ -403,3 +403,16 @@ def test_the_plan_object_gives_the_features(
         shown_only = DatasetSync(session, target).plan(keep=5)
     with pytest.raises(ValueError, match="keep=None"):
         shown_only.map()
+
+
+def test_area_of_interest_and_time_range_of_an_intersects_manifest() -> None:
+    from mlsync.filters import build_filter
+    from mlsync.planmap import DatasetMap
+
+    triangle = {"type": "Polygon", "coordinates": [[[104, 9], [106, 9], [105, 11], [104, 9]]]}
+    f = build_filter(intersects=triangle, datetime="2021-01-01/..")
+    dataset_map = DatasetMap("d", Path("unused"), f, False, {}, {})
+    aoi = dataset_map.aoi()
+    assert aoi is not None and shape(aoi).equals(shape(triangle))
+    assert dataset_map.time_range() == ("2021-01-01T00:00:00Z", None)
+    assert DatasetMap("d", Path("unused"), build_filter(), False, {}, {}).aoi() is None
