@@ -60,6 +60,8 @@ from mlsync.removed import stamp_owner
 from mlsync.runlock import RunLock
 from mlsync.sources import CatalogSource, CatalogStatus, SourceSpec, SyncTarget, make_source
 from mlsync.sources.mlhub import MLHubSource
+from mlsync.tree.base import Tree
+from mlsync.tree.local import LocalTree
 
 if TYPE_CHECKING:
     from mlsync.models import Dataset
@@ -188,20 +190,19 @@ class DatasetSync:
         asset_pred: AssetPredicate | None = (
             None if f.collections is None else partial(asset_selected, f)
         )
+        tree = LocalTree(dataset_dir)
         with db.select(item_pred, asset_pred) as selection:
             name = self.target.name
-            builder, reconcile, moved = _stream_plan(
-                name, selection, dataset_dir, keep, if_exists, {}
-            )
+            builder, reconcile, moved = _stream_plan(name, selection, tree, keep, if_exists, {})
             if if_exists is not IfExists.OVERWRITE and builder.count(ActionKind.ADD):
                 # Files already on disk under a path no longer selected, by the path that now
                 # wants their href: renamed by apply instead of downloaded. Looked for only
                 # when there is something to add (overwrite fetches everything); found, the
                 # plan is made again with them.
-                moves = selection.move_sources(dataset_dir)
+                moves = selection.move_sources(tree)
                 if moves:
                     builder, reconcile, moved = _stream_plan(
-                        name, selection, dataset_dir, keep, if_exists, moves
+                        name, selection, tree, keep, if_exists, moves
                     )
             orphaned = selection.iter_orphaned()
             if moved:
@@ -355,8 +356,9 @@ class DatasetSync:
 
     def _execute(self, db: AssetDB, dataset_plan: DatasetPlan, prune: bool) -> DatasetResult:
         dataset_dir = dataset_plan.dataset_dir
+        tree = LocalTree(dataset_dir)
         plan = dataset_plan.plan
-        report_path = dataset_dir / layout.ERR_REPORT_NAME
+        report_path = tree.state_dir / layout.ERR_REPORT_NAME
         transfers = [a for a in plan.actions if a.kind in TRANSFER_KINDS]
         report = ExecutionReport()
         if transfers:
@@ -369,6 +371,7 @@ class DatasetSync:
                 timeouts=self.timeouts,
                 sink=self.sink,
                 ca_bundle=self.session.settings.ca_bundle,
+                tree=tree,
             )
             try:
                 executor.run(
@@ -378,10 +381,10 @@ class DatasetSync:
                 # Ctrl-C or a disk error: the assets that failed before it are still reported.
                 if report.failed:
                     with contextlib.suppress(LocalWriteError):
-                        write_error_report(report_path, dataset_plan.dataset_id, report.failed)
+                        write_error_report(tree, dataset_plan.dataset_id, report.failed)
                 raise
-        pruned = self._prune(db, dataset_dir, plan.actions) if prune else []
-        write_error_report(report_path, dataset_plan.dataset_id, report.failed)
+        pruned = self._prune(db, tree, plan.actions) if prune else []
+        write_error_report(tree, dataset_plan.dataset_id, report.failed)
         result = DatasetResult(dataset_plan, report, pruned, report_path if report.failed else None)
         if report.failed:
             raise DownloadFailed(
@@ -394,25 +397,22 @@ class DatasetSync:
             )
         return result
 
-    def _prune(self, db: AssetDB, dataset_dir: Path, actions: Sequence[PlannedAction]) -> list[str]:
+    def _prune(self, db: AssetDB, tree: Tree, actions: Sequence[PlannedAction]) -> list[str]:
         """Remove orphans (never a path outside the dataset directory) and forget them."""
         removed: list[str] = []
         for action in actions:
             if action.kind is not ActionKind.ORPHAN:
                 continue
             try:
-                path = layout.resolve_inside(dataset_dir, action.rel_path)
+                tree.remove(action.rel_path)
             except UnsafePathError as exc:
                 self._notice("warning", f"not removing {action.rel_path}: {exc}")
                 continue
-            try:
-                for candidate in (path, path.with_name(path.name + layout.PART_SUFFIX)):
-                    candidate.unlink(missing_ok=True)
             except OSError as exc:
                 db.commit()  # the orphans removed so far stay forgotten
                 raise LocalWriteError.from_os_error(
                     exc,
-                    path,
+                    tree.describe(action.rel_path),
                     what="the orphan",
                     action="remove",
                     advice="Fix permissions and re-run",
@@ -446,7 +446,7 @@ _MISSING_HINTS: dict[str | None, str] = {
 def _stream_plan(
     name: str,
     selection: Selection,
-    dataset_dir: Path,
+    tree: Tree,
     keep: int | None,
     if_exists: IfExists,
     moves: Mapping[str, LocalFile],
@@ -460,7 +460,7 @@ def _stream_plan(
     counted_fast = if_exists is not IfExists.OVERWRITE  # overwrite replaces even these
     up_to_date, count_up_to_date = planner.recorded_up_to_date, builder.add_up_to_date
     add_new, missing = builder.add_new, FileState.MISSING
-    for row in selection.iter_state_rows(dataset_dir):
+    for row in selection.iter_state_rows(tree):
         # The two common cases without building objects: never seen, and synced.
         if row[4] is missing:
             if row[9] is None and not row[11] and (not moves or row[0] not in moves):
@@ -469,7 +469,7 @@ def _stream_plan(
         elif counted_fast and up_to_date(*row[2:8], row[9], row[10], row[1], row[12]):
             count_up_to_date(row[2])
             continue
-        desired, local = row_objects(row, dataset_dir)
+        desired, local = row_objects(row, tree)
         action = planner.classify(desired, local, if_exists=if_exists)
         if moves and action.kind is ActionKind.ADD:
             source = moves.get(desired.rel_path)

@@ -19,8 +19,9 @@ Guarantees every implementation gives:
 * **Containment.** :meth:`Tree.guard` refuses a path that leaves the tree (local: a symbolic
   link on the way that leads outside; S3: a key not strictly under the prefix). Every write,
   move and removal is guarded.
-* **Whole small files are atomic.** :meth:`Tree.write_atomic` (err_report.csv, catalog files)
-  leaves the old content or the new one, never a mix.
+* **Whole small files are atomic.** :meth:`Tree.write_atomic` (catalog files) leaves the old
+  content or the new one, never a mix. (Files of the state directory, such as
+  ``err_report.csv``, are local: :func:`mlsync.tree.local.write_atomically`.)
 * **Probing is batched.** :meth:`Tree.probe` takes an iterable and yields one
   :class:`ProbeResult` per path, in order, so a local tree does one ``stat`` per path and an
   object store one ``LIST`` per prefix. The synced-plan probe runs over 1M paths: the local
