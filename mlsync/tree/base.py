@@ -44,7 +44,8 @@ local cache directory. :meth:`Tree.run_lock` is the one-run-per-tree lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
@@ -55,8 +56,13 @@ __all__ = [
     "FileFacts",
     "PartWriter",
     "ProbeResult",
+    "ReadStopped",
     "Tree",
 ]
+
+
+class ReadStopped(Exception):
+    """A read (:meth:`Tree.hash`) gave up because its ``stop`` was set (Ctrl-C)."""
 
 
 class FileFacts(NamedTuple):
@@ -228,8 +234,17 @@ class Tree(Protocol):
         """The final file for reading (``status --verify``); OSError when it cannot be read."""
         ...
 
-    def hash(self, rel_path: str, algorithm: str = "sha256") -> tuple[str, int]:
-        """(hex digest, bytes read) of the final file, streamed."""
+    def hash(
+        self,
+        rel_path: str,
+        algorithm: str = "sha256",
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[str, int]:
+        """(hex digest, bytes read) of the final file, streamed one chunk at a time;
+        ``on_bytes`` sees each chunk's length; a set ``stop`` raises :class:`ReadStopped`
+        before the next chunk. OSError when the file cannot be read."""
         ...
 
     # --- state -----------------------------------------------------------------------------

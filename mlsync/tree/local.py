@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING, BinaryIO
 from mlsync import layout
 from mlsync.errors import LocalWriteError, UnsafePathError
 from mlsync.runlock import LOCK_FILE_NAME, RunLock
-from mlsync.tree.base import ABSENT, ABSENT_NO_PART, FileFacts, PartWriter, ProbeResult, Tree
+from mlsync.tree.base import (
+    ABSENT,
+    ABSENT_NO_PART,
+    FileFacts,
+    PartWriter,
+    ProbeResult,
+    ReadStopped,
+    Tree,
+)
 
 __all__ = [
     "PART_SUFFIX",
@@ -137,17 +145,16 @@ def hash_file(
     *,
     on_bytes: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
-    stopped: Callable[[], BaseException] | None = None,
 ) -> tuple[str, int]:
     """(hex digest, bytes read) of the file at ``path``, one chunk in memory at a time.
 
-    ``stop``: checked before each chunk; when set, ``stopped()`` is raised."""
+    ``stop``: checked before each chunk; when set, :class:`ReadStopped` is raised."""
     digest = hashlib.new(algorithm)
     read = 0
     with open(path, "rb", buffering=0) as handle:
         while chunk := handle.read(READ_CHUNK):
             if stop is not None and stop.is_set():
-                raise stopped() if stopped is not None else InterruptedError(path)
+                raise ReadStopped(path)
             digest.update(chunk)
             read += len(chunk)
             if on_bytes is not None:
@@ -496,8 +503,15 @@ class LocalTree:
     def open_read(self, rel_path: str) -> BinaryIO:
         return open(self._base + rel_path, "rb")
 
-    def hash(self, rel_path: str, algorithm: str = "sha256") -> tuple[str, int]:
-        return hash_file(self._base + rel_path, algorithm)
+    def hash(
+        self,
+        rel_path: str,
+        algorithm: str = "sha256",
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[str, int]:
+        return hash_file(self._base + rel_path, algorithm, on_bytes=on_bytes, stop=stop)
 
     # --- state -----------------------------------------------------------------------------
 
