@@ -28,10 +28,7 @@ and refuses to go on when they differ.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +43,7 @@ from mlsync.planner import (
     json_problem,
     json_str,
 )
+from mlsync.tree.local import write_atomically
 
 __all__ = [
     "FORMAT_VERSION",
@@ -200,34 +198,8 @@ def write_lock(path: Path, lock: LockFile) -> bool:
         mode = path.stat().st_mode & 0o777
     except (FileNotFoundError, UnicodeDecodeError):
         mode = _NEW_FILE_MODE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
+    write_atomically(path, text.encode("utf-8"), mode=mode)
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; best effort (some file systems refuse directory fsync)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- comparing ---------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import shlex
 import sys
 import time
@@ -45,6 +44,7 @@ from mlsync.planner import PlannedDataset, SavedPlan, check_fresh
 from mlsync.records import ActionKind, PlannedAction
 from mlsync.removed import RemovedDataset, find_removed, remove_dataset
 from mlsync.sync import DatasetPlan, DatasetResult, DatasetSync, SyncTarget
+from mlsync.tree.local import write_atomically
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 MANIFEST_HELP = f"the manifest file (default: {DEFAULT_MANIFEST} in the current directory)"
@@ -505,10 +505,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, text.encode("utf-8"))
     except OSError as exc:
         raise LocalWriteError.from_os_error(
             exc, path, what="the plan file", advice="Give --out a path in a writable folder"

@@ -213,9 +213,10 @@ class Tree(Protocol):
         """Delete the file and its part (prune); absent is fine. Guarded."""
         ...
 
-    def remove_tree(self) -> None:
-        """Delete everything in the tree except its run lock, then the root if empty (a
-        dataset removed from the manifest)."""
+    def remove_tree(self, command: str = "apply") -> None:
+        """Delete everything in the tree (a dataset removed from the manifest), under its run
+        lock (:class:`mlsync.errors.LockHeldError` when a run holds it; ``command`` names the
+        holder), then the root itself when it is left empty."""
         ...
 
     def write_atomic(self, rel_path: str, data: bytes) -> None:

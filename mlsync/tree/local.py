@@ -458,8 +458,9 @@ class LocalTree:
         for candidate in (path, path.with_name(path.name + PART_SUFFIX)):
             candidate.unlink(missing_ok=True)
 
-    def remove_tree(self) -> None:
-        """Delete every entry of the root except the run lock, then the root if it is empty.
+    def remove_tree(self, command: str = "apply") -> None:
+        """Under the run lock (``command`` names the holder), delete every entry of the root
+        but the lock; then, the lock released, the root if it is empty.
 
         Symbolic links inside are unlinked, never followed (``shutil.rmtree`` is fd-based).
         Raises UnsafePathError when the root is no longer a real directory, OSError when an
@@ -469,7 +470,7 @@ class LocalTree:
             raise UnsafePathError(f"not removing {top}: it is no longer a directory")
         if not shutil.rmtree.avoids_symlink_attacks:  # pragma: no cover - not Linux or macOS
             raise UnsafePathError(f"not removing {top}: this platform cannot delete a tree safely")
-        with os.scandir(top) as entries:
+        with self.run_lock(command), os.scandir(top) as entries:
             for entry in entries:
                 if entry.name == LOCK_FILE_NAME:
                     continue
