@@ -56,7 +56,7 @@ import orjson
 
 from mlsync import layout
 from mlsync.errors import LocalWriteError, StateError, UnsafePathError
-from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile
+from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile, StateRow
 from mlsync.tree.base import Tree
 from mlsync.tree.local import LocalTree
 
@@ -1230,6 +1230,7 @@ class Selection:
         :func:`row_objects` does that for the rows that need it."""
         tree = _as_tree(tree)
         states = _STATE_BY_NAME
+        new_row = tuple.__new__  # StateRow's own __new__, without its Python-level call
         previous = None
         cursor = self.db._conn.execute(
             "SELECT a.rel_path, a.href, a.size, a.checksum, "
@@ -1258,19 +1259,19 @@ class Selection:
                     err,
                     r_href,
                 ) in rows:
-                    yield (
+                    yield new_row(StateRow, (
                         rel_path, href, size, checksum, states[state], r_size, r_mtime, r_sum,
                         err, None, None, False, r_href,
-                    )  # fmt: skip
+                    ))  # fmt: skip
                 continue
             for (
                 (rel_path, href, size, checksum, state, r_size, r_mtime, r_sum, err, r_href),
                 (disk_size, disk_mtime, part_maybe, _etag, _sha256),
             ) in zip(rows, tree.probe([row[0] for row in rows]), strict=True):
-                yield (
+                yield new_row(StateRow, (
                     rel_path, href, size, checksum, states[state], r_size, r_mtime, r_sum, err,
                     disk_size, disk_mtime, part_maybe, r_href,
-                )  # fmt: skip
+                ))  # fmt: skip
 
     def iter_orphaned(self) -> Iterator[LocalFile]:
         """Recorded paths that are not selected (any state), in ``rel_path`` order.
@@ -1351,45 +1352,25 @@ def _as_tree(where: Tree | Path | None) -> Tree | None:
     return LocalTree(where) if isinstance(where, (str, os.PathLike)) else where
 
 
-StateRow = tuple[
-    str,  # rel_path
-    str,  # href
-    int | None,  # size (the catalog's)
-    str | None,  # checksum (the catalog's)
-    FileState,  # state (the database's; MISSING when it has no row)
-    int | None,  # recorded size
-    int | None,  # recorded mtime_ns
-    str | None,  # recorded checksum
-    str | None,  # last error
-    int | None,  # disk size of the final file (None: absent, not a regular file, or not probed)
-    int | None,  # disk mtime_ns of the final file
-    bool,  # a .part may be on disk (the disk was probed and the file's folder exists)
-    str | None,  # recorded href, only when it is not the catalog's (None: the same, or unknown)
-]
-"""One row of :meth:`Selection.iter_state_rows`, in :class:`LocalFile`'s field order (the
-recorded href last, as in :class:`LocalFile`)."""
-
-
 def row_objects(row: StateRow, tree: Tree | Path | None) -> tuple[DesiredAsset, LocalFile]:
     """The objects of one state row; with a ``tree``, the part is looked at too (when the
     probe said one may be there)."""
-    rel_path, href, size, checksum, state, rec_size, rec_mtime, rec_checksum, error = row[:9]
     part_size = None
-    if row[11] and (tree := _as_tree(tree)) is not None:
-        part_size = tree.part_size(rel_path)
+    if row.part_maybe and (tree := _as_tree(tree)) is not None:
+        part_size = tree.part_size(row.rel_path)
     return (
-        DesiredAsset(rel_path, href, size, checksum),
+        DesiredAsset(row.rel_path, row.href, row.size, row.checksum),
         LocalFile(
-            rel_path,
-            state,
-            rec_size,
-            rec_mtime,
-            rec_checksum,
-            row[9],
-            row[10],
+            row.rel_path,
+            row.state,
+            row.recorded_size,
+            row.recorded_mtime_ns,
+            row.recorded_checksum,
+            row.disk_size,
+            row.disk_mtime_ns,
             part_size,
-            error,
-            row[12],
+            row.last_error,
+            row.recorded_href,
         ),
     )
 

@@ -182,9 +182,20 @@ def _has_catalog(db: AssetDB) -> bool:
 
 def _category(row: StateRow, tree: Tree) -> str:
     """complete, partial, failed, missing or modified: the planner's verdict, in words."""
-    if planner.recorded_up_to_date(*row[2:8], row[9], row[10], row[1], row[12]):
+    if planner.recorded_up_to_date(
+        row.size,
+        row.checksum,
+        row.state,
+        row.recorded_size,
+        row.recorded_mtime_ns,
+        row.recorded_checksum,
+        row.disk_size,
+        row.disk_mtime_ns,
+        row.href,
+        row.recorded_href,
+    ):
         return "complete"
-    if row[4] is FileState.MISSING and row[9] is None and not row[11]:
+    if row.state is FileState.MISSING and row.disk_size is None and not row.part_maybe:
         return "missing"
     desired, local = row_objects(row, tree)
     if planner.classify(desired, local).kind is ActionKind.UP_TO_DATE:
@@ -255,7 +266,7 @@ def _count(db: AssetDB, target: SyncTarget, tree: Tree) -> AssetCounts:
             category = _category(row, tree)
             tally[category] += 1
             selected += 1
-            size = row[2]
+            size = row.size
             if size is not None:
                 selected_bytes += size
                 if category == "complete":
@@ -418,9 +429,9 @@ class _Reader:
                 else:
                     self.report.drifted.append(judged)
                 self.files_task.advance(1)
-                to_read -= row[2] or 0
+                to_read -= row.size or 0
                 continue
-            to_read += judged.size - (row[2] or 0)  # the catalog may not give the size
+            to_read += judged.size - (row.size or 0)  # the catalog may not give the size
             self._set_total(to_read)
             future = self.pool.submit(
                 self.tree.hash,
@@ -468,8 +479,9 @@ class _Reader:
 def _judge(db: AssetDB, row: StateRow) -> _Job | Drift | None:
     """What to do about one selected file without reading it: a drift seen from its size
     alone, a read to compare its digest, or None (unverifiable: nothing to compare with)."""
-    rel_path, _href, size, checksum, state, rec_size, rec_mtime = row[:7]
-    disk_size, disk_mtime = row[9], row[10]
+    rel_path, size, checksum, state = row.rel_path, row.size, row.checksum, row.state
+    rec_size, rec_mtime = row.recorded_size, row.recorded_mtime_ns
+    disk_size, disk_mtime = row.disk_size, row.disk_mtime_ns
     if disk_size is None:
         return Drift(rel_path, DriftKind.MISSING, _MISSING_DETAIL[state])
     expected_size = size if size is not None else rec_size

@@ -461,13 +461,21 @@ def _stream_plan(
     up_to_date, count_up_to_date = planner.recorded_up_to_date, builder.add_up_to_date
     add_new, missing = builder.add_new, FileState.MISSING
     for row in selection.iter_state_rows(tree):
-        # The two common cases without building objects: never seen, and synced.
-        if row[4] is missing:
-            if row[9] is None and not row[11] and (not moves or row[0] not in moves):
-                add_new(*row[:4])
+        # The two common cases without building objects: never seen, and synced (the row's
+        # fields unpacked by name at once: cheaper than an attribute lookup each).
+        (
+            rel_path, href, size, checksum, state, recorded_size, recorded_mtime_ns,
+            recorded_checksum, _error, disk_size, disk_mtime_ns, part_maybe, recorded_href,
+        ) = row  # fmt: skip
+        if state is missing:
+            if disk_size is None and not part_maybe and (not moves or rel_path not in moves):
+                add_new(rel_path, href, size, checksum)
                 continue
-        elif counted_fast and up_to_date(*row[2:8], row[9], row[10], row[1], row[12]):
-            count_up_to_date(row[2])
+        elif counted_fast and up_to_date(
+            size, checksum, state, recorded_size, recorded_mtime_ns, recorded_checksum,
+            disk_size, disk_mtime_ns, href, recorded_href,
+        ):  # fmt: skip
+            count_up_to_date(size)
             continue
         desired, local = row_objects(row, tree)
         action = planner.classify(desired, local, if_exists=if_exists)
