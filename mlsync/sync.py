@@ -170,46 +170,6 @@ class DatasetSync:
 
     # --- plan and apply -------------------------------------------------------------------
 
-    def _build_plan(
-        self,
-        db: AssetDB,
-        dataset_dir: Path,
-        keep: int | None = None,
-        if_exists: IfExists = IfExists.RESUME,
-    ) -> tuple[planner.Plan, list[FileUpdate]]:
-        """Selected assets against the database and the disk, streamed through the planner;
-        also the database rows the disk contradicts (see ``DatasetPlan.reconcile``).
-        ``keep``: actions kept per kind, for a plan that is only shown (None: all);
-        ``if_exists``: the planner's policy for existing files."""
-        f = self.target.filter
-        if self.target.catalog_only:
-            return planner.PlanBuilder(self.target.name, keep=keep).build(), []
-        item_pred: ItemPredicate | None = None
-        if f.time is not None or f.bbox is not None or f.intersects is not None:
-            item_pred = partial(item_selected, f)
-        asset_pred: AssetPredicate | None = (
-            None if f.collections is None else partial(asset_selected, f)
-        )
-        tree = LocalTree(dataset_dir)
-        with db.select(item_pred, asset_pred) as selection:
-            name = self.target.name
-            builder, reconcile, moved = _stream_plan(name, selection, tree, keep, if_exists, {})
-            if if_exists is not IfExists.OVERWRITE and builder.count(ActionKind.ADD):
-                # Files already on disk under a path no longer selected, by the path that now
-                # wants their href: renamed by apply instead of downloaded. Looked for only
-                # when there is something to add (overwrite fetches everything); found, the
-                # plan is made again with them.
-                moves = selection.move_sources(tree)
-                if moves:
-                    builder, reconcile, moved = _stream_plan(
-                        name, selection, tree, keep, if_exists, moves
-                    )
-            orphaned = selection.iter_orphaned()
-            if moved:
-                orphaned = (local for local in orphaned if local.rel_path not in moved)
-            builder.extend(planner.orphans(orphaned))
-        return builder.build(), reconcile
-
     def _check_filter(self, db: AssetDB, status: CatalogStatus) -> None:
         """Fail on collection ids or asset keys the ingested catalog lacks: a typo would
         otherwise select nothing and pass as "No changes" (catalog_only selects nothing).
@@ -283,7 +243,9 @@ class DatasetSync:
     ) -> DatasetPlan:
         status = self.source.refresh(db, dirs.catalog, frozen=frozen)
         self._check_filter(db, status)
-        plan, reconcile = self._build_plan(db, dirs.assets, keep, self.if_exists)
+        plan, reconcile = build_plan(
+            self.target, db, LocalTree(dirs.assets), keep=keep, if_exists=self.if_exists
+        )
         if self.target.manifest is not None:
             stamp_owner(
                 db,
@@ -443,6 +405,49 @@ _MISSING_HINTS: dict[str | None, str] = {
 """Why a source's catalog may lack collections the dataset does have, by source kind."""
 
 
+def build_plan(
+    target: SyncTarget,
+    db: AssetDB,
+    tree: Tree | Path,
+    *,
+    keep: int | None = None,
+    if_exists: IfExists = IfExists.RESUME,
+) -> tuple[planner.Plan, list[FileUpdate]]:
+    """The target's selected assets against the database and the tree (a dataset directory
+    is its local tree), streamed through the planner; also the database rows the disk
+    contradicts (see ``DatasetPlan.reconcile``). ``keep``: actions kept per kind, for a plan
+    that is only shown (None: all); ``if_exists``: the planner's policy for existing files.
+    Reads the catalog the database holds; fetches nothing."""
+    tree = LocalTree(tree) if isinstance(tree, Path) else tree
+    f = target.filter
+    if target.catalog_only:
+        return planner.PlanBuilder(target.name, keep=keep).build(), []
+    item_pred: ItemPredicate | None = None
+    if f.time is not None or f.bbox is not None or f.intersects is not None:
+        item_pred = partial(item_selected, f)
+    asset_pred: AssetPredicate | None = (
+        None if f.collections is None else partial(asset_selected, f)
+    )
+    with db.select(item_pred, asset_pred) as selection:
+        name = target.name
+        builder, reconcile, moved = _stream_plan(name, selection, tree, keep, if_exists, {})
+        if if_exists is not IfExists.OVERWRITE and builder.count(ActionKind.ADD):
+            # Files already on disk under a path no longer selected, by the path that now
+            # wants their href: renamed by apply instead of downloaded. Looked for only
+            # when there is something to add (overwrite fetches everything); found, the
+            # plan is made again with them.
+            moves = selection.move_sources(tree)
+            if moves:
+                builder, reconcile, moved = _stream_plan(
+                    name, selection, tree, keep, if_exists, moves
+                )
+        orphaned = selection.iter_orphaned()
+        if moved:
+            orphaned = (local for local in orphaned if local.rel_path not in moved)
+        builder.extend(planner.orphans(orphaned))
+    return builder.build(), reconcile
+
+
 def _stream_plan(
     name: str,
     selection: Selection,
@@ -568,17 +573,22 @@ def download_dataset(
         if path is not None:
             _make_dir(path)
     settings = resolve_settings(api_key=api_key, profile=profile, root_url=root_url)
+    from mlsync.workflow import apply_targets  # the workflow builds on this module
+
     with HubSession(settings) as session:
-        sync = DatasetSync(
+        outcome = apply_targets(
             session,
-            target,
+            [target],
             sink=on_event or ignore,
+            prune=prune,
             workers=workers,
             if_exists=policy,
             asset_output_dir=asset_output_dir,
             asset_database=not catalog_only,
         )
-        return sync.apply(prune=prune)
+    if outcome.failures:
+        raise outcome.failures[0]
+    return outcome.results[0]
 
 
 __all__ = [
@@ -590,5 +600,6 @@ __all__ = [
     "DownloadResult",
     "SourceSpec",
     "SyncTarget",
+    "build_plan",
     "download_dataset",
 ]
