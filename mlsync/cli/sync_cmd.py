@@ -9,13 +9,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from mlsync import planner
+from mlsync import planner, workflow
 from mlsync import status as status_lib
 from mlsync.cli.hubargs import DEFAULT_MANIFEST, settings_for
 from mlsync.cli.render import (
@@ -38,13 +39,11 @@ from mlsync.removed import RemovedDataset, remove_dataset
 from mlsync.sync import DatasetPlan, DatasetResult, SyncTarget
 from mlsync.workflow import (
     ApplyGate,
-    Project,
     apply_targets,
     check_saved_manifest,
     dataset_id_of,
     frozen_entry,
     has_changes,
-    load_project,
     load_saved_plan,
     make_plans,
     removed_datasets,
@@ -159,8 +158,17 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
 # --- manifest → targets (mlsync.workflow) ---------------------------------------------------
 
 
-def _session(project: Project, args: argparse.Namespace) -> HubSession:
-    return HubSession(settings_for(args, project.manifest))
+@dataclass
+class Project(workflow.Project):
+    """The workflow's project, with the session the command line's options make."""
+
+    def session(self, args: argparse.Namespace) -> HubSession:
+        return HubSession(settings_for(args, self.manifest))
+
+
+def load_project(manifest_arg: str, only: list[str] | None = None) -> Project:
+    found = workflow.load_project(manifest_arg, only)
+    return Project(found.manifest, found.path, found.lock_path, found.lock, found.targets)
 
 
 # --- validate -----------------------------------------------------------------------------
@@ -273,7 +281,7 @@ def _make_plans(
     renderer: ProgressRenderer,
     keep: int | None = None,
 ) -> list[DatasetPlan]:
-    with _session(project, args) as session:
+    with project.session(args) as session:
         return make_plans(project, session, sink=renderer, frozen=args.frozen, keep=keep)
 
 
@@ -446,7 +454,7 @@ def _apply(
     )
     with (
         ProgressRenderer(console, quiet=args.quiet or args.json) as renderer,
-        _session(project, args) as session,
+        project.session(args) as session,
     ):
         outcome = apply_targets(
             session,
