@@ -42,6 +42,7 @@ from mlsync.planner import (
     json_opt_str,
     json_problem,
     json_str,
+    short_sha,
 )
 from mlsync.tree.local import write_atomically
 
@@ -58,7 +59,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION: Final = 1
-_SHA_SHOWN = 12
 _NEW_FILE_MODE = 0o644
 
 
@@ -223,8 +223,8 @@ def compare(locked: LockEntry, now: LockEntry) -> list[str]:
         )
     if locked.catalog.sha256 != now.catalog.sha256:
         differences.append(
-            f"catalog sha256 changed ({_short(locked.catalog.sha256)} → "
-            f"{_short(now.catalog.sha256)})"
+            f"catalog sha256 changed ({short_sha(locked.catalog.sha256)} → "
+            f"{short_sha(now.catalog.sha256)})"
         )
     delta = now.selected_assets - locked.selected_assets
     if delta:
@@ -267,7 +267,3 @@ def check_frozen(
             f"--frozen: the hub no longer matches {lock_path}: {'; '.join(problems)}. "
             "Review with `mlsync plan` (without --frozen), which updates the lock file"
         )
-
-
-def _short(sha: str) -> str:
-    return sha[:_SHA_SHOWN] + "…" if len(sha) > _SHA_SHOWN else sha

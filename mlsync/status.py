@@ -54,7 +54,6 @@ __all__ = [
     "verify_dataset",
 ]
 
-READ_CHUNK: Final = 1 << 20
 DEFAULT_VERIFY_WORKERS: Final = 4
 """Parallel reads: enough to keep a disk or a network file system busy, few enough to leave
 the machine usable."""

@@ -20,6 +20,9 @@ from mlsync import planner, workflow
 from mlsync import status as status_lib
 from mlsync.cli.hubargs import DEFAULT_MANIFEST, settings_for
 from mlsync.cli.render import (
+    EXIT_CHANGES,
+    EXIT_ERROR,
+    EXIT_OK,
     ProgressRenderer,
     human_bytes,
     print_json,
@@ -52,7 +55,6 @@ from mlsync.workflow import (
     write_plan_file,
 )
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 MANIFEST_HELP = f"the manifest file (default: {DEFAULT_MANIFEST} in the current directory)"
 SHOWN_ACTIONS = 15
 _SYMBOL = {

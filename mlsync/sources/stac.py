@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -250,6 +251,30 @@ def needs_ingest(db: AssetDB, digest: Digest) -> bool:
         db.get_meta(META_INGESTED_SHA) != digest.sha256
         or db.get_meta(META_INGEST_RULES) != INGEST_RULES
     )
+
+
+def ingest_if_changed(
+    db: AssetDB,
+    cache: DocumentCache,
+    digest: Digest,
+    *,
+    name: str,
+    sink: EventSink,
+    problems: ProblemNotices,
+    label: Callable[[str], str] = str,
+) -> bool:
+    """The refresh's last step for a STAC source: index the resolved documents when the
+    catalog tables are not yet theirs (:func:`needs_ingest`); whether it did."""
+    if not needs_ingest(db, digest):
+        problems.summarise()
+        return False
+    indexed = ingest_documents(
+        db, cache, digest, name=name, sink=sink, problems=problems, label=label
+    )
+    logging.getLogger("mlsync.sources").info(
+        "%s: %s assets in stac catalog", name, f"{indexed.assets:,}"
+    )
+    return True
 
 
 def links(
