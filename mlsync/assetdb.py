@@ -49,12 +49,12 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import orjson
 
 from mlsync import layout
+from mlsync.closing import Closing
 from mlsync.errors import LocalWriteError, StateError, UnsafePathError
 from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile, StateRow
 from mlsync.tree.base import Tree
@@ -322,7 +322,7 @@ def _json_default(value: object) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-class AssetDB:
+class AssetDB(Closing):
     """One dataset's asset database. Open with :meth:`open`; use as a context manager."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
@@ -435,17 +435,6 @@ class AssetDB:
             self.commit()
         finally:
             self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def schema_version(self) -> int:
@@ -1076,7 +1065,7 @@ class CatalogIngest:
         self._db._ingest_done()
 
 
-class Selection:
+class Selection(Closing):
     """The catalog narrowed by an item predicate and an asset predicate.
 
     The predicates run once, in Python: ``item_pred`` over every item, ``asset_pred`` over the
@@ -1172,17 +1161,6 @@ class Selection:
         """Drop the TEMP tables (closing the database drops them too)."""
         while self._tables:
             self.db._conn.execute(f"DROP TABLE IF EXISTS temp.{self._tables.pop()}")
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def count(self) -> int:
         """How many distinct paths are selected."""

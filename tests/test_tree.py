@@ -12,7 +12,7 @@ import pytest
 
 from mlsync.errors import LocalWriteError, LockHeldError, UnsafePathError
 from mlsync.runlock import LOCK_FILE_NAME, RunLock
-from mlsync.tree import ABSENT, ABSENT_NO_PART, FileFacts, ProbeResult, ReadStopped, Tree
+from mlsync.tree.base import ABSENT, ABSENT_NO_PART, FileFacts, ProbeResult, ReadStopped, Tree
 from mlsync.tree.local import LocalTree, write_atomically
 
 DATA = b"0123456789" * 100

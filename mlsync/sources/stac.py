@@ -26,13 +26,13 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 from urllib.parse import urljoin, urlsplit
 
 from mlsync import catalog as catalog_mod
 from mlsync import layout
 from mlsync.assetdb import AssetDB, IngestStats, connect
+from mlsync.closing import Closing
 from mlsync.errors import StateError, UnsafePathError
 from mlsync.events import EventSink, Task
 from mlsync.sources.base import META_INGESTED_SHA, ProblemNotices, common_path, fetchable
@@ -95,7 +95,7 @@ class Digest:
     documents: int
 
 
-class DocumentCache:
+class DocumentCache(Closing):
     """The cache of one dataset directory; one refresh at a time (the run lock sees to it).
 
     :meth:`begin` starts a resolution, :meth:`commit` makes it the current one.
@@ -125,17 +125,6 @@ class DocumentCache:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
         self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- one resolution ----------------------------------------------------------------
 
