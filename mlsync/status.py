@@ -37,7 +37,6 @@ from mlsync.errors import StateError
 from mlsync.events import EventSink, Task, ignore
 from mlsync.filters import DownloadFilter, asset_selected, item_selected
 from mlsync.records import ActionKind, FileState
-from mlsync.runlock import RunLock
 from mlsync.sources import SyncTarget
 from mlsync.transfer import parse_checksum
 from mlsync.tree.base import ReadStopped, Tree
@@ -339,7 +338,7 @@ def verify_dataset(
         with ExitStack() as stack:
             if writable(db_path):
                 # It marks what drifted: not while an apply rewrites those files and rows.
-                stack.enter_context(RunLock.for_dataset(dataset_dir, command="status --verify"))
+                stack.enter_context(LocalTree(dataset_dir).run_lock("status --verify"))
                 db = stack.enter_context(AssetDB.open(db_path))
             else:
                 db = stack.enter_context(AssetDB.open_read_only(db_path))

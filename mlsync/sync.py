@@ -57,7 +57,6 @@ from mlsync.records import (
     PlannedAction,
 )
 from mlsync.removed import stamp_owner
-from mlsync.runlock import RunLock
 from mlsync.sources import CatalogSource, CatalogStatus, SourceSpec, SyncTarget, make_source
 from mlsync.sources.mlhub import MLHubSource
 from mlsync.tree.base import Tree
@@ -272,8 +271,8 @@ class DatasetSync:
         _make_dir(asset_dir)
         with ExitStack() as stack:
             if not os.path.samefile(catalog_dir, asset_dir):
-                stack.enter_context(RunLock.for_dataset(catalog_dir, command=command))
-            stack.enter_context(RunLock.for_dataset(asset_dir, command=command))
+                stack.enter_context(LocalTree(catalog_dir).run_lock(command))
+            stack.enter_context(LocalTree(asset_dir).run_lock(command))
             db = stack.enter_context(
                 AssetDB.open(asset_dir / layout.ASSET_DB_NAME)
                 if self.asset_database
