@@ -23,6 +23,7 @@ from mlsync.errors import (
     StalePlanError,
 )
 from mlsync.events import EventSink, ignore
+from mlsync.hub.config import HubSettings, resolve_settings
 from mlsync.hub.http import HubSession
 from mlsync.lockfile import LockEntry, LockFile, check_frozen, read_lock, write_lock
 from mlsync.manifest import Manifest, load_manifest
@@ -40,6 +41,7 @@ __all__ = [
     "dataset_id_of",
     "frozen_entry",
     "has_changes",
+    "hub_settings",
     "load_project",
     "load_saved_plan",
     "lock_path_for",
@@ -64,6 +66,47 @@ class Project:
     lock_path: Path
     lock: LockFile
     targets: list[SyncTarget]
+
+    def open_session(
+        self,
+        *,
+        api_key: str | None = None,
+        profile: str | None = None,
+        root_url: str | None = None,
+        ca_bundle: Path | None = None,
+    ) -> HubSession:
+        """A session with the manifest's hub (what is given here first; see
+        :func:`hub_settings`), for :func:`make_plans` and :func:`apply_targets`."""
+        return HubSession(
+            hub_settings(
+                self.manifest,
+                api_key=api_key,
+                profile=profile,
+                root_url=root_url,
+                ca_bundle=ca_bundle,
+            )
+        )
+
+
+def hub_settings(
+    manifest: Manifest | None,
+    *,
+    api_key: str | None = None,
+    profile: str | None = None,
+    root_url: str | None = None,
+    ca_bundle: Path | None = None,
+) -> HubSettings:
+    """Which hub to talk to: what is given here, then the manifest's ``hub:``, then the
+    environment and profile (:func:`mlsync.hub.config.resolve_settings`). The CLI's options
+    are the "given here", so every command and the library pick the same hub."""
+    hub = manifest.hub if manifest is not None else None
+    return resolve_settings(
+        api_key=api_key,
+        profile=profile or (hub.profile if hub else None),
+        root_url=root_url or (hub.root_url if hub else None),
+        api_key_env=None if api_key or hub is None else hub.api_key_env,
+        ca_bundle=ca_bundle or (manifest.resolved_ca_bundle if manifest is not None else None),
+    )
 
 
 def lock_path_for(manifest_path: Path) -> Path:
