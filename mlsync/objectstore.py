@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 from mlsync.errors import ConfigurationError, ObjectStoreError, TransferError
@@ -214,7 +214,7 @@ class ObjectStore:
         return ObjectInfo(
             rel,
             int(answer.get("ContentLength", 0)),
-            answer.get("ETag"),
+            _etag(answer.get("ETag")),
             metadata.get(SHA256_META),
             int(modified.timestamp() * 1e9) if modified is not None else 0,
         )
@@ -230,7 +230,7 @@ class ObjectStore:
                     yield ObjectInfo(
                         self.location.rel(meta["path"]),
                         int(meta["size"]),
-                        meta.get("e_tag"),
+                        _etag(meta.get("e_tag")),
                         None,
                         int(modified.timestamp() * 1e9),
                     )
@@ -257,6 +257,31 @@ class ObjectStore:
             return None
         except Exception as exc:
             raise self._error(exc, "read", rel) from None
+
+    def iter_bytes(self, rel: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object's bytes, streamed (``status --verify`` hashes them)."""
+        import obstore
+
+        try:
+            result = obstore.get(self._store, self.location.key(rel))
+            for chunk in result.stream(min_chunk_size=chunk_size):
+                yield bytes(chunk)
+        except Exception as exc:
+            if type(exc).__name__ == "NotFoundError":
+                raise FileNotFoundError(self.location.url(rel)) from None
+            raise self._error(exc, "read", rel) from None
+
+    def open_read(self, rel: str) -> BinaryIO:
+        """The object as a file to read (streamed); FileNotFoundError when absent."""
+        try:
+            answer = self._boto().get_object(
+                Bucket=self.location.bucket, Key=self.location.key(rel)
+            )
+        except Exception as exc:
+            if _status_of(exc) == 404:
+                raise FileNotFoundError(self.location.url(rel)) from None
+            raise self._error(exc, "read", rel) from None
+        return cast(BinaryIO, answer["Body"])
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -292,8 +317,7 @@ class ObjectStore:
             )
         except Exception as exc:
             raise self._error(exc, "write", rel) from None
-        etag = result.get("e_tag")
-        return str(etag) if etag is not None else None
+        return _etag(result.get("e_tag"))
 
     def delete(self, rel: str) -> None:
         import obstore
@@ -328,7 +352,7 @@ class ObjectStore:
             )
         except Exception as exc:
             raise self._error(exc, "write", rel) from None
-        return str(answer["ETag"])
+        return _etag(answer["ETag"]) or ""
 
     def list_parts(self, rel: str, upload_id: str) -> dict[int, tuple[str, int]] | None:
         """Part number -> (ETag, size) of an upload the server still has; None if gone."""
@@ -344,7 +368,7 @@ class ObjectStore:
                     PartNumberMarker=marker,
                 )
                 for part in answer.get("Parts", []):
-                    parts[int(part["PartNumber"])] = (str(part["ETag"]), int(part["Size"]))
+                    parts[int(part["PartNumber"])] = (_etag(part["ETag"]) or "", int(part["Size"]))
                 if not answer.get("IsTruncated"):
                     return parts
                 marker = int(answer["NextPartNumberMarker"])
@@ -374,8 +398,7 @@ class ObjectStore:
             )
         except Exception as exc:
             raise self._error(exc, "write", rel) from None
-        etag = answer.get("ETag")
-        return str(etag) if etag is not None else None
+        return _etag(answer.get("ETag"))
 
     def set_sha256(self, rel: str, sha256: str, etag: str | None) -> str | None:
         """Add the sha256 to an object's metadata (a server-side copy onto itself, of that
@@ -393,8 +416,7 @@ class ObjectStore:
             )
         except Exception as exc:
             raise self._error(exc, "write", rel) from None
-        result = answer.get("CopyObjectResult", {}).get("ETag")
-        return str(result) if result is not None else etag
+        return _etag(answer.get("CopyObjectResult", {}).get("ETag")) or etag
 
     def pending_uploads(self, rel_prefix: str = "") -> list[PendingUpload]:
         """Multipart uploads begun below ``rel_prefix`` and neither completed nor aborted."""
@@ -505,6 +527,14 @@ class ObjectStore:
                 retryable=True,
             )
         return ObjectStoreError(redact(f"S3 {action} of {where} failed: {one_line(str(exc), 300)}"))
+
+
+def _etag(value: object) -> str | None:
+    """An ETag in its quoted form, as If-Match sends it (servers differ in what they return)."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if text.startswith(('"', "W/")) else f'"{text}"'
 
 
 def _timedelta(seconds: float) -> Any:

@@ -7,7 +7,6 @@ one-line errors for every way the store can be unusable, and credentials never p
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import signal
 import subprocess
@@ -15,15 +14,14 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mlsync.errors import ObjectStoreError
-from mlsync.hub.http import RetryPolicy, TransferClient
+from mlsync.errors import ObjectStoreError, TransferError
 from mlsync.objectstore import ConditionFailed, ObjectStore, S3Credentials, S3Location
-from mlsync.objectupload import ObjectUpload, ReplaceGuard, UploadJournal
+from mlsync.tree import ABSENT_NO_PART, FileFacts
+from mlsync.tree.s3 import S3Tree
 from tests.s3server import ADMIN_SECRET, READER_SECRET
 
 MiB = 1 << 20
@@ -36,83 +34,36 @@ def _store(server, bucket: str, monkeypatch, *, reader: bool = False, **override
     return ObjectStore(S3Location(bucket, "data"), S3Credentials.resolve())
 
 
-class _Files(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory; ``slow_after`` bytes in, each further MiB takes ``delay`` s."""
-
-    slow_after: int | None = None
-    delay = 0.0
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def copyfile(self, source, outputfile) -> None:  # type: ignore[override]
-        sent = 0
-        while block := source.read(256 * 1024):
-            if self.slow_after is not None and sent >= self.slow_after:
-                time.sleep(self.delay / 4)
-            outputfile.write(block)
-            sent += len(block)
+def _tree(store: ObjectStore, tmp_path: Path, name: str = "state") -> S3Tree:
+    return S3Tree(store, tmp_path / name, part_size=PART)
 
 
-@pytest.fixture
-def files(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    root = tmp_path / "src"
-    root.mkdir()
-
-    class Handler(_Files):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-    class Server(http.server.ThreadingHTTPServer):
-        def handle_error(self, request, client_address) -> None:
-            pass  # a client killed mid-body (the SIGKILL test)
-
-    server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def _write(tree: S3Tree, rel: str, body: bytes, *, resume: bool = False, replacing=None):
+    """What a transfer does: the part, every chunk, the commit."""
+    part = tree.open_part(rel, resume=resume)
+    try:
+        assert part.offset == 0  # an object part always (re)starts from byte 0
+        for start in range(0, len(body), 1 << 20):
+            part.write(body[start : start + (1 << 20)])
+        return part, tree.commit(part, replacing=replacing)
+    finally:
+        part.close()
 
 
-def _upload(store, href, rel, journal, client, **kwargs) -> ObjectUpload:
-    return ObjectUpload(
-        lambda offset, if_range: client.open(href, offset=offset, if_range=if_range),
-        store,
-        rel,
-        href=href,
-        journal=journal,
-        label=rel,
-        policy=RetryPolicy(attempts=2, backoff_initial=0.01),
-        part_size=PART,
-        **kwargs,
-    )
-
-
-def test_small_asset_is_one_put_with_sha256_metadata(
-    s3_server, s3_bucket, monkeypatch, files, tmp_path
-):
-    root, base = files
+def test_small_object_is_one_put_with_sha256_metadata(s3_server, s3_bucket, monkeypatch, tmp_path):
     body = os.urandom(4096)
-    (root / "a.tif").write_bytes(body)
-    store = _store(s3_server, s3_bucket, monkeypatch)
-    client = TransferClient()
-    outcome = _upload(
-        store,
-        f"{base}/a.tif",
-        "c/i/a.tif",
-        UploadJournal(tmp_path / "j"),
-        client,
-        expected_size=4096,
-    ).run()
+    tree = _tree(_store(s3_server, s3_bucket, monkeypatch), tmp_path)
+    assert list(tree.probe(["c/i/a.tif"])) == [ABSENT_NO_PART]
+    part, facts = _write(tree, "c/i/a.tif", body)
     sha = hashlib.sha256(body).hexdigest()
-    assert outcome.sha256 == sha
-    s3 = s3_server.boto3()
-    got = s3.get_object(Bucket=s3_bucket, Key="data/c/i/a.tif")
+    assert facts.sha256 == sha and facts.size == 4096 and part.parts_sent == 0
+    got = s3_server.boto3().get_object(Bucket=s3_bucket, Key="data/c/i/a.tif")
     assert got["Body"].read() == body
     assert got["Metadata"]["sha256"] == sha
-    listed = store.list_with_metadata("c")
-    assert [(o.rel, o.size, o.sha256) for o in listed] == [("c/i/a.tif", 4096, sha)]
+    [probed] = tree.probe(["c/i/a.tif"])
+    assert probed.size == 4096 and probed.etag == facts.etag
+    assert tree.hash("c/i/a.tif") == (sha, 4096)
+    assert tree.facts("c/i/a.tif") == (4096, probed.mtime_ns, facts.etag, sha)
 
 
 def test_create_never_overwrites_and_if_match_guards_replacement(s3_server, s3_bucket, monkeypatch):
@@ -129,169 +80,167 @@ def test_create_never_overwrites_and_if_match_guards_replacement(s3_server, s3_b
     assert store.get("k.bin") == b"two"
 
 
+@pytest.mark.parametrize("size", [1000, 2 * PART + 10], ids=["put", "multipart"])
 def test_two_writers_of_different_bytes_cannot_both_win(
-    s3_server, s3_bucket, monkeypatch, files, tmp_path
+    s3_server, s3_bucket, monkeypatch, tmp_path, size
 ):
-    root, base = files
-    (root / "x.bin").write_bytes(b"A" * 1000)
-    (root / "y.bin").write_bytes(b"B" * 1000)
     store = _store(s3_server, s3_bucket, monkeypatch)
-    client = TransferClient()
-    results: list[object] = []
+    bodies = {"x": b"A" * size, "y": b"B" * size}
+    results: dict[str, object] = {}
     barrier = threading.Barrier(2)
 
     def write(name: str) -> None:
-        upload = _upload(
-            store, f"{base}/{name}", "same.bin", UploadJournal(tmp_path / name), client
-        )
+        tree = _tree(store, tmp_path, name)  # two machines: two states
+        part = tree.open_part("same.bin", resume=False)
+        part.write(bodies[name])
         barrier.wait()
         try:
-            results.append(upload.run())
+            results[name] = tree.commit(part)
         except ConditionFailed as exc:
-            results.append(exc)
+            results[name] = exc
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in ("x.bin", "y.bin")]
+    threads = [threading.Thread(target=write, args=(n,)) for n in bodies]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(type(r).__name__ for r in results) == ["ConditionFailed", "TransferOutcome"]
-    assert store.get("same.bin") in (b"A" * 1000, b"B" * 1000)
+    losers = [n for n, r in results.items() if isinstance(r, ConditionFailed)]
+    assert len(losers) == 1
+    [winner] = set(bodies) - set(losers)
+    assert store.get("same.bin") == bodies[winner]
+    assert store.pending_uploads() == []
 
 
-def test_large_asset_goes_multipart_and_a_replacement_needs_the_seen_etag(
-    s3_server, s3_bucket, monkeypatch, files, tmp_path
+def test_a_writer_that_lost_to_the_same_bytes_has_lost_nothing(
+    s3_server, s3_bucket, monkeypatch, tmp_path
 ):
-    root, base = files
-    body = os.urandom(2 * PART + 1234)
-    (root / "big.tif").write_bytes(body)
     store = _store(s3_server, s3_bucket, monkeypatch)
-    client = TransferClient()
-    journal = UploadJournal(tmp_path / "j")
-    upload = _upload(store, f"{base}/big.tif", "big.tif", journal, client, expected_size=len(body))
-    upload.run()
-    assert upload.parts_sent == 3
+    _write(_tree(store, tmp_path, "one"), "same.bin", b"same" * 100)
+    _, facts = _write(_tree(store, tmp_path, "two"), "same.bin", b"same" * 100)
+    assert facts.sha256 == hashlib.sha256(b"same" * 100).hexdigest()
+
+
+def test_large_object_goes_multipart_and_a_replacement_needs_the_seen_etag(
+    s3_server, s3_bucket, monkeypatch, tmp_path
+):
+    body = os.urandom(2 * PART + 1234)
+    store = _store(s3_server, s3_bucket, monkeypatch)
+    tree = _tree(store, tmp_path)
+    part, facts = _write(tree, "big.tif", body)
+    assert part.parts_sent == 3
     head = store.head("big.tif")
     assert head is not None and head.sha256 == hashlib.sha256(body).hexdigest()
-    assert hashlib.sha256(store.get("big.tif") or b"").digest() == hashlib.sha256(body).digest()
-    assert journal.records() == []
-    assert store.pending_uploads() == []
+    assert head.etag == facts.etag
+    assert store.get("big.tif") == body
+    assert tree.journal.records() == [] and store.pending_uploads() == []
     # A replacement by a writer that saw an older version fails, and leaves no upload behind.
-    stale = _upload(
-        store,
-        f"{base}/big.tif",
-        "big.tif",
-        journal,
-        client,
-        replace=ReplaceGuard('"00000000000000000000000000000000-3"'),
-    )
+    stale = FileFacts(len(body), 0, '"00000000000000000000000000000000-3"')
     with pytest.raises(ConditionFailed):
-        stale.run()
+        _write(tree, "big.tif", os.urandom(len(body)), replacing=stale)
     assert store.pending_uploads() == []
     assert store.head("big.tif") == head
+    new = os.urandom(len(body))
+    _write(tree, "big.tif", new, replacing=tree.facts("big.tif"))
+    assert store.get("big.tif") == new
 
 
-_KILLED_UPLOAD = textwrap.dedent(
+_KILLED_WRITER = textwrap.dedent(
     """
-    import sys
+    import sys, time
     from pathlib import Path
-    from mlsync.hub.http import TransferClient
     from mlsync.objectstore import ObjectStore, S3Credentials, S3Location
-    from mlsync.objectupload import ObjectUpload, UploadJournal
-    bucket, href, journal = sys.argv[1:4]
-    client = TransferClient()
-    ObjectUpload(
-        lambda offset, if_range: client.open(href, offset=offset, if_range=if_range),
-        ObjectStore(S3Location(bucket, "data"), S3Credentials.resolve()),
-        "huge.tif", href=href, journal=UploadJournal(Path(journal)), label="huge.tif",
-        part_size=int(sys.argv[4]),
-    ).run()
+    from mlsync.tree.s3 import S3Tree
+    bucket, source, state, part_size = sys.argv[1:5]
+    tree = S3Tree(
+        ObjectStore(S3Location(bucket, "data"), S3Credentials.resolve()), Path(state),
+        part_size=int(part_size),
+    )
+    part = tree.open_part("huge.tif", resume=True)
+    body = Path(source).read_bytes()
+    for start in range(0, len(body), 1 << 20):
+        part.write(body[start : start + (1 << 20)])
+        if start >= 3 * int(part_size):
+            time.sleep(1)  # a slow source: the test kills the writer here
+    tree.commit(part)
     """
 )
 
 
 def test_sigkill_during_multipart_then_resume_sends_only_missing_parts(
-    s3_server, s3_bucket, monkeypatch, files, tmp_path
+    s3_server, s3_bucket, monkeypatch, tmp_path
 ):
-    root, base = files
     body = os.urandom(6 * PART + 777)
-    (root / "huge.tif").write_bytes(body)
-    _Files.slow_after, _Files.delay = 3 * PART, 2.0  # the source stalls after 3 parts
-    journal_dir = tmp_path / "journal"
+    source = tmp_path / "huge.tif"
+    source.write_bytes(body)
+    state = tmp_path / "state"
     env = {**os.environ, **s3_server.env()}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, s3_bucket, str(source), str(state), str(PART)],
+        env=env,
+    )
+    store = _store(s3_server, s3_bucket, monkeypatch)
+    tree = _tree(store, tmp_path)
     try:
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _KILLED_UPLOAD,
-                s3_bucket,
-                f"{base}/huge.tif",
-                str(journal_dir),
-                str(PART),
-            ],
-            env=env,
-        )
-        journal = UploadJournal(journal_dir)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            records = journal.records()
-            if records and len(records[0].parts) >= 2:
+        while time.monotonic() < deadline and child.poll() is None:
+            records = tree.journal.records()
+            if records and len(records[0].parts) >= 3:
                 break
             time.sleep(0.05)
+    finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    finally:
-        _Files.slow_after = None
-    [record] = journal.records()
-    store = _store(s3_server, s3_bucket, monkeypatch)
+    [record] = tree.journal.records()
     on_server = store.list_parts("huge.tif", record.upload_id)
-    assert on_server is not None and len(on_server) >= 2
+    assert on_server is not None and len(on_server) >= 3
     assert store.head("huge.tif") is None  # nothing visible under the final key
+    assert tree.part_size("huge.tif") == len(record.parts) * PART  # the planner's "resume"
+    [probed] = tree.probe(["huge.tif"])
+    assert probed.size is None and probed.part_maybe
     sent: list[int] = []
-    boto = store._boto()
-    boto.meta.events.register(
+    store._boto().meta.events.register(
         "provide-client-params.s3.UploadPart",
         lambda params, **kw: sent.append(params["PartNumber"]),
     )
-    upload = _upload(
-        store, f"{base}/huge.tif", "huge.tif", journal, TransferClient(), expected_size=len(body)
-    )
-    outcome = upload.run()
-    assert upload.parts_reused == len(on_server)
+    part, facts = _write(tree, "huge.tif", body, resume=True)
+    assert part.parts_reused == len(on_server)
     assert sorted(sent) == list(range(len(on_server) + 1, 8))  # 7 parts in all
-    assert outcome.sha256 == hashlib.sha256(body).hexdigest()
-    assert hashlib.sha256(store.get("huge.tif") or b"").hexdigest() == outcome.sha256
-    assert store.pending_uploads() == []
-    assert journal.records() == []
+    assert facts.sha256 == hashlib.sha256(body).hexdigest()
+    assert hashlib.sha256(store.get("huge.tif") or b"").hexdigest() == facts.sha256
+    assert store.pending_uploads() == [] and tree.journal.records() == []
 
 
 def test_a_changed_source_never_splices_into_an_interrupted_upload(
-    s3_server, s3_bucket, monkeypatch, files, tmp_path
+    s3_server, s3_bucket, monkeypatch, tmp_path
 ):
-    root, base = files
     store = _store(s3_server, s3_bucket, monkeypatch)
-    journal = UploadJournal(tmp_path / "j")
-    old = os.urandom(2 * PART + 10)
-    upload_id = store.create_upload("f.tif", sha256=None)
-    etag = store.upload_part("f.tif", upload_id, 1, old[:PART])
-    from mlsync.objectupload import UploadRecord
-
-    journal.save(
-        UploadRecord(
-            "f.tif",
-            upload_id,
-            f"{base}/f.tif",
-            len(old),
-            PART,
-            [(etag, hashlib.sha256(old[:PART]).hexdigest())],
-        )
-    )
-    new = os.urandom(len(old))
-    (root / "f.tif").write_bytes(new)
-    _upload(store, f"{base}/f.tif", "f.tif", journal, TransferClient()).run()
+    tree = _tree(store, tmp_path)
+    old = os.urandom(3 * PART)
+    part = tree.open_part("f.tif", resume=False)
+    part.write(old[: 2 * PART])  # two parts sent, then the run dies
+    part.close()
+    [record] = tree.journal.records()
+    new = old[:PART] + os.urandom(2 * PART)  # the first part is the same, the second is not
+    with pytest.raises(TransferError, match="source changed"):
+        _write(tree, "f.tif", new, resume=True)
+    assert store.pending_uploads() == []  # the old upload was aborted, not spliced
+    assert store.list_parts("f.tif", record.upload_id) is None
+    _write(tree, "f.tif", new, resume=True)  # the retry starts a new upload
     assert store.get("f.tif") == new
-    assert store.pending_uploads() == []
+
+
+def test_prune_and_orphaned_uploads_are_aborted(s3_server, s3_bucket, monkeypatch, tmp_path):
+    store = _store(s3_server, s3_bucket, monkeypatch)
+    tree = _tree(store, tmp_path)
+    part = tree.open_part("mine.tif", resume=False)
+    part.write(os.urandom(PART))
+    part.close()
+    stranger = store.create_upload("other.tif", sha256=None)  # a crashed writer elsewhere
+    assert tree.abort_orphaned_uploads() == ["other.tif"]
+    assert store.list_parts("other.tif", stranger) is None
+    assert [u.rel for u in store.pending_uploads()] == ["mine.tif"]  # the journal's stays
+    tree.remove("mine.tif")
+    assert store.pending_uploads() == [] and tree.journal.records() == []
 
 
 @pytest.mark.parametrize(
