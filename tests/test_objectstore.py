@@ -45,9 +45,9 @@ def _write(tree: S3Tree, rel: str, body: bytes, *, resume: bool = False, replaci
         assert part.offset == 0  # an object part always (re)starts from byte 0
         for start in range(0, len(body), 1 << 20):
             part.write(body[start : start + (1 << 20)])
-        return part, tree.commit(part, replacing=replacing)
     finally:
-        part.close()
+        part.close()  # as FileTransfer: the part is closed, then committed
+    return part, tree.commit(part, replacing=replacing)
 
 
 def test_small_object_is_one_put_with_sha256_metadata(s3_server, s3_bucket, monkeypatch, tmp_path):

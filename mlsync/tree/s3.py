@@ -208,7 +208,8 @@ class S3PartWriter:
         return FileFacts(self._size, time.time_ns())
 
     def close(self) -> None:
-        self._buffer = bytearray()
+        """Nothing to release: the bytes not yet sent (under one part) stay in memory for a
+        commit that follows the close (a transfer closes its part, then commits it)."""
 
     @property
     def sha256(self) -> str:
@@ -343,6 +344,7 @@ class S3Tree:
         try:
             if writer._upload is None:
                 etag = self.store.put(rel, bytes(writer._buffer), sha256=sha256, if_match=if_match)
+                writer._buffer.clear()
             else:
                 if writer._buffer:
                     writer._send(bytes(writer._buffer))
