@@ -77,6 +77,19 @@ class S3Location:
 
 
 @dataclass(frozen=True)
+class ObjectStoreTarget:
+    """An ``s3://`` output: where (each dataset below it, at ``{id}/``) and how to connect
+    (the credentials themselves are resolved when a run starts, never stored here)."""
+
+    location: S3Location
+    endpoint: str | None = None
+    profile: str | None = None
+
+    def credentials(self) -> S3Credentials:
+        return S3Credentials.resolve(endpoint=self.endpoint, profile=self.profile)
+
+
+@dataclass(frozen=True)
 class S3Credentials:
     """Where and as whom to connect; the secrets are excluded from ``repr``."""
 
@@ -609,6 +622,7 @@ __all__ = [
     "ConditionFailed",
     "ObjectInfo",
     "ObjectStore",
+    "ObjectStoreTarget",
     "PendingUpload",
     "S3Credentials",
     "S3Location",

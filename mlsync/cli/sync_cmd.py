@@ -182,6 +182,7 @@ def load_project(manifest_arg: str, only: list[str] | None = None) -> Project:
             catalog_only=spec.catalog_only,
             source=spec.to_source(),
             manifest=path,
+            object_store=spec.object_store(manifest),
         )
         for spec in manifest.datasets
     ]
