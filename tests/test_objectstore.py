@@ -62,6 +62,7 @@ def test_small_object_is_one_put_with_sha256_metadata(s3_server, s3_bucket, monk
     assert got["Metadata"]["sha256"] == sha
     [probed] = tree.probe(["c/i/a.tif"])
     assert probed.size == 4096 and probed.etag == facts.etag
+    assert probed.mtime_ns == facts.mtime_ns  # what the database records is what a probe sees
     assert tree.hash("c/i/a.tif") == (sha, 4096)
     assert tree.facts("c/i/a.tif") == (4096, probed.mtime_ns, facts.etag, sha)
 
@@ -131,6 +132,8 @@ def test_large_object_goes_multipart_and_a_replacement_needs_the_seen_etag(
     head = store.head("big.tif")
     assert head is not None and head.sha256 == hashlib.sha256(body).hexdigest()
     assert head.etag == facts.etag
+    [probed] = tree.probe(["big.tif"])
+    assert probed.mtime_ns == facts.mtime_ns and probed.size == len(body)
     assert store.get("big.tif") == body
     assert tree.journal.records() == [] and store.pending_uploads() == []
     # A replacement by a writer that saw an older version fails, and leaves no upload behind.

@@ -141,6 +141,18 @@ class UploadJournal:
         return found
 
 
+def etag_stamp(etag: str | None) -> int:
+    """An object's "mtime" for the asset database: a stable number drawn from its ETag.
+
+    The database judges a file unchanged by its size and mtime. A PutObject does not return
+    the object's Last-Modified (a HEAD per asset would), but every write and every listing
+    gives the ETag, and "changed since recorded" for an object means exactly "another ETag".
+    """
+    if not etag:
+        return 0
+    return int.from_bytes(hashlib.blake2b(etag.encode(), digest_size=7).digest(), "big")
+
+
 class S3PartWriter:
     """The bytes of one object being written: a memory buffer of up to one part, then a
     multipart upload (resumed from the journal when the server still has its parts)."""
@@ -308,7 +320,7 @@ class S3Tree:
             if info is None:
                 yield ProbeResult(None, None, True) if rel in pending else ABSENT_NO_PART
             else:
-                yield ProbeResult(info.size, info.mtime_ns, rel in pending, info.etag)
+                yield ProbeResult(info.size, etag_stamp(info.etag), rel in pending, info.etag)
 
     def part_size(self, rel_path: str) -> int | None:
         record = self.journal.load(rel_path)
@@ -320,7 +332,7 @@ class S3Tree:
         info = self.store.head(rel_path)
         if info is None:
             return None
-        return FileFacts(info.size, info.mtime_ns, info.etag, info.sha256)
+        return FileFacts(info.size, etag_stamp(info.etag), info.etag, info.sha256)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -370,9 +382,9 @@ class S3Tree:
                 and head.sha256 == sha256
             ):
                 # Another writer put these very bytes there first: nothing is lost.
-                return FileFacts(head.size, head.mtime_ns, head.etag, head.sha256)
+                return FileFacts(head.size, etag_stamp(head.etag), head.etag, head.sha256)
             raise
-        return FileFacts(writer.offset, time.time_ns(), etag, sha256)
+        return FileFacts(writer.offset, etag_stamp(etag), etag, sha256)
 
     def drop_part(self, rel_path: str, *, only_if_empty: bool = False) -> None:
         if only_if_empty:
