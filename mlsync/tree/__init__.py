@@ -1,5 +1,2 @@
-"""The output tree (see :mod:`mlsync.tree.base`): the protocol and its local implementation."""
-
-from mlsync.tree.base import ABSENT, ABSENT_NO_PART, FileFacts, PartWriter, ProbeResult, Tree
-
-__all__ = ["ABSENT", "ABSENT_NO_PART", "FileFacts", "PartWriter", "ProbeResult", "Tree"]
+"""The output tree: the protocol and its records in :mod:`mlsync.tree.base`, the local
+implementation in :mod:`mlsync.tree.local`."""

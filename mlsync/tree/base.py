@@ -19,8 +19,9 @@ Guarantees every implementation gives:
 * **Containment.** :meth:`Tree.guard` refuses a path that leaves the tree (local: a symbolic
   link on the way that leads outside; S3: a key not strictly under the prefix). Every write,
   move and removal is guarded.
-* **Whole small files are atomic.** :meth:`Tree.write_atomic` (err_report.csv, catalog files)
-  leaves the old content or the new one, never a mix.
+* **Whole small files are atomic.** :meth:`Tree.write_atomic` (catalog files) leaves the old
+  content or the new one, never a mix. (Files of the state directory, such as
+  ``err_report.csv``, are local: :func:`mlsync.tree.local.write_atomically`.)
 * **Probing is batched.** :meth:`Tree.probe` takes an iterable and yields one
   :class:`ProbeResult` per path, in order, so a local tree does one ``stat`` per path and an
   object store one ``LIST`` per prefix. The synced-plan probe runs over 1M paths: the local
@@ -43,7 +44,8 @@ local cache directory. :meth:`Tree.run_lock` is the one-run-per-tree lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, Protocol
@@ -54,8 +56,13 @@ __all__ = [
     "FileFacts",
     "PartWriter",
     "ProbeResult",
+    "ReadStopped",
     "Tree",
 ]
+
+
+class ReadStopped(Exception):
+    """A read (:meth:`Tree.hash`) gave up because its ``stop`` was set (Ctrl-C)."""
 
 
 class FileFacts(NamedTuple):
@@ -206,9 +213,10 @@ class Tree(Protocol):
         """Delete the file and its part (prune); absent is fine. Guarded."""
         ...
 
-    def remove_tree(self) -> None:
-        """Delete everything in the tree except its run lock, then the root if empty (a
-        dataset removed from the manifest)."""
+    def remove_tree(self, command: str = "apply") -> None:
+        """Delete everything in the tree (a dataset removed from the manifest), under its run
+        lock (:class:`mlsync.errors.LockHeldError` when a run holds it; ``command`` names the
+        holder), then the root itself when it is left empty."""
         ...
 
     def write_atomic(self, rel_path: str, data: bytes) -> None:
@@ -227,8 +235,17 @@ class Tree(Protocol):
         """The final file for reading (``status --verify``); OSError when it cannot be read."""
         ...
 
-    def hash(self, rel_path: str, algorithm: str = "sha256") -> tuple[str, int]:
-        """(hex digest, bytes read) of the final file, streamed."""
+    def hash(
+        self,
+        rel_path: str,
+        algorithm: str = "sha256",
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[str, int]:
+        """(hex digest, bytes read) of the final file, streamed one chunk at a time;
+        ``on_bytes`` sees each chunk's length; a set ``stop`` raises :class:`ReadStopped`
+        before the next chunk. OSError when the file cannot be read."""
         ...
 
     # --- state -----------------------------------------------------------------------------
