@@ -234,6 +234,13 @@ class ObjectStoreSettings(_Strict):
         description="AWS profile for the credentials (else AWS_ACCESS_KEY_ID/"
         "AWS_SECRET_ACCESS_KEY, else AWS_PROFILE or the default profile).",
     )
+    part_size_mib: int = Field(
+        default=16,
+        ge=5,
+        le=5120,
+        description="Multipart part size in MiB (S3's limits: 5 to 5,120): assets up to one "
+        "part go in one PutObject; memory per transfer is about one part.",
+    )
     cache_dir: str = Field(
         default=".mlsync-cache",
         min_length=1,
@@ -721,8 +728,12 @@ class DatasetSpec(_Strict):
         output = self.output_dir if self.output_dir is not None else manifest.output_dir
         if not isinstance(output, str):
             return None
+        settings = manifest.s3
         return ObjectStoreTarget(
-            S3Location.parse(output), endpoint=manifest.s3.endpoint, profile=manifest.s3.profile
+            S3Location.parse(output),
+            endpoint=settings.endpoint,
+            profile=settings.profile,
+            part_size=settings.part_size_mib << 20,
         )
 
     def to_filter(self) -> DownloadFilter:

@@ -84,6 +84,8 @@ class ObjectStoreTarget:
     location: S3Location
     endpoint: str | None = None
     profile: str | None = None
+    part_size: int = 16 << 20
+    """Multipart part size in bytes (an asset up to one part goes in one PutObject)."""
 
     def credentials(self) -> S3Credentials:
         return S3Credentials.resolve(endpoint=self.endpoint, profile=self.profile)
@@ -113,7 +115,7 @@ class S3Credentials:
         if profile or not (key and secret):
             key, secret, token, profile_region = _from_profile(profile)
             region = region or profile_region
-        for secret_value in (secret, token):
+        for secret_value in (key, secret, token):  # the key id too: never shown either
             register_secret(secret_value)
         return cls(endpoint or None, region or DEFAULT_REGION, key, secret, token)
 
@@ -301,7 +303,7 @@ class ObjectStore:
     def put(
         self,
         rel: str,
-        data: bytes | memoryview,
+        data: bytes | bytearray | memoryview,
         *,
         sha256: str | None,
         if_match: str | None = None,
@@ -323,7 +325,7 @@ class ObjectStore:
             result = obstore.put(
                 self._store,
                 self.location.key(rel),
-                bytes(data),
+                data,  # any buffer: obstore reads it without a copy
                 mode=mode,
                 attributes=cast(Any, attributes),
                 use_multipart=False,

@@ -20,7 +20,7 @@ import pytest
 
 from mlsync.errors import ObjectStoreError, TransferError
 from mlsync.objectstore import ConditionFailed, ObjectStore, S3Credentials, S3Location
-from mlsync.tree import ABSENT_NO_PART, FileFacts
+from mlsync.tree.base import ABSENT_NO_PART, FileFacts
 from mlsync.tree.s3 import S3Tree
 from tests.s3server import ADMIN_SECRET, READER_SECRET
 

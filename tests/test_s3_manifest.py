@@ -50,3 +50,15 @@ def test_bad_s3_settings_are_one_manifest_error(tmp_path, yaml_text, message):
         _load(f"version: 1\n{yaml_text}datasets:\n  - id: demo_flood_v1\n", tmp_path)
     assert message in str(raised.value)
     assert "secret@" not in str(raised.value)
+
+
+def test_the_readme_object_store_example_is_a_valid_manifest(tmp_path):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    [text] = re.findall(r"^```yml\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
+    manifest = _load(text, tmp_path)
+    [spec] = manifest.datasets
+    target = spec.object_store(manifest)
+    assert target is not None and target.location == S3Location("my-bucket", "datasets")
+    assert target.profile == "research"

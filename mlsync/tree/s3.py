@@ -34,7 +34,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -45,10 +45,17 @@ from mlsync import layout
 from mlsync.errors import LocalWriteError, ObjectStoreError, TransferError
 from mlsync.objectstore import ConditionFailed, ObjectInfo, ObjectStore, S3Location
 from mlsync.runlock import RunLock
-from mlsync.tree.base import ABSENT_NO_PART, FileFacts, PartWriter, ProbeResult, Tree
+from mlsync.tree.base import (
+    ABSENT_NO_PART,
+    FileFacts,
+    PartWriter,
+    ProbeResult,
+    ReadStopped,
+    Tree,
+)
 
 JOURNAL_DIR = "uploads"
-WRITE_WORKERS = 16
+WRITE_WORKERS = 32
 PART_SIZE = 16 << 20
 """Multipart part size: S3's minimum is 5 MiB; 16 MiB keeps a 100 GB asset under the
 10,000-part limit and a writer's memory at one part."""
@@ -104,6 +111,13 @@ class UploadJournal:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._held: set[str] | None = None
+        """Paths with an upload in progress (read once: most writes have none to look up)."""
+
+    def may_hold(self, rel: str) -> bool:
+        if self._held is None:
+            self._held = {record.rel for record in self.records()}
+        return rel in self._held
 
     def _path(self, rel: str) -> Path:
         name = hashlib.sha256(rel.encode()).hexdigest()[:32]
@@ -123,10 +137,14 @@ class UploadJournal:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp.write_text(record.to_json(), encoding="utf-8")
             os.replace(tmp, path)
+            if self._held is not None:
+                self._held.add(record.rel)
         except OSError as exc:
             raise LocalWriteError.from_os_error(exc, path, what="the upload journal") from None
 
     def drop(self, rel: str) -> None:
+        if self._held is not None:
+            self._held.discard(rel)
         with contextlib.suppress(OSError):
             self._path(rel).unlink()
 
@@ -167,7 +185,9 @@ class S3PartWriter:
         """Parts of the resumed upload the server confirmed: (ETag, sha256), in order."""
         self._buffer = bytearray()
         self._size = 0
-        self._sha256 = hashlib.sha256()
+        self._sha256: hashlib._Hash | None = None
+        """The running sha256 once bytes left memory (the first part sent); before that,
+        every byte is in the buffer and is hashed at the commit, if the caller gave none."""
         self.parts_sent = 0
         self.parts_reused = 0
 
@@ -190,7 +210,7 @@ class S3PartWriter:
         self._reuse = []
         self._buffer.clear()
         self._size = 0
-        self._sha256 = hashlib.sha256()
+        self._sha256 = None
         self.parts_reused = 0
 
     def truncate(self, size: int) -> None:
@@ -204,10 +224,13 @@ class S3PartWriter:
         self.restart()
 
     def write(self, chunk: bytes) -> None:
-        self._sha256.update(chunk)
+        if self._sha256 is not None:
+            self._sha256.update(chunk)
         self._buffer += chunk
         self._size += len(chunk)
         part_size = self._tree.part_size_bytes
+        if len(self._buffer) >= part_size and self._sha256 is None:
+            self._sha256 = hashlib.sha256(self._buffer)  # every byte so far is in the buffer
         while len(self._buffer) >= part_size:
             self._send(bytes(self._buffer[:part_size]))
             del self._buffer[:part_size]
@@ -225,6 +248,8 @@ class S3PartWriter:
 
     @property
     def sha256(self) -> str:
+        if self._sha256 is None:
+            return hashlib.sha256(self._buffer).hexdigest()
         return self._sha256.hexdigest()
 
     # --- multipart ------------------------------------------------------------------------
@@ -312,6 +337,9 @@ class S3Tree:
             self._listing = {info.rel: info for info in self.store.list_objects()}
         return self._listing
 
+    def listing_has(self, rel_path: str) -> bool:
+        return rel_path in self.listing()
+
     def probe(self, rel_paths: Iterable[str]) -> Iterator[ProbeResult]:
         objects = self.listing()
         pending = {record.rel for record in self.journal.records()}
@@ -341,22 +369,25 @@ class S3Tree:
 
     def open_part(self, rel_path: str, *, resume: bool) -> S3PartWriter:
         self.guard(rel_path)
-        record = self.journal.load(rel_path)
+        record = self.journal.load(rel_path) if self.journal.may_hold(rel_path) else None
         if record is not None and not resume:
             self.abandon_upload(rel_path)
             record = None
         return S3PartWriter(self, rel_path, record)
 
-    def commit(self, part: Any, *, replacing: FileFacts | None = None) -> FileFacts:
+    def commit(
+        self, part: Any, *, replacing: FileFacts | None = None, sha256: str | None = None
+    ) -> FileFacts:
+        """``sha256``: the caller's hash of the bytes written (a transfer computes it anyway),
+        stored as the object's metadata; computed here when not given."""
         writer = cast(S3PartWriter, part)
         rel = writer.rel_path
-        sha256 = writer.sha256
+        sha256 = sha256 or writer.sha256
         if_match = replacing.etag if replacing is not None else None
-        self._listing = None
         try:
             if writer._upload is None:
-                etag = self.store.put(rel, bytes(writer._buffer), sha256=sha256, if_match=if_match)
-                writer._buffer.clear()
+                etag = self.store.put(rel, writer._buffer, sha256=sha256, if_match=if_match)
+                writer._buffer = bytearray()
             else:
                 if writer._buffer:
                     writer._send(bytes(writer._buffer))
@@ -382,9 +413,21 @@ class S3Tree:
                 and head.sha256 == sha256
             ):
                 # Another writer put these very bytes there first: nothing is lost.
+                self._note(rel, head.size, head.etag)
                 return FileFacts(head.size, etag_stamp(head.etag), head.etag, head.sha256)
             raise
+        self._note(rel, writer.offset, etag)
         return FileFacts(writer.offset, etag_stamp(etag), etag, sha256)
+
+    def _note(self, rel_path: str, size: int | None, etag: str | None = None) -> None:
+        """Keep the listing in step with a write (None: removed), instead of listing again."""
+        listing = self._listing
+        if listing is None:
+            return
+        if size is None:
+            listing.pop(rel_path, None)
+        else:
+            listing[rel_path] = ObjectInfo(rel_path, size, etag)
 
     def drop_part(self, rel_path: str, *, only_if_empty: bool = False) -> None:
         if only_if_empty:
@@ -424,28 +467,31 @@ class S3Tree:
 
     def remove(self, rel_path: str) -> None:
         self.guard(rel_path)
-        self._listing = None
         self.abandon_upload(rel_path)
         self.store.delete(rel_path)
+        self._note(rel_path, None)
 
-    def remove_tree(self) -> None:
-        self._listing = None
-        for record in self.journal.records():
-            self.abandon_upload(record.rel)
-        self.abort_orphaned_uploads()
-        for info in list(self.store.list_objects()):
-            self.store.delete(info.rel)
+    def remove_tree(self, command: str = "apply") -> None:
+        """Every object and unfinished upload under the prefix, under the state's run lock."""
+        with self.run_lock(command):
+            self._listing = None
+            for record in self.journal.records():
+                self.abandon_upload(record.rel)
+            self.abort_orphaned_uploads()
+            for info in list(self.store.list_objects()):
+                self.store.delete(info.rel)
 
     def write_atomic(self, rel_path: str, data: bytes) -> None:
         self.guard(rel_path)
-        self._listing = None
-        self.store.put(rel_path, data, sha256=hashlib.sha256(data).hexdigest(), overwrite=True)
+        etag = self.store.put(
+            rel_path, data, sha256=hashlib.sha256(data).hexdigest(), overwrite=True
+        )
+        self._note(rel_path, len(data), etag)
 
     def write_many(self, files: Iterable[tuple[str, bytes]]) -> int:
         batch = list(files)
         for rel, _ in batch:
             self.guard(rel)
-        self._listing = None
         with ThreadPoolExecutor(max_workers=WRITE_WORKERS) as pool:
             for _ in pool.map(lambda item: self.write_atomic(*item), batch):
                 pass
@@ -456,12 +502,23 @@ class S3Tree:
     def open_read(self, rel_path: str) -> BinaryIO:
         return self.store.open_read(rel_path)
 
-    def hash(self, rel_path: str, algorithm: str = "sha256") -> tuple[str, int]:
+    def hash(
+        self,
+        rel_path: str,
+        algorithm: str = "sha256",
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> tuple[str, int]:
         digest = hashlib.new(algorithm)
         size = 0
         for block in self.store.iter_bytes(rel_path):
+            if stop is not None and stop.is_set():
+                raise ReadStopped()
             digest.update(block)
             size += len(block)
+            if on_bytes is not None:
+                on_bytes(len(block))
         return digest.hexdigest(), size
 
     # --- state ----------------------------------------------------------------------------
