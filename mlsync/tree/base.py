@@ -188,11 +188,15 @@ class Tree(Protocol):
         new, empty one (a held part is dropped: never spliced). Guarded."""
         ...
 
-    def commit(self, part: PartWriter, *, replacing: FileFacts | None = None) -> FileFacts:
+    def commit(
+        self, part: PartWriter, *, replacing: FileFacts | None = None, sha256: str | None = None
+    ) -> FileFacts:
         """Make the part the file under its final name, atomically, and return its facts.
 
         The caller has checked size and checksum. ``replacing``: the facts of the file being
-        replaced as recorded (an object store makes the commit conditional on its ETag)."""
+        replaced as recorded (an object store makes the commit conditional on its ETag).
+        ``sha256``: the hex sha256 of the bytes, when the caller computed it (an object store
+        stores it in the object's metadata instead of hashing every byte a second time)."""
         ...
 
     def drop_part(self, rel_path: str, *, only_if_empty: bool = False) -> None:
