@@ -12,10 +12,12 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -183,3 +185,56 @@ def _wait_ready(server: S3Server, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1 in front of the S3 server that counts the UploadPart
+    requests passing through it (``PUT …?partNumber=N&uploadId=…``): what the server was
+    sent, whatever the client believes it sent."""
+
+    _PART = re.compile(rb"PUT [^ \r\n]*[?&]partNumber=(\d+)")
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.parts: list[int] = []
+        self._lock = threading.Lock()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, dest: socket.socket, count: bool) -> None:
+        tail = b""
+        try:
+            while block := source.recv(1 << 16):
+                if count:
+                    window = tail + block
+                    found = [int(m.group(1)) for m in self._PART.finditer(window)]
+                    seen_in_tail = [int(m.group(1)) for m in self._PART.finditer(tail)]
+                    with self._lock:
+                        self.parts.extend(found[len(seen_in_tail) :])
+                    tail = window[-200:]
+                dest.sendall(block)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, dest):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
