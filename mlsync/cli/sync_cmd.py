@@ -20,6 +20,7 @@ from rich.table import Table
 
 from mlsync import planner
 from mlsync import status as status_lib
+from mlsync.cli import shard_cmd
 from mlsync.cli.hubargs import DEFAULT_MANIFEST, settings_for
 from mlsync.cli.render import (
     ProgressRenderer,
@@ -72,6 +73,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="exit 0 when nothing to do, 2 when changes are pending, 1 on error",
     )
+    shard_cmd.add_plan_options(plan)
     plan.set_defaults(func=run_plan)
 
     apply = commands.add_parser("apply", help="download what is missing or partial")
@@ -99,6 +101,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="with --prune: remove the trees of removed datasets without asking",
     )
+    shard_cmd.add_apply_options(apply)
     apply.set_defaults(func=run_apply)
 
     status = commands.add_parser("status", help="local state of each dataset (no network)")
@@ -475,6 +478,8 @@ def _listing_hint_for(project: Project, args: argparse.Namespace) -> Iterator[No
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    if args.shards is not None:
+        return shard_cmd.run_plan_sharded(args)
     project = load_project(args.manifest, args.dataset)
     with (
         _listing_hint_for(project, args),
@@ -569,6 +574,8 @@ class _ApplyGate:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    if shard_cmd.wants_sharded_apply(args):
+        return shard_cmd.run_apply_sharded(args)
     saved = _read_saved_plan(Path(args.manifest))
     saved_path = args.manifest
     if saved is not None:
