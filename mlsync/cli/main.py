@@ -208,26 +208,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return exit_code(interruption)
     except MLSyncError as exc:
-        message = redact(str(exc))
-        if args.json:
-            # --json promises one document on stdout, for a failure too.
-            print_json("error", error_document(command_name(args), exc, message))
-        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-        return EXIT_ERROR
+        return _report_error(args, exc)
     except OSError as exc:
         if exc.errno not in LOCAL_WRITE_ERRNOS:
             raise
         # A write no command expected to fail (a read-only tree, a folder of another user,
         # a full disk): said in one line, as the commands' own checks say it.
-        local = LocalWriteError.from_os_error(
-            exc, exc.filename or "a file", advice=LOCAL_WRITE_ADVICE
+        return _report_error(
+            args,
+            LocalWriteError.from_os_error(exc, exc.filename or "a file", advice=LOCAL_WRITE_ADVICE),
         )
-        message = redact(str(local))
-        if args.json:
-            print_json("error", error_document(command_name(args), local, message))
-        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-        return EXIT_ERROR
     return code
+
+
+def _report_error(args: argparse.Namespace, exc: MLSyncError) -> int:
+    """One line on stderr (and, with --json, one error document on stdout: the promise of one
+    document holds for a failure too)."""
+    message = redact(str(exc))
+    if args.json:
+        print_json("error", error_document(command_name(args), exc, message))
+    stderr_console().print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover
