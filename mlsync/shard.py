@@ -925,6 +925,8 @@ def _finalize_dataset(
     report.pruned[entry.name] = pruned
     if failures:
         report.error_reports[entry.name] = report_path
+    if failures:
+        return  # not finalized: re-submitting the shard retries them, then finalize again
     marker = {
         "plan_id": plan.plan_id,
         "finalized_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),

@@ -347,3 +347,32 @@ def test_a_killed_shard_resubmitted_transfers_only_what_it_had_left(
     assert final.code == 0, final.err
     assert_synced(tmp_path / "out", slow_root, SLOW)
     assert cli("plan", manifest).out.strip().splitlines()[-1].startswith("No changes.")
+
+
+def test_a_failed_asset_is_reported_by_finalize_and_retried_by_resubmitting_its_shard(
+    cli: Cli, hub_factory: Callable[..., RunningHub], sample_root_copy: Path, tmp_path: Path
+) -> None:
+    hub = hub_factory(sample_root_copy)
+    manifest = write_manifest(tmp_path, hub.url)
+    plan_path = tmp_path / "plan.json"
+    assert cli("plan", manifest, "--out", plan_path, "--shards", "2").code == 0
+    lost = shard_hrefs(plan_path, shard_lib.ShardId(1, 2))
+    rel_path, url_path = sorted(lost.items())[0]
+    served = sample_root_copy / url_path.removeprefix("/data/")
+    kept = served.read_bytes()
+    served.unlink()  # a 404: failed at once, not retried
+    assert cli("apply", plan_path, "--shard", "0/2").code == 0
+    failed = cli("apply", plan_path, "--shard", "1/2", "--json")
+    assert failed.code == 1 and failed.json()["failed"] == 1
+    final = cli("apply", plan_path, "--finalize")
+    assert final.code == 1 and "1 failed" in final.out
+    dataset_dir = tmp_path / "out" / SAMPLE_DATASET
+    report = (dataset_dir / ERR_REPORT_NAME).read_text()
+    assert rel_path in report and "404" in report
+    served.write_bytes(kept)
+    hub.reset_stats()
+    assert cli("apply", plan_path, "--shard", "1/2").code == 0
+    assert asset_requests(hub) == [url_path]  # only the one that failed
+    assert cli("apply", plan_path, "--finalize").code == 0
+    assert not (dataset_dir / ERR_REPORT_NAME).exists()
+    assert_synced(tmp_path / "out", sample_root_copy)
