@@ -738,6 +738,12 @@ def _run_dataset(
         raise StateError(
             f"{plan.path} was already finalized for dataset {entry.name}; make a new plan"
         )
+    if not (entry.dataset_dir / layout.ASSET_DB_NAME).is_file():
+        raise StateError(
+            f"{entry.dataset_dir} has no prepared tree for dataset {entry.name} (no "
+            f"{layout.ASSET_DB_NAME}): run `mlsync plan --out {plan.path} --shards "
+            f"{plan.shards}` first, and mount the tree at the same path on every host"
+        )
     shard_dir = entry.shard_dir(plan.plan_id, shard)
     try:
         shard_dir.mkdir(parents=True, exist_ok=True)

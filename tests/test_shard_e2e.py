@@ -376,3 +376,17 @@ def test_a_failed_asset_is_reported_by_finalize_and_retried_by_resubmitting_its_
     assert cli("apply", plan_path, "--finalize").code == 0
     assert not (dataset_dir / ERR_REPORT_NAME).exists()
     assert_synced(tmp_path / "out", sample_root_copy)
+
+
+def test_a_shard_refuses_a_tree_that_is_not_there_instead_of_making_one(
+    cli: Cli, hub: RunningHub, tmp_path: Path
+) -> None:
+    manifest = write_manifest(tmp_path, hub.url)
+    plan_path = tmp_path / "plan.json"
+    assert cli("plan", manifest, "--out", plan_path, "--shards", "2").code == 0
+    out = tmp_path / "out"
+    out.rename(tmp_path / "elsewhere")  # the shared filesystem not mounted on this host
+    refused = cli("apply", plan_path, "--shard", "0/2")
+    assert refused.code == 1 and "no prepared tree" in refused.err
+    assert len(refused.err.strip().splitlines()) == 1
+    assert not out.exists()
