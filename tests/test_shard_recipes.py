@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -132,3 +133,32 @@ def test_the_github_actions_matrix_covers_every_shard_once() -> None:
     assert f"/{plan_n}" in shard_step
     finalize = workflow["jobs"]["finalize"]
     assert finalize["needs"] == "shard" and finalize["if"] == "always()"
+
+
+def test_the_readmes_gnu_parallel_line_runs_as_written(
+    hub: RunningHub,
+    tmp_path: Path,
+    sample_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli: Callable[..., CliResult],
+) -> None:
+    if shutil.which("parallel") is None:
+        pytest.skip("GNU parallel is not installed (Debian package parallel)")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    (line,) = re.findall(r"`(parallel -j4 [^`]+)`", readme)
+    isolate_cli(monkeypatch, tmp_path)
+    manifest = write_manifest(tmp_path, hub.url)
+    assert cli("plan", manifest, "--out", tmp_path / "plan.json", "--shards", "4").code == 0
+    # `mlsync` as installed beside this interpreter (the venv's bin), first on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    done = subprocess.run(
+        ["bash", "-c", line],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": path, "PYTHONPATH": str(REPO), "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("Shard ") == 4 and "Finalize complete" in done.stdout
+    assert_synced(tmp_path / "out", sample_root, SAMPLE_DATASET)
