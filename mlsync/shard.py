@@ -52,6 +52,7 @@ from mlsync.errors import (
     DownloadFailed,
     LocalWriteError,
     LockHeldError,
+    ShardsIncomplete,
     StateError,
     UnsafePathError,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "SHARDS_DIR_NAME",
     "DatasetEntry",
     "FinalizeReport",
+    "PlannedDatasetInput",
     "ShardDatasetResult",
     "ShardId",
     "ShardJournal",
@@ -111,14 +113,6 @@ STALE_HEARTBEAT_SECONDS: Final = 60.0
 """A lock file written on another host and not touched for this long belongs to a dead run."""
 INDEX_VARIABLES: Final = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
 """Where ``--shard auto/N`` finds its index: a Slurm array task, a Kubernetes Indexed Job."""
-
-
-class ShardsIncomplete(StateError):
-    """Finalize found shards without a result (missing, still running, or killed)."""
-
-    def __init__(self, message: str, missing: Sequence[str]) -> None:
-        super().__init__(message)
-        self.missing = list(missing)
 
 
 # --- which shard -----------------------------------------------------------------------------
@@ -868,7 +862,7 @@ def finalize(
                 f"{len(missing)} of {plan.shards} shard(s) have not finished: {names}. Run or "
                 f"re-submit them (`mlsync apply {plan.path} --shard I/{plan.shards}`), then "
                 "finalize again; nothing was changed",
-                missing,
+                list(missing),
             )
         for entry in plan.datasets:
             _finalize_dataset(plan, entry, results[entry.name], prune, sink, report)
