@@ -77,7 +77,7 @@ from mlsync.planner import (
     json_str,
 )
 from mlsync.records import ActionKind, PlannedAction
-from mlsync.runlock import RunLock
+from mlsync.runlock import LockHolder, RunLock
 
 __all__ = [
     "FORMAT_VERSION",
@@ -561,7 +561,7 @@ class ShardLock(RunLock):
         self._beating = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _stale_reason(self, fd: int, holder: Any) -> str:
+    def _stale_reason(self, fd: int, holder: LockHolder | None) -> str:
         if holder is not None and holder.host != socket.gethostname():
             age = time.time() - os.fstat(fd).st_mtime
             if age < self.stale_heartbeat:
