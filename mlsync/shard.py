@@ -40,11 +40,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from mlsync import __version__, layout
 from mlsync.assetdb import AssetDB
@@ -65,7 +65,8 @@ from mlsync.executor import (
     default_workers,
     write_error_report,
 )
-from mlsync.hub.http import RetryPolicy, Timeouts
+from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
+from mlsync.lockfile import LockEntry
 from mlsync.planner import (
     Plan,
     _action_from_dict,
@@ -78,6 +79,10 @@ from mlsync.planner import (
 )
 from mlsync.records import ActionKind, PlannedAction
 from mlsync.runlock import LockHolder, RunLock
+from mlsync.sources import SyncTarget
+
+if TYPE_CHECKING:
+    from mlsync.sync import DatasetPlan
 
 __all__ = [
     "FORMAT_VERSION",
@@ -95,6 +100,7 @@ __all__ = [
     "finalize",
     "is_sharded_plan",
     "parse_shard",
+    "prepare",
     "read_sharded_plan",
     "run_shard",
     "shard_of",
@@ -383,6 +389,47 @@ def write_sharded_plan(
             exc, path, what="the sharded plan", advice="Give --out a path in a writable folder"
         ) from None
     return plan
+
+
+def prepare(
+    session: HubSession,
+    targets: Sequence[SyncTarget],
+    *,
+    out: Path,
+    shards: int,
+    manifest_path: Path,
+    frozen: Callable[[SyncTarget], LockEntry | None] = lambda _target: None,
+    check: Callable[[list[DatasetPlan]], None] | None = None,
+    sink: EventSink = ignore,
+) -> tuple[list[DatasetPlan], ShardedPlan]:
+    """Plan every target under its run lock with every action, make each tree ready for
+    shards (:meth:`DatasetSync.prepare`: catalog written, database corrected) and write the
+    sharded plan to ``out``. ``frozen``: the lock entry a target must still match; ``check``
+    sees the plans before the file is written (raise to write none)."""
+    from mlsync.sync import DatasetSync
+
+    plans = [
+        DatasetSync(session, target, sink=sink).prepare(frozen=frozen(target)) for target in targets
+    ]
+    if check is not None:
+        check(plans)
+    saved = write_sharded_plan(
+        out,
+        shards=shards,
+        manifest_path=str(manifest_path.resolve()),
+        manifest_sha256=hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+        datasets=[
+            PlannedDatasetInput(
+                name=p.target.name,
+                dataset_id=p.dataset_id,
+                dataset_dir=p.dataset_dir,
+                catalog_sha256=p.catalog.sha256,
+                plan=p.plan,
+            )
+            for p in plans
+        ],
+    )
+    return plans, saved
 
 
 def _write_dataset(

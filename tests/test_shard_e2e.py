@@ -390,3 +390,17 @@ def test_a_shard_refuses_a_tree_that_is_not_there_instead_of_making_one(
     assert refused.code == 1 and "no prepared tree" in refused.err
     assert len(refused.err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_frozen_sharded_plan_that_no_longer_matches_the_lock_writes_no_plan(
+    cli: Cli, hub: RunningHub, tmp_path: Path
+) -> None:
+    manifest = write_manifest(tmp_path, hub.url)
+    assert cli("plan", manifest).code == 0  # writes the lock file
+    plan_path = tmp_path / "plan.json"
+    assert cli("plan", manifest, "--out", plan_path, "--shards", "2", "--frozen").code == 0
+    plan_path.unlink()
+    write_manifest(tmp_path, hub.url, extra="    collections: {demo_flood_v1_labels: []}\n")
+    refused = cli("plan", manifest, "--out", plan_path, "--shards", "2", "--frozen")
+    assert refused.code == 1 and "--frozen" in refused.err
+    assert not plan_path.exists()

@@ -22,7 +22,7 @@ from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession
 from mlsync.lockfile import check_frozen
 from mlsync.manifest import load_manifest
-from mlsync.sync import DatasetPlan, DatasetSync
+from mlsync.sync import DatasetPlan
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -72,37 +72,26 @@ def run_plan_sharded(args: argparse.Namespace) -> int:
     if args.out is None:
         raise MLSyncError("--shards needs --out FILE: the shards run the plan saved there")
     project = sync_cmd.load_project(args.manifest, args.dataset)
-    plans: list[DatasetPlan] = []
+
+    def check_lock(plans: list[DatasetPlan]) -> None:
+        entries = {p.target.name: p.lock_entry() for p in plans}
+        check_frozen(project.lock, entries, lock_path=project.lock_path)
+
     with (
         ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer,
         project.session(args) as session,
     ):
-        for target in project.targets:
-            frozen = sync_cmd._frozen_entry(project, target, args.frozen)
-            plans.append(DatasetSync(session, target, sink=renderer).prepare(frozen=frozen))
-    if args.frozen:
-        check_frozen(
-            project.lock,
-            {p.target.name: p.lock_entry() for p in plans},
-            lock_path=project.lock_path,
+        plans, saved = shard_lib.prepare(
+            session,
+            project.targets,
+            out=args.out,
+            shards=args.shards,
+            manifest_path=project.path,
+            frozen=lambda target: sync_cmd._frozen_entry(project, target, args.frozen),
+            check=check_lock if args.frozen else None,
+            sink=renderer,
         )
     sync_cmd._update_lock(project, plans, args.frozen)
-    saved = shard_lib.write_sharded_plan(
-        args.out,
-        shards=args.shards,
-        manifest_path=str(project.path.resolve()),
-        manifest_sha256=sync_cmd._manifest_digest(project.path),
-        datasets=[
-            shard_lib.PlannedDatasetInput(
-                name=p.target.name,
-                dataset_id=p.dataset_id,
-                dataset_dir=p.dataset_dir,
-                catalog_sha256=p.catalog.sha256,
-                plan=p.plan,
-            )
-            for p in plans
-        ],
-    )
     if args.json:
         document = sync_cmd.plan_document(plans)
         print_json(
