@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,7 +66,7 @@ from mlsync.executor import (
     write_error_report,
 )
 from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
-from mlsync.lockfile import LockEntry
+from mlsync.lockfile import check_frozen
 from mlsync.planner import (
     Plan,
     _action_from_dict,
@@ -79,10 +79,12 @@ from mlsync.planner import (
 )
 from mlsync.records import ActionKind, PlannedAction
 from mlsync.runlock import LockHolder, RunLock
-from mlsync.sources import SyncTarget
+from mlsync.tree.base import Tree
+from mlsync.tree.local import LocalTree, write_atomically
 
 if TYPE_CHECKING:
     from mlsync.sync import DatasetPlan
+    from mlsync.workflow import Project
 
 __all__ = [
     "FORMAT_VERSION",
@@ -392,32 +394,36 @@ def write_sharded_plan(
 
 
 def prepare(
+    project: Project,
     session: HubSession,
-    targets: Sequence[SyncTarget],
     *,
     out: Path,
     shards: int,
-    manifest_path: Path,
-    frozen: Callable[[SyncTarget], LockEntry | None] = lambda _target: None,
-    check: Callable[[list[DatasetPlan]], None] | None = None,
+    frozen: bool = False,
     sink: EventSink = ignore,
 ) -> tuple[list[DatasetPlan], ShardedPlan]:
-    """Plan every target under its run lock with every action, make each tree ready for
-    shards (:meth:`DatasetSync.prepare`: catalog written, database corrected) and write the
-    sharded plan to ``out``. ``frozen``: the lock entry a target must still match; ``check``
-    sees the plans before the file is written (raise to write none)."""
+    """``plan --out OUT --shards N``: plan every target of ``project`` under its run lock with
+    every action, make each tree ready for the shards (:meth:`DatasetSync.prepare`: catalog
+    written, database corrected), then write the sharded plan and update the lock file.
+    ``frozen``: each dataset must still match the lock file (checked before any plan file is
+    written)."""
+    from mlsync import workflow
     from mlsync.sync import DatasetSync
 
     plans = [
-        DatasetSync(session, target, sink=sink).prepare(frozen=frozen(target)) for target in targets
+        DatasetSync(session, target, sink=sink).prepare(
+            frozen=workflow.frozen_entry(project, target, frozen)
+        )
+        for target in project.targets
     ]
-    if check is not None:
-        check(plans)
+    if frozen:
+        entries = {p.target.name: p.lock_entry() for p in plans}
+        check_frozen(project.lock, entries, lock_path=project.lock_path)
     saved = write_sharded_plan(
         out,
         shards=shards,
-        manifest_path=str(manifest_path.resolve()),
-        manifest_sha256=hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
+        manifest_path=str(project.path.resolve()),
+        manifest_sha256=workflow.manifest_digest(project.path),
         datasets=[
             PlannedDatasetInput(
                 name=p.target.name,
@@ -429,6 +435,7 @@ def prepare(
             for p in plans
         ],
     )
+    workflow.update_lock(project, plans, frozen)
     return plans, saved
 
 
@@ -479,16 +486,7 @@ def _iter_actions(path: Path, dataset: str) -> Iterator[PlannedAction]:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomically(path, text.encode("utf-8"))
 
 
 # --- per-shard state -----------------------------------------------------------------------------
@@ -683,49 +681,47 @@ def _failure_from_dict(raw: Any) -> FailedAsset:
 
 
 def _remaining(
-    actions: Iterable[PlannedAction], done: set[str], dataset_dir: Path, journal: ShardJournal
+    actions: Iterable[PlannedAction], done: set[str], tree: Tree, journal: ShardJournal
 ) -> Iterator[PlannedAction]:
     """The actions an earlier run of this shard did not finish, as this run must do them:
     one in the journal is skipped; a file renamed into place before a kill let the journal
-    say so is recorded from the disk (an add or resume of the planned size); a ``.part`` a
-    killed run left is resumed."""
+    say so is recorded from the tree (an add or resume of the planned size); a part a killed
+    run left is resumed."""
     for action in actions:
         if action.rel_path in done:
             continue
-        path = dataset_dir / action.rel_path
         if action.kind is not ActionKind.REPLACE and action.size is not None:
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                if st.st_size == action.size and os.path.isfile(path):
-                    if action.move_from is not None:
-                        journal.record_moved(
-                            action.move_from,
-                            action.rel_path,
-                            st.st_size,
-                            st.st_mtime_ns,
-                            action.checksum,
-                            action.href,
-                        )
-                    else:
-                        journal.record_complete(
-                            action.rel_path,
-                            st.st_size,
-                            st.st_mtime_ns,
-                            action.checksum,
-                            href=action.href,
-                        )
-                    done.add(action.rel_path)
-                    continue
+            facts = tree.facts(action.rel_path)
+            if facts is not None and facts.size == action.size:
+                if action.move_from is not None:
+                    journal.record_moved(
+                        action.move_from,
+                        action.rel_path,
+                        facts.size,
+                        facts.mtime_ns,
+                        action.checksum,
+                        action.href,
+                    )
+                else:
+                    journal.record_complete(
+                        action.rel_path,
+                        facts.size,
+                        facts.mtime_ns,
+                        action.checksum,
+                        href=action.href,
+                    )
+                done.add(action.rel_path)
+                continue
         if action.kind is ActionKind.ADD and action.move_from is None:
-            with contextlib.suppress(OSError):
-                part = os.lstat(path.with_name(path.name + layout.PART_SUFFIX))
+            held = tree.part_size(action.rel_path)
+            if held is not None:
                 action = PlannedAction(
                     kind=ActionKind.RESUME,
                     rel_path=action.rel_path,
                     href=action.href,
                     size=action.size,
                     checksum=action.checksum,
-                    offset=part.st_size,
+                    offset=held,
                     reason="resuming what an earlier run of this shard left",
                 )
         yield action
@@ -792,6 +788,7 @@ def _run_dataset(
         raise LocalWriteError.from_os_error(
             exc, shard_dir, what="the shard's folder", action="create", advice="Fix permissions"
         ) from None
+    tree = LocalTree(entry.dataset_dir)
     with ShardLock(shard_dir / "lock"):
         journal_path = shard_dir / "journal.jsonl"
         done = {e["rel_path"] for e in read_journal(journal_path) if e.get("op") != "failed"}
@@ -801,7 +798,7 @@ def _run_dataset(
             _remaining(
                 _iter_actions(plan.shard_file(shard), entry.name),
                 done,
-                entry.dataset_dir,
+                tree,
                 journal,
             )
         )
@@ -827,6 +824,7 @@ def _run_dataset(
                 timeouts=timeouts,
                 sink=sink,
                 ca_bundle=ca_bundle,
+                tree=tree,
             ).run(
                 remaining,
                 count=len(remaining),
@@ -963,10 +961,13 @@ def _finalize_dataset(
                 if number % 1000 == 0:
                     db.commit()
             db.commit()
-        pruned = _prune(db, entry, plan.orphans_file, sink) if prune else []
+        pruned: list[str] = []
+        if prune:
+            pruned = _prune(db, LocalTree(entry.dataset_dir), entry.name, plan.orphans_file, sink)
         db.commit()
-    report_path = entry.dataset_dir / layout.ERR_REPORT_NAME
-    write_error_report(report_path, entry.dataset_id, failures)
+    tree = LocalTree(entry.dataset_dir)
+    report_path = tree.state_dir / layout.ERR_REPORT_NAME
+    write_error_report(tree, entry.dataset_id, failures)
     report.recorded[entry.name] = recorded
     report.failed[entry.name] = failures
     report.pruned[entry.name] = pruned
@@ -1013,24 +1014,25 @@ def _replay(db: AssetDB, entry: Mapping[str, Any]) -> int:
     return 0
 
 
-def _prune(db: AssetDB, entry: DatasetEntry, orphans: Path, sink: EventSink) -> list[str]:
-    """Remove the plan's orphans of ``entry`` (never a path outside its directory)."""
+def _prune(db: AssetDB, tree: Tree, dataset: str, orphans: Path, sink: EventSink) -> list[str]:
+    """Remove the plan's orphans of ``dataset`` (never a path outside its tree)."""
     removed: list[str] = []
-    for action in _iter_actions(orphans, entry.name):
+    for action in _iter_actions(orphans, dataset):
         try:
-            path = layout.resolve_inside(entry.dataset_dir, action.rel_path)
+            tree.remove(action.rel_path)
         except UnsafePathError as exc:
-            sink(Notice("warning", entry.name, f"not removing {action.rel_path}: {exc}"))
+            sink(Notice("warning", dataset, f"not removing {action.rel_path}: {exc}"))
             continue
-        try:
-            for candidate in (path, path.with_name(path.name + layout.PART_SUFFIX)):
-                candidate.unlink(missing_ok=True)
         except OSError as exc:
-            db.commit()
+            db.commit()  # the orphans removed so far stay forgotten
             raise LocalWriteError.from_os_error(
-                exc, path, what="the orphan", action="remove", advice="Fix permissions and re-run"
+                exc,
+                tree.describe(action.rel_path),
+                what="the orphan",
+                action="remove",
+                advice="Fix permissions and re-run",
             ) from exc
         db.forget(action.rel_path)
         removed.append(action.rel_path)
-        sink(Notice("info", entry.name, f"removed orphan {action.rel_path}"))
+        sink(Notice("info", dataset, f"removed orphan {action.rel_path}"))
     return removed

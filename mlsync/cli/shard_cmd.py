@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsync import shard as shard_lib
+from mlsync import workflow
 from mlsync.cli.hubargs import settings_for
 from mlsync.cli.render import (
     ProgressRenderer,
@@ -20,9 +21,7 @@ from mlsync.cli.render import (
 from mlsync.errors import DownloadFailed, MLSyncError
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession
-from mlsync.lockfile import check_frozen
 from mlsync.manifest import load_manifest
-from mlsync.sync import DatasetPlan
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 
@@ -72,26 +71,18 @@ def run_plan_sharded(args: argparse.Namespace) -> int:
     if args.out is None:
         raise MLSyncError("--shards needs --out FILE: the shards run the plan saved there")
     project = sync_cmd.load_project(args.manifest, args.dataset)
-
-    def check_lock(plans: list[DatasetPlan]) -> None:
-        entries = {p.target.name: p.lock_entry() for p in plans}
-        check_frozen(project.lock, entries, lock_path=project.lock_path)
-
     with (
         ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer,
         project.session(args) as session,
     ):
         plans, saved = shard_lib.prepare(
+            project,
             session,
-            project.targets,
             out=args.out,
             shards=args.shards,
-            manifest_path=project.path,
-            frozen=lambda target: sync_cmd._frozen_entry(project, target, args.frozen),
-            check=check_lock if args.frozen else None,
+            frozen=args.frozen,
             sink=renderer,
         )
-    sync_cmd._update_lock(project, plans, args.frozen)
     if args.json:
         document = sync_cmd.plan_document(plans)
         print_json(
@@ -115,7 +106,7 @@ def run_plan_sharded(args: argparse.Namespace) -> int:
             f" then `mlsync apply {args.out} --finalize`.",
             markup=False,
         )
-    if args.detailed_exitcode and sync_cmd._has_changes(plans):
+    if args.detailed_exitcode and workflow.has_changes(plans):
         return EXIT_CHANGES
     return EXIT_OK
 
