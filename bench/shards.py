@@ -2,7 +2,7 @@
 
 This machine has 2 cores, so scaling is measured where transfers wait on the network: the
 local hub (its own process) answers every asset request after a fixed latency
-(``--faults latency=0.05``), as a far server does. ``N`` = 1, 2, 4 shards run at once, as
+(``--faults latency=0.1``), as a far server does. ``N`` = 1, 2, 4 shards run at once, as
 processes, with the same workers per shard (``--workers`` is the budget of all shards, so
 it is ``WORKERS_PER_SHARD × N``); the table gives throughput ÷ throughput at N = 1 (target
 ≥ 0.8 × N). A second case without latency and with larger files is bound by the CPU (hashing,
@@ -52,7 +52,7 @@ class Case:
 def cases(quick: bool) -> list[Case]:
     scale = 4 if quick else 1
     return [
-        Case("latency 50 ms", 800 // scale, 2, 4096, 0.05),
+        Case("latency 100 ms", 600 // scale, 2, 4096, 0.1),
         Case("cpu-bound", 200 // scale, 2, 1024 * 1024, 0.0),
     ]
 
