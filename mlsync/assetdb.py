@@ -49,7 +49,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -554,18 +554,11 @@ class AssetDB(Closing):
             rows: list[ItemAssetRow] = []
             while pending is not None and pending[0] <= rowid:
                 if pending[0] == rowid:
-                    rows.append((str(pending[1]), str(pending[2]), pending[3], bool(pending[4])))
+                    rows.append(
+                        ItemAssetRow(str(pending[1]), str(pending[2]), pending[3], bool(pending[4]))
+                    )
                 pending = assets.fetchone()
-            meta = ItemMeta(
-                collection_id,
-                item_id,
-                None if w is None else (w, s, e, n),
-                None if geometry is None else json.loads(geometry),
-                _from_iso(dt),
-                _from_iso(start),
-                _from_iso(end),
-            )
-            yield meta, rows
+            yield _item_meta(collection_id, item_id, w, s, e, n, geometry, dt, start, end), rows
 
     def iter_collection_assets(
         self, collections: Collection[str] | None = None
@@ -1197,17 +1190,8 @@ class Selection(Closing):
         kept = 0
         while rows := cursor.fetchmany(_FLUSH_ROWS):
             passing = []
-            for rowid, collection_id, item_id, w, s, e, n, geometry, dt, start, end in rows:
-                meta = ItemMeta(
-                    collection_id,
-                    item_id,
-                    None if w is None else (w, s, e, n),
-                    None if geometry is None else json.loads(geometry),
-                    _from_iso(dt),
-                    _from_iso(start),
-                    _from_iso(end),
-                )
-                if item_pred(meta):
+            for rowid, *item in rows:
+                if item_pred(_item_meta(*item)):
                     passing.append((rowid,))
             total += len(rows)
             kept += len(passing)
@@ -1389,8 +1373,41 @@ def _as_tree(where: Tree | Path | None) -> Tree | None:
     return LocalTree(where) if isinstance(where, (str, os.PathLike)) else where
 
 
-ItemAssetRow = tuple[str, str, int | None, bool]
-"""One asset of an item: ``(asset_key, rel_path, size, common)``."""
+class ItemAssetRow(NamedTuple):
+    """One asset of an item, as :meth:`AssetDB.iter_items_with_assets` lists them."""
+
+    asset_key: str
+    rel_path: str
+    size: int | None
+    common: bool
+    """Stored once in ``_common/`` (an href several items share)."""
+
+
+def _item_meta(
+    collection_id: str,
+    item_id: str,
+    west: float | None,
+    south: float | None,
+    east: float | None,
+    north: float | None,
+    geometry_json: str | None,
+    datetime_: str | None,
+    start: str | None,
+    end: str | None,
+) -> ItemMeta:
+    """An item as the filters judge it, from its ``items`` row (less the rowid)."""
+    bbox = None
+    if west is not None and south is not None and east is not None and north is not None:
+        bbox = (west, south, east, north)
+    return ItemMeta(
+        collection_id,
+        item_id,
+        bbox,
+        None if geometry_json is None else json.loads(geometry_json),
+        _from_iso(datetime_),
+        _from_iso(start),
+        _from_iso(end),
+    )
 
 
 def _in_collections(collections: Collection[str] | None) -> tuple[str, tuple[Any, ...]]:
