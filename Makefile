@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo map-demo lint format bench soak schema clean
+.PHONY: install test demo map-demo lint format bench bench-shards soak schema clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ schema: install
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/shards.py
+
+bench-shards: install
+	$(BIN)/python bench/shards.py
 
 soak: install
 	$(BIN)/python bench/soak.py

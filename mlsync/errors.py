@@ -30,7 +30,8 @@ never contain an API key (URLs are redacted before they reach a message).
     ├── StateError                    local state stops the run
     │   ├── LockHeldError             another apply holds the output directory's lock
     │   ├── StalePlanError            a saved plan no longer matches the catalog or disk
-    │   └── FrozenLockError           --frozen, and the hub no longer matches mlsync.lock
+    │   ├── FrozenLockError           --frozen, and the hub no longer matches mlsync.lock
+    │   └── ShardsIncomplete          finalize: some shards of a sharded plan have no result
     └── TransferError                 one asset could not be downloaded (kept per asset)
         └── DownloadFailed            the run ended with failures listed in err_report.csv
 
@@ -74,6 +75,7 @@ __all__ = [
     "MLSyncError",
     "ManifestError",
     "ObjectStoreError",
+    "ShardsIncomplete",
     "StalePlanError",
     "StateError",
     "TransferError",
@@ -250,6 +252,15 @@ class StalePlanError(StateError):
 
 class FrozenLockError(StateError):
     """``--frozen`` was given and the hub's catalog no longer matches ``mlsync.lock``."""
+
+
+class ShardsIncomplete(StateError):
+    """Finalize found shards of a sharded plan without a result (never started, still
+    running, or killed); ``missing`` names them (``shard 2/4 (never started)``)."""
+
+    def __init__(self, message: str, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class TransferError(MLSyncError):

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -313,6 +313,18 @@ class DatasetSync:
         """
         with self._locked("plan") as (db, dataset, dirs):
             return self._plan_locked(db, dataset, dirs, frozen, keep)
+
+    def prepare(self, *, frozen: LockEntry | None = None) -> DatasetPlan:
+        """Plan with every action, and make the tree ready for transfers run elsewhere
+        (:mod:`mlsync.shard`): under the run lock, the rows the disk contradicts are corrected
+        and the catalog's own files written; nothing is transferred."""
+        with self._locked("plan") as (db, dataset, dirs):
+            dataset_plan = self._plan_locked(db, dataset, dirs, frozen)
+            if dataset_plan.reconcile:
+                db.apply_updates(dataset_plan.reconcile)
+            self.source.materialize(db, dirs.catalog, dataset_plan.catalog)
+            dataset_plan.catalog = replace(dataset_plan.catalog, unpack_pending=False)
+            return dataset_plan
 
     def apply(
         self,

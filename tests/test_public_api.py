@@ -98,6 +98,7 @@ def test_submodule_all_lists_are_importable() -> None:
         "mlsync.errors",
         "mlsync.exceptions",
         "mlsync.session",
+        "mlsync.shard",
         "mlsync.status",
     ):
         module = importlib.import_module(module_name)

@@ -124,8 +124,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "inject faults, e.g. 500=0.05,429=0.05,retry_after=1,reset=0.02,seed=7,path=B02: "
             "name=value pairs, a fault's name sets its rate (0..1); other names: seed, "
             "retry_after, stall_seconds, cut_fraction, path (a regex), kinds (asset+archive"
-            "+api+stac; default asset), max_faults, fail_first, fail_first_fault "
-            "(default: no faults)"
+            "+api+stac; default asset), max_faults, fail_first, fail_first_fault, latency "
+            "(seconds every matching request waits) (default: no faults)"
         ),
     )
     serve.set_defaults(func=run_serve)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from mlsync import planner, workflow
 from mlsync import status as status_lib
-from mlsync.cli import plan_map
+from mlsync.cli import plan_map, shard_cmd
 from mlsync.cli.hubargs import DEFAULT_MANIFEST, settings_for
 from mlsync.cli.render import (
     EXIT_CHANGES,
@@ -81,6 +81,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="exit 0 when nothing to do, 2 when changes are pending, 1 on error",
     )
+    shard_cmd.add_plan_options(plan)
     plan_map.register_options(plan)
     plan.set_defaults(func=run_plan)
 
@@ -109,6 +110,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="with --prune: remove the trees of removed datasets without asking",
     )
+    shard_cmd.add_apply_options(apply)
     apply.set_defaults(func=run_apply)
 
     status = commands.add_parser("status", help="local state of each dataset (no network)")
@@ -381,6 +383,8 @@ def _listing_hint_for(project: Project, args: argparse.Namespace) -> Iterator[No
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    if args.shards is not None:
+        return shard_cmd.run_plan_sharded(args)
     project = load_project(args.manifest, args.dataset)
     with (
         _listing_hint_for(project, args),
@@ -432,6 +436,8 @@ def _printer(console: Any, prune: bool) -> Callable[[DatasetPlan], None]:
 
 
 def run_apply(args: argparse.Namespace) -> int:
+    if shard_cmd.wants_sharded_apply(args):
+        return shard_cmd.run_apply_sharded(args)
     saved = load_saved_plan(Path(args.manifest))
     saved_path = args.manifest
     if saved is not None:

@@ -111,12 +111,13 @@ SPEC_FIELDS: Final[dict[str, str]] = {
     "max_faults": "max_faults",
     "fail_first": "fail_first",
     "fail_first_fault": "fail_first_fault",
+    "latency": "latency",
 }
 """The names of :meth:`FaultConfig.from_spec` (``name=value``) and the field each sets: the
 rates by fault name (``500`` sets ``rate_500``), ``path`` (or ``path_pattern``) the path
 pattern, every other name the field of that name."""
 _SPEC_INTS: Final = frozenset({"seed", "retry_after", "max_faults", "fail_first"})
-_SPEC_FLOATS: Final = frozenset({"stall_seconds", "cut_fraction"})
+_SPEC_FLOATS: Final = frozenset({"stall_seconds", "cut_fraction", "latency"})
 KINDS_SEPARATOR: Final = "+"
 """Between the kinds of a spec's ``kinds=`` (``kinds=asset+archive``): ``,`` separates pairs."""
 
@@ -200,6 +201,10 @@ class FaultConfig:
     max_faults: int | None = None
     fail_first: int = 0
     fail_first_fault: Fault = "500"
+    latency: float = 0.0
+    """Seconds every matching request waits before it is answered (a far or busy server:
+    what lets scaling over many connections be measured on a machine of few cores). Not a
+    fault: never counted, never capped by ``max_faults``."""
 
     _rng: random.Random = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
@@ -223,8 +228,8 @@ class FaultConfig:
             raise ValueError("fail_first and max_faults must not be negative")
         if not 0 <= self.cut_fraction < 1:
             raise ValueError("cut_fraction must be in [0, 1)")
-        if self.retry_after < 0 or self.stall_seconds < 0:
-            raise ValueError("retry_after and stall_seconds must not be negative")
+        if self.retry_after < 0 or self.stall_seconds < 0 or self.latency < 0:
+            raise ValueError("retry_after, stall_seconds and latency must not be negative")
         unknown = set(self.kinds) - KINDS
         if unknown:
             raise ValueError(f"unknown kinds {sorted(unknown)}; choose from {sorted(KINDS)}")
@@ -255,6 +260,14 @@ class FaultConfig:
             self._rng = random.Random(self.seed)
             self._per_path.clear()
             self.injected.clear()
+
+    def delay(self, kind: str, path: str) -> float:
+        """The seconds a request of ``kind`` to ``path`` waits first (``latency``)."""
+        if not self.latency or kind not in self.kinds:
+            return 0.0
+        if self._pattern and not self._pattern.search(path):
+            return 0.0
+        return self.latency
 
     def decide(
         self, kind: str, path: str, *, method: str = "GET", has_range: bool = False
@@ -500,6 +513,8 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
             return
         scope.setdefault(SERVER_SEND_KEY, send)
+        if delay := self.config.delay(self.kind_of(scope["path"]), scope["path"]):
+            await asyncio.sleep(delay)
         headers: list[tuple[bytes, bytes]] = list(scope.get("headers", []))
         has_range = any(name.lower() == b"range" for name, _ in headers)
         fault, changed = self.config.draw(
