@@ -67,6 +67,7 @@ from mlsync.executor import (
 )
 from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
 from mlsync.lockfile import check_frozen
+from mlsync.objectstore import ObjectStoreTarget, S3Location
 from mlsync.planner import (
     Plan,
     _action_from_dict,
@@ -79,8 +80,10 @@ from mlsync.planner import (
 )
 from mlsync.records import ActionKind, PlannedAction
 from mlsync.runlock import LockHolder, RunLock
+from mlsync.sync import publish_error_report
 from mlsync.tree.base import Tree
-from mlsync.tree.local import LocalTree, write_atomically
+from mlsync.tree.factory import tree_for
+from mlsync.tree.local import write_atomically
 
 if TYPE_CHECKING:
     from mlsync.sync import DatasetPlan
@@ -202,6 +205,13 @@ class DatasetEntry:
     """How many transfers each shard has."""
     shard_bytes: tuple[int, ...]
     orphans: int
+    object_store: ObjectStoreTarget | None = None
+    """An ``s3://`` output: the assets go to the bucket, while ``dataset_dir`` (the local
+    state, shard journals and results) must be one folder every host mounts."""
+
+    def tree(self) -> Tree:
+        """The dataset's output tree (checked: an unusable store is one line here)."""
+        return tree_for(self.object_store, self.dataset_dir)
 
     def shard_dir(self, plan_id: str, shard: ShardId) -> Path:
         return self.dataset_dir / SHARDS_DIR_NAME / plan_id / shard.dirname
@@ -219,6 +229,9 @@ class DatasetEntry:
             "shard_actions": list(self.shard_actions),
             "shard_bytes": list(self.shard_bytes),
             "orphans": self.orphans,
+            "object_store": None
+            if self.object_store is None
+            else _store_to_dict(self.object_store),
         }
 
     @classmethod
@@ -233,7 +246,31 @@ class DatasetEntry:
             shard_actions=tuple(json_count(n) for n in json_list(raw["shard_actions"])),
             shard_bytes=tuple(json_count(n) for n in json_list(raw["shard_bytes"])),
             orphans=json_count(raw["orphans"]),
+            object_store=_store_from_dict(raw.get("object_store")),
         )
+
+
+def _store_to_dict(store: ObjectStoreTarget) -> dict[str, Any]:
+    """Where and how to connect, never the credentials (each host resolves its own)."""
+    return {
+        "url": str(store.location),
+        "endpoint": store.endpoint,
+        "profile": store.profile,
+        "part_size": store.part_size,
+    }
+
+
+def _store_from_dict(raw: Any) -> ObjectStoreTarget | None:
+    if raw is None:
+        return None
+    raw = json_object(raw)
+    endpoint, profile = raw.get("endpoint"), raw.get("profile")
+    return ObjectStoreTarget(
+        S3Location.parse(json_str(raw["url"])),
+        endpoint=None if endpoint is None else json_str(endpoint),
+        profile=None if profile is None else json_str(profile),
+        part_size=json_count(raw["part_size"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -342,6 +379,7 @@ class PlannedDatasetInput:
     dataset_dir: Path
     catalog_sha256: str
     plan: Plan
+    object_store: ObjectStoreTarget | None = None
 
 
 def write_sharded_plan(
@@ -431,6 +469,7 @@ def prepare(
                 dataset_dir=p.dataset_dir,
                 catalog_sha256=p.catalog.sha256,
                 plan=p.plan,
+                object_store=p.target.object_store,
             )
             for p in plans
         ],
@@ -464,6 +503,7 @@ def _write_dataset(
         shard_actions=tuple(counts),
         shard_bytes=tuple(sizes),
         orphans=orphan_count,
+        object_store=dataset.object_store,
     )
 
 
@@ -788,7 +828,7 @@ def _run_dataset(
         raise LocalWriteError.from_os_error(
             exc, shard_dir, what="the shard's folder", action="create", advice="Fix permissions"
         ) from None
-    tree = LocalTree(entry.dataset_dir)
+    tree = entry.tree()
     with ShardLock(shard_dir / "lock"):
         journal_path = shard_dir / "journal.jsonl"
         done = {e["rel_path"] for e in read_journal(journal_path) if e.get("op") != "failed"}
@@ -953,6 +993,7 @@ def _finalize_dataset(
 ) -> None:
     failures = [_failure_from_dict(f) for r in results for f in json_list(r.get("failed", []))]
     recorded = 0
+    tree = entry.tree()
     with AssetDB.open(entry.dataset_dir / layout.ASSET_DB_NAME) as db:
         for shard in plan.all_shards():
             journal = entry.shard_dir(plan.plan_id, shard) / "journal.jsonl"
@@ -963,11 +1004,11 @@ def _finalize_dataset(
             db.commit()
         pruned: list[str] = []
         if prune:
-            pruned = _prune(db, LocalTree(entry.dataset_dir), entry.name, plan.orphans_file, sink)
+            pruned = _prune(db, tree, entry.name, plan.orphans_file, sink)
         db.commit()
-    tree = LocalTree(entry.dataset_dir)
     report_path = tree.state_dir / layout.ERR_REPORT_NAME
     write_error_report(tree, entry.dataset_id, failures)
+    publish_error_report(tree)
     report.recorded[entry.name] = recorded
     report.failed[entry.name] = failures
     report.pruned[entry.name] = pruned

@@ -323,6 +323,9 @@ class DatasetSync:
             if dataset_plan.reconcile:
                 db.apply_updates(dataset_plan.reconcile)
             self.source.materialize(db, dirs.catalog, dataset_plan.catalog)
+            tree = self._tree(dirs.assets)
+            if isinstance(tree, S3Tree) and dataset_plan.catalog.unpack_pending:
+                _publish_catalog(tree, dirs.catalog)  # the shards write assets only
             dataset_plan.catalog = replace(dataset_plan.catalog, unpack_pending=False)
             return dataset_plan
 
@@ -375,11 +378,7 @@ class DatasetSync:
     def _finish_object_store(self, tree: S3Tree, report: ExecutionReport, prune: bool) -> None:
         """err_report.csv in the bucket too (the layout on disk has it), and with ``prune``
         the multipart uploads that no journal will resume aborted."""
-        local = tree.state_dir / layout.ERR_REPORT_NAME
-        if report.failed and local.is_file():
-            tree.write_atomic(layout.ERR_REPORT_NAME, local.read_bytes())
-        elif tree.listing_has(layout.ERR_REPORT_NAME):
-            tree.remove(layout.ERR_REPORT_NAME)
+        publish_error_report(tree)
         if prune:
             aborted = tree.abort_orphaned_uploads()
             if aborted:
@@ -610,6 +609,19 @@ _STATE_FILES = frozenset(
 )
 
 
+def publish_error_report(tree: Tree) -> None:
+    """An object-store tree keeps err_report.csv in the bucket too (the layout on disk has
+    it): the state directory's copy, or none when the run left none. A local tree's report
+    is already in place."""
+    if not isinstance(tree, S3Tree):
+        return
+    local = tree.state_dir / layout.ERR_REPORT_NAME
+    if local.is_file():
+        tree.write_atomic(layout.ERR_REPORT_NAME, local.read_bytes())
+    elif tree.listing_has(layout.ERR_REPORT_NAME):
+        tree.remove(layout.ERR_REPORT_NAME)
+
+
 def _publish_catalog(tree: S3Tree, catalog_dir: Path) -> None:
     """Copy the catalog's own files, unpacked in the local state directory, to the bucket
     (the same layout as on disk); the state files stay local."""
@@ -722,4 +734,5 @@ __all__ = [
     "SyncTarget",
     "build_plan",
     "download_dataset",
+    "publish_error_report",
 ]

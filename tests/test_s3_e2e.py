@@ -281,3 +281,31 @@ def test_status_and_verify_read_the_bucket(hub_env, s3_env, s3_bucket, cli, tmp_
     assert status.code == 0 and "synced" in status.out
     verified = cli("status", remote, "--verify")
     assert f"{assets} verified, 0 drifted" in verified.out + verified.err
+
+
+def test_shards_into_the_bucket_give_what_one_local_apply_gives(
+    hub_env, s3_env, s3_bucket, cli, tmp_path
+):
+    """``plan --out --shards 3`` then three shards and a finalize, into ``s3://``: the same
+    keys and bytes as a local apply, each asset fetched once, the catalog in the bucket
+    before any shard runs, and ``plan`` says No changes afterwards."""
+    local = _project(tmp_path / "local", hub_env, "out")
+    assert cli("apply", local).code == 0
+    expected = _local_files(tmp_path / "local" / "out" / SAMPLE_DATASET)
+    remote = _project(tmp_path / "remote", hub_env, f"s3://{s3_bucket}/sharded")
+    plan_path = tmp_path / "remote" / "plan.json"
+    made = cli("plan", remote, "--out", plan_path, "--shards", "3")
+    assert made.code == 0, made.err
+    prefix = f"sharded/{SAMPLE_DATASET}/"
+    assert "catalog.json" in _objects(s3_env, s3_bucket, prefix)  # the plan put it, not a shard
+    hub_env.reset_stats()
+    for index in range(3):
+        ran = cli("apply", plan_path, "--shard", f"{index}/3")
+        assert ran.code == 0, ran.err
+    finalized = cli("apply", plan_path, "--finalize", "--json")
+    assert finalized.code == 0, finalized.err
+    assert _asset_requests(hub_env) == finalized.json()["recorded"]  # none twice
+    assert _objects(s3_env, s3_bucket, prefix) == expected
+    replan = cli("plan", remote)
+    assert replan.code == 0, replan.err
+    assert replan.out.strip().splitlines()[-1].startswith("No changes.")
