@@ -309,3 +309,48 @@ def test_shards_into_the_bucket_give_what_one_local_apply_gives(
     replan = cli("plan", remote)
     assert replan.code == 0, replan.err
     assert replan.out.strip().splitlines()[-1].startswith("No changes.")
+
+
+def test_two_concurrent_applies_to_one_prefix_end_with_the_datasets_bytes(
+    hub_env, s3_env, s3_bucket, tmp_path
+):
+    """Two checkouts (two caches, so no run lock between them) apply the same dataset to one
+    prefix at once. Each object's write is conditional, so where both raced for a key one PUT
+    won and the other was refused; the loser adopts the winner's object when it holds the same
+    bytes (the store-level race of different bytes, where exactly one wins, is in
+    test_objectstore.py). Neither run fails for any other reason, none crashes, and the
+    objects are the dataset's bytes."""
+    import json
+    import subprocess
+    import sys
+
+    local = _project(tmp_path / "local", hub_env, "out")
+    local_run = subprocess.run(
+        [sys.executable, "-m", "mlsync", "apply", str(local), "--json"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=120,
+    )  # fmt: skip
+    assert local_run.returncode == 0, local_run.stderr
+    assets = json.loads(local_run.stdout)["transferred"]
+    expected = _local_files(tmp_path / "local" / "out" / SAMPLE_DATASET)
+    manifests = [
+        _project(tmp_path / name, hub_env, f"s3://{s3_bucket}/race") for name in ("a", "b")
+    ]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mlsync", "apply", str(m), "--json", "--workers", "8"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
+        for m in manifests
+    ]
+    outcomes = [run.communicate(timeout=120) for run in runs]
+    for run, (out, err) in zip(runs, outcomes, strict=True):
+        assert run.returncode in (0, 1), err
+        assert "Traceback" not in err
+        document = json.loads(out)
+        assert document["transferred"] <= assets
+        for failure in document.get("failures", []):
+            assert "another writer" in json.dumps(failure)
+    assert _objects(s3_env, s3_bucket, f"race/{SAMPLE_DATASET}/") == expected
