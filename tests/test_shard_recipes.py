@@ -24,6 +24,7 @@ import yaml
 from mlsync.localhub.server import RunningHub
 from tests.conftest import SAMPLE_DATASET, CliResult, isolate_cli
 from tests.test_faults_e2e import assert_synced
+from tests.test_s3_e2e import _local_files, _objects
 from tests.test_shard_e2e import write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,6 +100,21 @@ def _run_container(job: dict[str, Any], paths: dict[str, str], extra: dict[str, 
     return done.stdout
 
 
+def _run_jobs(manifest: Path, plan: Path, secret: dict[str, str]) -> None:
+    """The plan, shard and finalize Jobs' commands, in order, as their pods would run them
+    (``secret``: what the Secret ``mlsync-s3`` would put in each pod's environment)."""
+    paths = {"MLSYNC_MANIFEST": str(manifest), "MLSYNC_PLAN": str(plan)}
+    found = jobs()
+    for job in found.values():
+        refs = [ref["secretRef"]["name"] for ref in container(job).get("envFrom", [])]
+        assert refs == ["mlsync-s3"], job["metadata"]["name"]
+    _run_container(found["mlsync-plan"], paths, secret)
+    for index in range(found["mlsync-shards"]["spec"]["completions"]):
+        pod = {**secret, "JOB_COMPLETION_INDEX": str(index)}
+        assert f"Shard {index}/" in _run_container(found["mlsync-shards"], paths, pod)
+    assert "Finalize complete" in _run_container(found["mlsync-finalize"], paths, secret)
+
+
 def test_the_kubernetes_containers_commands_sync_the_dataset_when_run_locally(
     hub: RunningHub,
     tmp_path: Path,
@@ -108,16 +124,43 @@ def test_the_kubernetes_containers_commands_sync_the_dataset_when_run_locally(
 ) -> None:
     isolate_cli(monkeypatch, tmp_path)
     manifest = write_manifest(tmp_path, hub.url)
-    paths = {"MLSYNC_MANIFEST": str(manifest), "MLSYNC_PLAN": str(tmp_path / "plan.json")}
-    found = jobs()
-    _run_container(found["mlsync-plan"], paths, {})
-    hub.reset_stats()
-    for index in range(found["mlsync-shards"]["spec"]["completions"]):
-        out = _run_container(found["mlsync-shards"], paths, {"JOB_COMPLETION_INDEX": str(index)})
-        assert f"Shard {index}/" in out
-    assert "Finalize complete" in _run_container(found["mlsync-finalize"], paths, {})
+    _run_jobs(manifest, tmp_path / "plan.json", {})
     assert_synced(tmp_path / "out", sample_root, SAMPLE_DATASET)
     assert cli("plan", manifest).out.strip().splitlines()[-1].startswith("No changes.")
+
+
+def test_the_kubernetes_jobs_write_to_object_storage(
+    hub: RunningHub,
+    tmp_path: Path,
+    sample_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli: Callable[..., CliResult],
+    s3_server: Any,
+    s3_bucket: str,
+) -> None:
+    """The same Jobs with an ``s3://`` manifest and the Secret's credentials: every asset in
+    the bucket, byte for byte as the hub serves it; the state stays on the shared volume."""
+    isolate_cli(monkeypatch, tmp_path)
+    manifest = write_manifest(tmp_path, hub.url)
+    manifest.write_text(
+        manifest.read_text().replace("output_dir: out", f"output_dir: s3://{s3_bucket}/k8s")
+    )
+    secret = s3_server.env()
+    _run_jobs(manifest, tmp_path / "plan.json", secret)
+    (tmp_path / "local").mkdir()
+    local = write_manifest(tmp_path / "local", hub.url)
+    assert cli("apply", local).code == 0
+    expected = _local_files(tmp_path / "local" / "out" / SAMPLE_DATASET)
+    assert _objects(s3_server, s3_bucket, f"k8s/{SAMPLE_DATASET}/") == expected
+    assert (tmp_path / ".mlsync-cache").is_dir()  # the state: on the volume, not in the bucket
+    for name, value in secret.items():
+        if "SECRET" in name:
+            assert value not in (tmp_path / "plan.json").read_text()
+    with monkeypatch.context() as env:
+        for name, value in secret.items():
+            env.setenv(name, value)
+        replan = cli("plan", manifest)
+    assert replan.out.strip().splitlines()[-1].startswith("No changes."), replan.err
 
 
 def test_the_github_actions_matrix_covers_every_shard_once() -> None:
