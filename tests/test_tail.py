@@ -18,7 +18,16 @@ import requests
 
 from mlsync.cli import sync_cmd
 from mlsync.cli.main import main
-from mlsync.hub.http import FirstByteTimes, HubSession, Timeouts, TransferClient
+from mlsync.hub.http import (
+    BodyCut,
+    FirstByteTimes,
+    HubSession,
+    RetryableStatus,
+    RetryPolicy,
+    Timeouts,
+    TransferClient,
+    is_retryable,
+)
 from mlsync.localhub import FaultConfig, make_sample
 from mlsync.localhub.faults import FAULTS
 from mlsync.localhub.server import RunningHub
@@ -221,3 +230,41 @@ def test_a_trickling_body_is_cut_by_the_low_speed_limit() -> None:
             pass
     assert time.monotonic() - started < 5
     client.close()
+
+
+# --- retries --------------------------------------------------------------------------------
+
+
+def test_the_first_retry_after_a_cut_body_resumes_at_once_later_ones_back_off() -> None:
+    """The server answered: a cut body is a broken connection, not a busy server."""
+    waits: list[float] = []
+    failures = iter([BodyCut("cut"), BodyCut("cut again"), None])
+
+    def attempt() -> str:
+        failure = next(failures)
+        if failure is not None:
+            raise failure
+        return "done"
+
+    policy = RetryPolicy(attempts=3, backoff_initial=1.0, backoff_max=1.0)
+    retrying = policy.retrying(is_retryable=is_retryable, describe=lambda: "f", sleep=waits.append)
+    assert retrying(attempt) == "done"
+    assert waits[0] == 0.0
+    assert 0.0 < waits[1] <= 1.0
+
+
+def test_retry_after_still_rules_a_status() -> None:
+    waits: list[float] = []
+    failures = iter([RetryableStatus(503, "busy", "http://h/f", 2.0), None])
+
+    def attempt() -> str:
+        failure = next(failures)
+        if failure is not None:
+            raise failure
+        return "done"
+
+    retrying = RetryPolicy(attempts=2).retrying(
+        is_retryable=is_retryable, describe=lambda: "f", sleep=waits.append
+    )
+    assert retrying(attempt) == "done"
+    assert waits == [2.0]
