@@ -766,8 +766,7 @@ class _TransferResponse:
             raise
         except urllib3.exceptions.ReadTimeoutError:
             raise BodyCut(
-                f"the body stalled: nothing for {self._body_timeout:g} s "
-                f"({redact(self.url)})"
+                f"the body stalled: nothing for {self._body_timeout:g} s ({redact(self.url)})"
             ) from None
         except urllib3.exceptions.HTTPError as exc:
             error = _requests_error(exc, self.url, mid_body=True)
