@@ -21,11 +21,13 @@ from mlsync.cli.main import main
 from mlsync.hub.http import (
     BodyCut,
     FirstByteTimes,
+    FirstByteTracker,
     HubSession,
     RetryableStatus,
     RetryPolicy,
     Timeouts,
     TransferClient,
+    _FirstByteGate,
     is_retryable,
 )
 from mlsync.localhub import FaultConfig, make_sample
@@ -268,3 +270,40 @@ def test_retry_after_still_rules_a_status() -> None:
     )
     assert retrying(attempt) == "done"
     assert waits == [2.0]
+
+
+# --- the deadline ---------------------------------------------------------------------------
+
+
+def test_no_deadline_before_eight_answers_then_three_times_their_p95_above_the_floor() -> None:
+    tracker = FirstByteTracker(floor=0.25)
+    for _ in range(7):
+        tracker.record(0.5)
+    assert tracker.deadline is None  # too little evidence: only the read timeout holds
+    tracker.record(0.5)
+    assert tracker.deadline == pytest.approx(1.5)
+    fast = FirstByteTracker(floor=0.25)
+    for _ in range(8):
+        fast.record(0.005)
+    assert fast.deadline == 0.25  # 3 × 5 ms is under the floor
+
+
+def test_the_deadline_follows_the_recent_answers_only() -> None:
+    tracker = FirstByteTracker(floor=0.0)
+    for _ in range(64):
+        tracker.record(1.0)
+    for _ in range(64):  # the server got fast: the window forgets the slow answers
+        tracker.record(0.01)
+    assert tracker.deadline == pytest.approx(0.03)
+
+
+def test_a_request_asked_again_waits_twice_as_long_each_time_up_to_the_read_timeout() -> None:
+    tracker = FirstByteTracker(floor=0.25)
+    for _ in range(8):
+        tracker.record(0.001)
+    gate = _FirstByteGate(tracker)
+    limits = []
+    for attempt in range(10):
+        gate.attempt = attempt
+        limits.append(gate.limit(60.0))
+    assert limits == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]
