@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test demo lint format bench soak schema clean
+.PHONY: install test demo map-demo lint format bench soak schema clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,9 @@ test: install
 
 demo: install
 	$(BIN)/python examples/demo.py
+
+map-demo: install
+	$(BIN)/python examples/map_demo.py
 
 lint: install
 	$(BIN)/ruff check mlsync tests bench examples

@@ -68,6 +68,7 @@ __all__ = [
     "CommonPathFn",
     "FileUpdate",
     "IngestStats",
+    "ItemAssetRow",
     "ItemPredicate",
     "Selection",
     "StateRow",
@@ -530,6 +531,64 @@ class AssetDB:
         if earliest is None or latest is None:
             return None
         return count, earliest, latest
+
+    def count_items(self, collections: Collection[str] | None = None) -> int:
+        """Items of the catalog (of ``collections`` only, when given)."""
+        where, params = _in_collections(collections)
+        row = self._conn.execute(f"SELECT COUNT(*) FROM items{where}", params).fetchone()
+        return int(row[0])
+
+    def iter_items_with_assets(
+        self, collections: Collection[str] | None = None
+    ) -> Iterator[tuple[ItemMeta, list[ItemAssetRow]]]:
+        """Every item (of ``collections`` only, when given) with all its asset rows, streamed
+        in ingest order: what the plan's map draws, selected or not. Read-only."""
+        where, params = _in_collections(collections)
+        conn = self._conn
+        items = conn.execute(
+            "SELECT item_rowid, collection_id, item_id, west, south, east, north, "
+            f"geometry_json, datetime, start_datetime, end_datetime FROM items{where} "
+            "ORDER BY item_rowid",
+            params,
+        )
+        # Both cursors in item order, merged here: assets has no index on item_rowid, so a
+        # join per item would scan it once per item.
+        asset_where = " AND collection_id IN (SELECT value FROM json_each(?))" if where else ""
+        assets = conn.execute(
+            "SELECT item_rowid, asset_key, rel_path, size, common FROM assets "
+            f"WHERE item_rowid IS NOT NULL{asset_where} ORDER BY item_rowid, rel_path",
+            params,
+        )
+        pending = assets.fetchone()
+        for rowid, collection_id, item_id, w, s, e, n, geometry, dt, start, end in items:
+            rows: list[ItemAssetRow] = []
+            while pending is not None and pending[0] <= rowid:
+                if pending[0] == rowid:
+                    rows.append((str(pending[1]), str(pending[2]), pending[3], bool(pending[4])))
+                pending = assets.fetchone()
+            meta = ItemMeta(
+                collection_id,
+                item_id,
+                None if w is None else (w, s, e, n),
+                None if geometry is None else json.loads(geometry),
+                _from_iso(dt),
+                _from_iso(start),
+                _from_iso(end),
+            )
+            yield meta, rows
+
+    def iter_collection_assets(
+        self, collections: Collection[str] | None = None
+    ) -> Iterator[tuple[str, str, str, int | None]]:
+        """Collection-level assets: ``(collection_id, asset_key, rel_path, size)``."""
+        where, params = _in_collections(collections)
+        clause = where.replace(" WHERE ", " AND ", 1)
+        for collection_id, key, rel_path, size in self._conn.execute(
+            "SELECT collection_id, asset_key, rel_path, size FROM assets "
+            f"WHERE item_rowid IS NULL{clause} ORDER BY collection_id, rel_path",
+            params,
+        ):
+            yield str(collection_id), str(key), str(rel_path), size
 
     def select(
         self, item_pred: ItemPredicate | None, asset_pred: AssetPredicate | None
@@ -1390,6 +1449,19 @@ StateRow = tuple[
 ]
 """One row of :meth:`Selection.iter_state_rows`, in :class:`LocalFile`'s field order (the
 recorded href last, as in :class:`LocalFile`)."""
+
+
+ItemAssetRow = tuple[str, str, int | None, bool]
+"""One asset of an item: ``(asset_key, rel_path, size, common)``."""
+
+
+def _in_collections(collections: Collection[str] | None) -> tuple[str, tuple[Any, ...]]:
+    """A ``WHERE`` clause keeping ``collections`` (all when None), and its parameter."""
+    if collections is None:
+        return "", ()
+    return " WHERE collection_id IN (SELECT value FROM json_each(?))", (
+        json.dumps(sorted(collections)),
+    )
 
 
 def row_objects(row: StateRow, dataset_dir: Path | None) -> tuple[DesiredAsset, LocalFile]:

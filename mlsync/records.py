@@ -95,6 +95,12 @@ class ActionKind(enum.StrEnum):
     UP_TO_DATE = "up-to-date"
     ORPHAN = "orphan"
 
+    @property
+    def json_name(self) -> str:
+        """The kind as machine output spells it (CLI JSON, GeoJSON): ``up_to_date``, like
+        every other count; the value keeps the saved plan file's spelling."""
+        return self.value.replace("-", "_")
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedAction:

@@ -63,6 +63,7 @@ from mlsync.sources.mlhub import MLHubSource
 
 if TYPE_CHECKING:
     from mlsync.models import Dataset
+    from mlsync.planmap import DatasetMap
 
 log = logging.getLogger("mlsync.sync")
 
@@ -84,6 +85,17 @@ class DatasetPlan:
     @property
     def dataset_id(self) -> str:
         return str(self.dataset["id"])
+
+    def map(self) -> DatasetMap:
+        """The plan as footprints (:mod:`mlsync.planmap`), to draw or export."""
+        from mlsync.planmap import DatasetMap
+
+        return DatasetMap.from_plan(self)
+
+    def features(self) -> Iterator[dict[str, Any]]:
+        """One GeoJSON feature per item of the selected collections, with what the plan does
+        with it (``properties.action``) and its assets: for a notebook to draw."""
+        return self.map().features()
 
     def lock_entry(self) -> LockEntry:
         source = self.target.source

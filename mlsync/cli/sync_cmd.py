@@ -20,6 +20,7 @@ from rich.table import Table
 
 from mlsync import planner
 from mlsync import status as status_lib
+from mlsync.cli import plan_map
 from mlsync.cli.hubargs import DEFAULT_MANIFEST, settings_for
 from mlsync.cli.render import (
     ProgressRenderer,
@@ -72,6 +73,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         action="store_true",
         help="exit 0 when nothing to do, 2 when changes are pending, 1 on error",
     )
+    plan_map.register_options(plan)
     plan.set_defaults(func=run_plan)
 
     apply = commands.add_parser("apply", help="download what is missing or partial")
@@ -333,7 +335,7 @@ def _dataset_document(dataset_plan: DatasetPlan) -> dict[str, Any]:
 
 def json_kind(kind: ActionKind | str) -> str:
     """An action kind as the CLI's JSON spells it: ``up_to_date``, like every other count."""
-    return str(kind).replace("-", "_")
+    return ActionKind(kind).json_name
 
 
 def _json_plan(plan: dict[str, Any]) -> dict[str, Any]:
@@ -481,24 +483,26 @@ def run_plan(args: argparse.Namespace) -> int:
         ProgressRenderer(stderr_console(), quiet=args.quiet or args.json) as renderer,
     ):
         # Shown only, the table lists SHOWN_ACTIONS per kind: a plan of a million adds need
-        # not hold more. --out and --json need every action.
-        keep = None if args.out or args.json else SHOWN_ACTIONS
+        # not hold more. --out, --json and the map (--map, --geojson) need every action.
+        keep = None if args.out or args.json or plan_map.wanted(args) else SHOWN_ACTIONS
         plans = _make_plans(project, args, renderer, keep)
     _update_lock(project, plans, args.frozen)
     removed = _removed_datasets(project, args, plans)
     if args.out:
         _write_text_atomically(args.out, _saved_plan(project, plans).to_json())
-    if args.json:
-        # Built only when asked for: every action as JSON is hundreds of MB for a million.
-        document = plan_document(plans, removed)
-        print_json("plan", {**document, "saved_to": str(args.out) if args.out else None})
-    else:
+    if not args.json:
         render_plan(plans, removed)
         if args.out:
             stdout_console().print(
                 f"Saved the plan to {args.out}; run `mlsync apply {args.out}` to carry it out.",
                 markup=False,
             )
+    written = plan_map.write_outputs(args, plans, project.path)
+    if args.json:
+        # Built only when asked for: every action as JSON is hundreds of MB for a million.
+        document = plan_document(plans, removed)
+        saved = {"saved_to": str(args.out) if args.out else None}
+        print_json("plan", {**document, **saved, **written})
     if args.detailed_exitcode and _has_changes(plans, removed):
         return EXIT_CHANGES
     return EXIT_OK
