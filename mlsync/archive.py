@@ -40,11 +40,9 @@ archive appended to the first, is refused).
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import itertools
 import logging
-import math
 import os
 import secrets
 import stat
@@ -58,6 +56,7 @@ from pathlib import Path
 
 from mlsync.errors import CatalogError, LocalWriteError, UnsafePathError
 from mlsync.layout import resolve_inside, safe_component
+from mlsync.tree.local import write_atomically
 
 __all__ = [
     "MAX_MEMBERS",
@@ -77,7 +76,6 @@ MAX_TOTAL_BYTES = 64 * 1024**3
 """Most bytes written in all: a catalog larger than 64 GiB is taken for a decompression bomb."""
 
 _NAME_MAX_BYTES = 255
-_MAX_MTIME = 253402300799.0  # 9999-12-31T23:59:59Z; a later (or NaN) mtime is not applied
 _META_TYPES = frozenset(
     {
         tarfile.XHDTYPE,
@@ -98,7 +96,6 @@ _PROGRESS_EVERY = 64
 """Members between two progress calls."""
 _PENDING_WRITES = 512
 """Member writes queued at most (their bytes are held until written)."""
-_TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,29 +258,12 @@ class _Extractor:
         number = next(self.tmp_numbers)
         tmp = os.path.join(os.path.dirname(final), f"{self.tmp_prefix}{number}.tmp")
         try:
-            fd = os.open(tmp, _TMP_FLAGS, 0o666)
-        except OSError as exc:
-            raise _write_error(tmp, exc) from exc
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if math.isfinite(mtime) and 0 <= mtime <= _MAX_MTIME:
-                    os.utime(fd, (mtime, mtime))
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
+            write_atomically(final, data, durable=False, mtime=mtime, tmp=tmp)
         except IsADirectoryError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise self.refuse(name, f"is a file where {final!r} is a directory") from None
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise _write_error(final, exc) from exc
-            raise
+        except OSError as exc:
+            opening = exc.filename == tmp and exc.filename2 is None  # the temporary's open
+            raise _write_error(tmp if opening else final, exc) from exc
 
     def write_member(self, folder: str, rel: str, data: bytes, mtime: float, name: str) -> None:
         self.ensure_dir(folder, name)

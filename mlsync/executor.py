@@ -14,10 +14,9 @@ stops the run with a ``LocalWriteError`` in the same orderly way.
 from __future__ import annotations
 
 import csv
-import hashlib
+import io
 import itertools
 import os
-import stat
 import threading
 import time
 from collections import deque
@@ -32,13 +31,9 @@ from mlsync.errors import LocalWriteError, TransferError, UnsafePathError
 from mlsync.events import AssetFinished, EventSink, Notice, Task, ignore
 from mlsync.hub.http import RetryPolicy, Timeouts, TransferClient, redact
 from mlsync.records import ActionKind, PlannedAction
-from mlsync.transfer import (
-    CHUNK_SIZE,
-    FileTransfer,
-    TransferStopped,
-    describe_failure,
-    parse_checksum,
-)
+from mlsync.transfer import FileTransfer, TransferStopped, describe_failure
+from mlsync.tree.base import Tree
+from mlsync.tree.local import LocalTree, write_atomically
 
 TRANSFER_KINDS = frozenset({ActionKind.ADD, ActionKind.RESUME, ActionKind.REPLACE})
 COMMIT_EVERY = 500
@@ -150,10 +145,13 @@ class Executor:
         sink: EventSink = ignore,
         client_factory: Callable[[Timeouts], TransferClient] | None = None,
         ca_bundle: Path | None = None,
+        tree: Tree | None = None,
     ) -> None:
-        """``ca_bundle``: the CA certificates the default transfer clients verify against."""
+        """``ca_bundle``: the CA certificates the default transfer clients verify against;
+        ``tree``: the output tree the files go to (default: a local tree at ``dataset_dir``)."""
         self.dataset = dataset
         self.dataset_dir = dataset_dir
+        self.tree: Tree = tree if tree is not None else LocalTree(dataset_dir)
         self.state = state
         self.workers = max(1, workers or default_workers())
         self.policy = policy or RetryPolicy()
@@ -166,10 +164,6 @@ class Executor:
         self._in_flight: dict[int, object] = {}
         """The response each worker thread is reading (by thread id), to abort on a stop."""
         self._in_flight_lock = threading.Lock()
-        self._checked_folders: set[str] = set()
-        self._real_base: str | None = None
-        self._real_folders: set[str] = set()
-        """Folders (relative) seen to be real directories, not symbolic links."""
 
     def run(
         self,
@@ -257,14 +251,15 @@ class Executor:
         if action.move_from is not None and (moved := self._move(action)) is not None:
             return moved
         try:
-            dest = self._destination(action.rel_path)
+            self.tree.guard(action.rel_path)
         except UnsafePathError as exc:
             return _Failed(action, self._failure(action, str(exc), None, 0))
         transfer = FileTransfer(
             lambda offset, if_range: self._reading(
                 client.open(href, offset=offset, if_range=if_range)
             ),
-            dest,
+            action.rel_path,
+            tree=self.tree,
             label=f"{self.dataset}/{action.rel_path}",
             expected_size=action.size,
             checksum=action.checksum,
@@ -272,12 +267,11 @@ class Executor:
             on_bytes=on_bytes,
             stop=self.stop,
             sleep=self._pause,
-            root=self.dataset_dir,
             fresh=action.kind is not ActionKind.RESUME,  # the planner saw no part to resume
         )
-        if action.kind is ActionKind.REPLACE:
-            transfer.part.unlink(missing_ok=True)
         try:
+            if action.kind is ActionKind.REPLACE:
+                self.tree.drop_part(action.rel_path)
             outcome = transfer.run()
         except TransferStopped:
             return None
@@ -303,25 +297,16 @@ class Executor:
         )
 
     def _move(self, action: PlannedAction) -> _Done | None:
-        """Rename the file the planner found at ``action.move_from`` into place, after checking
-        it is still a regular file of the catalog's size and checksum (when it gives them);
-        None when it cannot be used (the asset is then downloaded as any other)."""
+        """Rename the file the planner found at ``action.move_from`` into place (the tree
+        checks it is still a regular file of the catalog's size and checksum); None when it
+        cannot be used (the asset is then downloaded as any other)."""
         assert action.move_from is not None
-        try:
-            source = layout.resolve_inside(self.dataset_dir, action.move_from)
-            dest = self._destination(action.rel_path)
-            st = os.lstat(source)
-            if not stat.S_ISREG(st.st_mode) or action.size not in (None, st.st_size):
-                return None
-            if action.checksum is not None and not _matches_checksum(source, action.checksum):
-                return None
-            if os.path.lexists(dest):
-                return None  # something appeared there since the plan: never clobber it
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(source, dest)
-        except (OSError, UnsafePathError):
+        facts = self.tree.move(
+            action.move_from, action.rel_path, size=action.size, checksum=action.checksum
+        )
+        if facts is None:
             return None
-        return _Done(action, st.st_size, st.st_mtime_ns, 0, moved_from=action.move_from)
+        return _Done(action, facts.size, facts.mtime_ns, 0, moved_from=action.move_from)
 
     def _reading(self, response: _R) -> _R:
         """Note the response this worker reads, so that a stop can wake it up."""
@@ -343,49 +328,9 @@ class Executor:
                 _abort(response)
 
     def _destination(self, rel_path: str) -> Path:
-        """The last guard before a write: no symlink in the tree may lead it outside.
-
-        The check runs once per folder and run (a folder holds an item's assets); the file
-        itself is opened with O_NOFOLLOW and renamed over, never written through.
-        """
-        layout.check_relative_path(rel_path)
-        folder = rel_path.rpartition("/")[0]
-        if folder not in self._checked_folders:
-            if self._meets_a_symlink(rel_path):
-                layout.resolve_inside(self.dataset_dir, rel_path)  # raises if it leads out
-            self._checked_folders.add(folder)
+        """The file's local path after the tree's containment guard (raises if it leads out)."""
+        self.tree.guard(rel_path)
         return self.dataset_dir / rel_path
-
-    def _meets_a_symlink(self, rel_path: str) -> bool:
-        """Whether any existing component of ``rel_path`` is a symbolic link.
-
-        Only those need :func:`layout.resolve_inside`'s verdict (a link that stays inside the
-        tree is fine). Without one the path is the dataset directory's real path plus
-        ``rel_path``: inside. This costs an lstat per folder not seen before, below the real
-        path resolved once, where realpath lstats every component of both paths each time.
-        """
-        if self._real_base is None:
-            self._real_base = os.path.realpath(self.dataset_dir)
-        path, prefix = self._real_base, ""
-        *folders, name = rel_path.split("/")
-        for part in folders:
-            prefix = f"{prefix}/{part}" if prefix else part
-            path = f"{path}/{part}"
-            if prefix in self._real_folders:
-                continue
-            try:
-                mode = os.lstat(path).st_mode
-            except OSError:  # missing (made below as a real folder) or not a folder
-                return False
-            if stat.S_ISLNK(mode):
-                return True
-            if not stat.S_ISDIR(mode):
-                return False  # nothing can be below it: the open fails, as a local error
-            self._real_folders.add(prefix)
-        try:
-            return stat.S_ISLNK(os.lstat(f"{path}/{name}").st_mode)
-        except OSError:
-            return False
 
     @staticmethod
     def _failure(
@@ -495,20 +440,6 @@ def _abort(response: object) -> None:
         abort()
 
 
-def _matches_checksum(path: Path, checksum: str) -> bool:
-    """Whether the file's content has the catalog's ``file:checksum`` (True when mlsync cannot
-    compute that hash function: the size was checked)."""
-    parsed = parse_checksum(checksum)
-    if parsed is None:
-        return True
-    name, expected = parsed
-    digest = hashlib.new(name)
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK_SIZE):
-            digest.update(block)
-    return digest.hexdigest() == expected
-
-
 def _folder_of(action: PlannedAction) -> str:
     return action.rel_path.rpartition("/")[0]
 
@@ -531,31 +462,31 @@ class _SharedIterator:
             return None if folder is None else list(folder)
 
 
-def write_error_report(path: Path, dataset_id: str, failures: list[FailedAsset]) -> None:
-    """Rewrite err_report.csv for this run; no failures means no report file."""
-    if not failures:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(path.name + ".tmp")
+def write_error_report(tree: Tree, dataset_id: str, failures: list[FailedAsset]) -> None:
+    """Rewrite err_report.csv (in the tree's state directory) for this run, atomically; no
+    failures means no report file."""
+    path = tree.state_dir / layout.ERR_REPORT_NAME
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(ERROR_REPORT_HEADER)
-            for failure in sorted(failures, key=lambda f: f.rel_path):
-                writer.writerow(
-                    (
-                        failure.error,
-                        dataset_id,
-                        failure.rel_path,
-                        failure.url,
-                        "" if failure.status is None else failure.status,
-                        failure.attempts,
-                        failure.time,
-                    )
+        if not failures:
+            path.unlink(missing_ok=True)
+            return
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(ERROR_REPORT_HEADER)
+        for failure in sorted(failures, key=lambda f: f.rel_path):
+            writer.writerow(
+                (
+                    failure.error,
+                    dataset_id,
+                    failure.rel_path,
+                    failure.url,
+                    "" if failure.status is None else failure.status,
+                    failure.attempts,
+                    failure.time,
                 )
-        os.replace(tmp, path)
+            )
+        write_atomically(path, text.getvalue().encode("utf-8"))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise LocalWriteError.from_os_error(
             exc,
             path,

@@ -28,10 +28,7 @@ and refuses to go on when they differ.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +42,9 @@ from mlsync.planner import (
     json_opt_str,
     json_problem,
     json_str,
+    short_sha,
 )
+from mlsync.tree.local import write_atomically
 
 __all__ = [
     "FORMAT_VERSION",
@@ -60,7 +59,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION: Final = 1
-_SHA_SHOWN = 12
 _NEW_FILE_MODE = 0o644
 
 
@@ -200,34 +198,8 @@ def write_lock(path: Path, lock: LockFile) -> bool:
         mode = path.stat().st_mode & 0o777
     except (FileNotFoundError, UnicodeDecodeError):
         mode = _NEW_FILE_MODE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
+    write_atomically(path, text.encode("utf-8"), mode=mode)
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable; best effort (some file systems refuse directory fsync)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- comparing ---------------------------------------------------------------------------------
@@ -251,8 +223,8 @@ def compare(locked: LockEntry, now: LockEntry) -> list[str]:
         )
     if locked.catalog.sha256 != now.catalog.sha256:
         differences.append(
-            f"catalog sha256 changed ({_short(locked.catalog.sha256)} → "
-            f"{_short(now.catalog.sha256)})"
+            f"catalog sha256 changed ({short_sha(locked.catalog.sha256)} → "
+            f"{short_sha(now.catalog.sha256)})"
         )
     delta = now.selected_assets - locked.selected_assets
     if delta:
@@ -295,7 +267,3 @@ def check_frozen(
             f"--frozen: the hub no longer matches {lock_path}: {'; '.join(problems)}. "
             "Review with `mlsync plan` (without --frozen), which updates the lock file"
         )
-
-
-def _short(sha: str) -> str:
-    return sha[:_SHA_SHOWN] + "…" if len(sha) > _SHA_SHOWN else sha

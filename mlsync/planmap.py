@@ -243,7 +243,7 @@ class DatasetMap:
                 )
             by_collection: dict[str, list[dict[str, Any]]] = {}
             for cid, key, rel_path, size in db.iter_collection_assets(self.collections):
-                row: ItemAssetRow = (key, rel_path, size, False)
+                row = ItemAssetRow(key, rel_path, size, common=False)
                 for asset in self._assets(cid, [row], not self.catalog_only, selection):
                     orphans.discard(rel_path)
                     by_collection.setdefault(cid, []).append(asset)

@@ -744,7 +744,7 @@ def check_fresh(saved: SavedPlan, current: SavedPlan, *, source: str = "the save
     if saved.manifest_sha256 != current.manifest_sha256:
         problems.append(
             f"the manifest {current.manifest_path} changed "
-            f"({_short(saved.manifest_sha256)} → {_short(current.manifest_sha256)})"
+            f"({short_sha(saved.manifest_sha256)} → {short_sha(current.manifest_sha256)})"
         )
     for name in saved.datasets.keys() - current.datasets.keys():
         problems.append(f"dataset {name} is no longer planned")
@@ -757,7 +757,7 @@ def check_fresh(saved: SavedPlan, current: SavedPlan, *, source: str = "the save
         if before.catalog_sha256 != now.catalog_sha256:
             problems.append(
                 f"dataset {name}: the catalog changed "
-                f"({_short(before.catalog_sha256)} → {_short(now.catalog_sha256)})"
+                f"({short_sha(before.catalog_sha256)} → {short_sha(now.catalog_sha256)})"
             )
         elif before.fingerprint != now.fingerprint:
             problems.append(
@@ -776,7 +776,8 @@ def check_fresh(saved: SavedPlan, current: SavedPlan, *, source: str = "the save
 # StateError naming the file. lockfile.py uses them too.
 
 
-def _short(sha: str) -> str:
+def short_sha(sha: str) -> str:
+    """A digest as messages show it (its first characters)."""
     return sha[:_SHA_SHOWN] + "…" if len(sha) > _SHA_SHOWN else sha
 
 

@@ -12,7 +12,7 @@ import datetime as _dt
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 BBox = tuple[float, float, float, float]
 """west, south, east, north in EPSG:4326 degrees."""
@@ -84,6 +84,32 @@ class LocalFile:
     """The href the recorded file was fetched from (None: unknown, e.g. recorded before
     mlsync kept it; unknown is taken to match the catalog's). A selection's state rows give
     it only where it differs from the catalog's (None there also means "the same")."""
+
+
+class StateRow(NamedTuple):
+    """One selected asset with its database record and disk facts, unbuilt: a synced plan
+    settles most rows from these fields without making :class:`DesiredAsset` and
+    :class:`LocalFile` (a tuple: 1M of them for a synced tree of 1M assets)."""
+
+    rel_path: str
+    href: str
+    size: int | None
+    """The catalog's size."""
+    checksum: str | None
+    """The catalog's ``file:checksum``."""
+    state: FileState
+    """The database's state (MISSING when it has no row)."""
+    recorded_size: int | None
+    recorded_mtime_ns: int | None
+    recorded_checksum: str | None
+    last_error: str | None
+    disk_size: int | None
+    """Size of the final file (None: absent, not a regular file, or not probed)."""
+    disk_mtime_ns: int | None
+    part_maybe: bool
+    """A part may be there (the tree was probed and said so): look at it to know."""
+    recorded_href: str | None
+    """Only when it is not the catalog's (None: the same, or unknown)."""
 
 
 class ActionKind(enum.StrEnum):

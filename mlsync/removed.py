@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sqlite3
-import stat
 import urllib.parse
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from typing import Any, Final, Protocol
 
 from mlsync import layout
 from mlsync.errors import LocalWriteError, UnsafePathError
-from mlsync.runlock import LOCK_FILE_NAME, RunLock
+from mlsync.tree.local import LocalTree, is_real_dir, regular_lstat_size
 
 __all__ = [
     "OWNER_MANIFEST_KEY",
@@ -120,21 +118,6 @@ def _read_owner(db_path: str) -> tuple[str, str] | None:
     return manifest, name
 
 
-def _is_real_dir(path: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _regular_size(path: str) -> int | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_size if stat.S_ISREG(st.st_mode) else None
-
-
 def _measure(top: str) -> tuple[int, int]:
     """(files, bytes) under ``top``; symbolic links count as files and are never followed."""
     files = size = 0
@@ -169,19 +152,19 @@ def find_removed(
     for output_dir in dict.fromkeys(Path(os.path.realpath(d)) for d in output_dirs):
         owner = _manifest_as_seen_from(output_dir, manifest)
         for entry in _candidates(output_dir):
-            if entry.name.startswith(".") or entry.is_symlink() or not _is_real_dir(entry.path):
+            if entry.name.startswith(".") or entry.is_symlink() or not is_real_dir(entry.path):
                 continue
             if os.path.realpath(entry.path) in kept:
                 continue
             db_path = os.path.join(entry.path, layout.ASSET_DB_NAME)
-            if _regular_size(db_path) is None:
+            if regular_lstat_size(db_path) is None:
                 continue
             stamped = _read_owner(db_path)
             if stamped is None or stamped[0] != owner or stamped[1] in names:
                 continue
             files, size = _measure(entry.path)
             archive = output_dir / (entry.name + layout.ARCHIVE_SUFFIX)
-            archive_size = _regular_size(str(archive))
+            archive_size = regular_lstat_size(str(archive))
             if archive_size is not None:
                 files, size = files + 1, size + archive_size
             found.append(
@@ -203,22 +186,12 @@ def remove_dataset(removed: RemovedDataset) -> None:
     the directory became a symbolic link, :class:`LocalWriteError` when a file cannot go.
     """
     top = removed.dataset_dir
-    if not _is_real_dir(str(top)):
+    tree = LocalTree(top)
+    if not is_real_dir(str(top)):
         raise UnsafePathError(f"not removing {top}: it is no longer a directory")
-    if not shutil.rmtree.avoids_symlink_attacks:  # pragma: no cover - not on Linux or macOS
-        raise UnsafePathError(f"not removing {top}: this platform cannot delete a tree safely")
     try:
-        with RunLock.for_dataset(top, command="apply"), os.scandir(top) as entries:
-            for entry in entries:
-                if entry.name == LOCK_FILE_NAME:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)  # fd-based: links inside are unlinked, not followed
-                else:
-                    os.unlink(entry.path)
-        with contextlib.suppress(OSError):  # a run that started since keeps its folder
-            os.rmdir(top)
-        if removed.archive is not None and _regular_size(str(removed.archive)) is not None:
+        tree.remove_tree("apply")
+        if removed.archive is not None and regular_lstat_size(str(removed.archive)) is not None:
             os.unlink(removed.archive)
     except OSError as exc:
         raise LocalWriteError.from_os_error(

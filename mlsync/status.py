@@ -14,8 +14,6 @@ replaces exactly those files, even one changed in place with its size and mtime 
 from __future__ import annotations
 
 import enum
-import hashlib
-import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -39,9 +37,10 @@ from mlsync.errors import StateError
 from mlsync.events import EventSink, Task, ignore
 from mlsync.filters import DownloadFilter, asset_selected, item_selected
 from mlsync.records import ActionKind, FileState
-from mlsync.runlock import RunLock
 from mlsync.sources import SyncTarget
 from mlsync.transfer import parse_checksum
+from mlsync.tree.base import ReadStopped, Tree
+from mlsync.tree.local import LocalTree, hash_file
 
 __all__ = [
     "AssetCounts",
@@ -54,7 +53,6 @@ __all__ = [
     "verify_dataset",
 ]
 
-READ_CHUNK: Final = 1 << 20
 DEFAULT_VERIFY_WORKERS: Final = 4
 """Parallel reads: enough to keep a disk or a network file system busy, few enough to leave
 the machine usable."""
@@ -180,13 +178,24 @@ def _has_catalog(db: AssetDB) -> bool:
     return db.get_meta(f"{CATALOG_META_PREFIX}ingested_at") is not None
 
 
-def _category(row: StateRow, dataset_dir: Path) -> str:
+def _category(row: StateRow, tree: Tree) -> str:
     """complete, partial, failed, missing or modified: the planner's verdict, in words."""
-    if planner.recorded_up_to_date(*row[2:8], row[9], row[10], row[1], row[12]):
+    if planner.recorded_up_to_date(
+        row.size,
+        row.checksum,
+        row.state,
+        row.recorded_size,
+        row.recorded_mtime_ns,
+        row.recorded_checksum,
+        row.disk_size,
+        row.disk_mtime_ns,
+        row.href,
+        row.recorded_href,
+    ):
         return "complete"
-    if row[4] is FileState.MISSING and row[9] is None and not row[11]:
+    if row.state is FileState.MISSING and row.disk_size is None and not row.part_maybe:
         return "missing"
-    desired, local = row_objects(row, dataset_dir)
+    desired, local = row_objects(row, tree)
     if planner.classify(desired, local).kind is ActionKind.UP_TO_DATE:
         return "complete"
     if local.state is FileState.FAILED:
@@ -234,14 +243,14 @@ def dataset_status(target: SyncTarget, dataset_id: str) -> DatasetStatus:
             if not _has_catalog(db):
                 state = DatasetState.NOT_PLANNED
                 return DatasetStatus(target.name, dataset_id, dataset_dir, state, None)
-            counts = _count(db, target, dataset_dir)
+            counts = _count(db, target, LocalTree(dataset_dir))
     except OSError as exc:
         raise _unreadable(dataset_dir, exc) from exc
     state = DatasetState.SYNCED if counts.complete == counts.selected else DatasetState.INCOMPLETE
     return DatasetStatus(target.name, dataset_id, dataset_dir, state, counts)
 
 
-def _count(db: AssetDB, target: SyncTarget, dataset_dir: Path) -> AssetCounts:
+def _count(db: AssetDB, target: SyncTarget, tree: Tree) -> AssetCounts:
     tally = dict.fromkeys(("complete", "partial", "failed", "missing", "modified"), 0)
     selected = selected_bytes = complete_bytes = orphaned = 0
     if target.catalog_only:
@@ -249,13 +258,13 @@ def _count(db: AssetDB, target: SyncTarget, dataset_dir: Path) -> AssetCounts:
     with (
         db.select(*_predicates(target.filter)) as selection,
         # Closed before the selection: its open cursor would keep the TEMP tables locked.
-        _closing(selection.iter_state_rows(dataset_dir)) as rows,
+        _closing(selection.iter_state_rows(tree)) as rows,
     ):
         for row in rows:
-            category = _category(row, dataset_dir)
+            category = _category(row, tree)
             tally[category] += 1
             selected += 1
-            size = row[2]
+            size = row.size
             if size is not None:
                 selected_bytes += size
                 if category == "complete":
@@ -276,7 +285,6 @@ def _count(db: AssetDB, target: SyncTarget, dataset_dir: Path) -> AssetCounts:
 @dataclass(frozen=True, slots=True)
 class _Job:
     rel_path: str
-    path: str
     algorithm: str
     expected: str
     what: str
@@ -287,24 +295,15 @@ class _Job:
     """The record's mtime differs from the disk's: a match makes the record trust it again."""
 
 
-class VerifyStopped(Exception):
-    """The verify is stopping (Ctrl-C): a read in progress gives up at its next chunk."""
+VerifyStopped = ReadStopped
+"""The verify is stopping (Ctrl-C): a read in progress gives up at its next chunk."""
 
 
 def _digest_of(
     path: str, algorithm: str, on_bytes: Callable[[int], None], stop: threading.Event
 ) -> tuple[str, int]:
     """Hex digest of the file and how many bytes were read; memory: one chunk."""
-    digest = hashlib.new(algorithm)
-    read = 0
-    with open(path, "rb", buffering=0) as handle:
-        while chunk := handle.read(READ_CHUNK):
-            if stop.is_set():
-                raise VerifyStopped(path)
-            digest.update(chunk)
-            read += len(chunk)
-            on_bytes(len(chunk))
-    return digest.hexdigest(), read
+    return hash_file(path, algorithm, on_bytes=on_bytes, stop=stop)
 
 
 _MISSING_DETAIL: Final = {
@@ -339,14 +338,15 @@ def verify_dataset(
         with ExitStack() as stack:
             if writable(db_path):
                 # It marks what drifted: not while an apply rewrites those files and rows.
-                stack.enter_context(RunLock.for_dataset(dataset_dir, command="status --verify"))
+                stack.enter_context(LocalTree(dataset_dir).run_lock("status --verify"))
                 db = stack.enter_context(AssetDB.open(db_path))
             else:
                 db = stack.enter_context(AssetDB.open_read_only(db_path))
             if not _has_catalog(db):
                 report.not_synced = f"{DatasetState.NOT_PLANNED} (no catalog indexed yet)"
             elif not target.catalog_only:
-                _verify(db, target, dataset_dir, report, sink, workers or DEFAULT_VERIFY_WORKERS)
+                tree = LocalTree(dataset_dir)
+                _verify(db, target, tree, report, sink, workers or DEFAULT_VERIFY_WORKERS)
     except OSError as exc:
         raise _unreadable(dataset_dir, exc) from exc
     return report
@@ -355,12 +355,11 @@ def verify_dataset(
 def _verify(
     db: AssetDB,
     target: SyncTarget,
-    dataset_dir: Path,
+    tree: Tree,
     report: VerifyReport,
     sink: EventSink,
     workers: int,
 ) -> None:
-    base = os.path.join(dataset_dir, "")
     with db.select(*_predicates(target.filter)) as selection:
         count = selection.count()
         total = sum(a.size or 0 for a in selection.iter_desired())
@@ -369,8 +368,8 @@ def _verify(
             Task(sink, target.name, "read", total, "bytes") as bytes_task,
             ThreadPoolExecutor(workers, thread_name_prefix="mlsync-verify") as pool,
         ):
-            reader = _Reader(db, base, report, pool, 2 * workers, files_task, bytes_task, total)
-            rows = selection.iter_state_rows(dataset_dir)
+            reader = _Reader(db, tree, report, pool, 2 * workers, files_task, bytes_task, total)
+            rows = selection.iter_state_rows(tree)
             try:
                 with _closing(rows):  # before the selection: its cursor locks the TEMP tables
                     reader.read_all(rows)
@@ -384,9 +383,9 @@ def _verify(
         return
     for drift in report.drifted:
         if drift.kind is not DriftKind.MISSING:
-            disk = _disk_size(base + drift.rel_path)
+            disk = tree.facts(drift.rel_path)
             if disk is not None:
-                db.mark_drifted(drift.rel_path, disk, f"status --verify: {drift.detail}")
+                db.mark_drifted(drift.rel_path, disk.size, f"status --verify: {drift.detail}")
     for rel_path, size, mtime_ns in reader.heal:
         db.mark_verified(rel_path, size, mtime_ns)
     db.commit()
@@ -400,7 +399,7 @@ class _Reader:
     def __init__(
         self,
         db: AssetDB,
-        base: str,
+        tree: Tree,
         report: VerifyReport,
         pool: ThreadPoolExecutor,
         max_in_flight: int,
@@ -408,7 +407,7 @@ class _Reader:
         bytes_task: Task,
         total: int,
     ) -> None:
-        self.db, self.base, self.report, self.pool = db, base, report, pool
+        self.db, self.tree, self.report, self.pool = db, tree, report, pool
         self.max_in_flight = max_in_flight
         self.files_task, self.bytes_task = files_task, bytes_task
         self.total = total
@@ -421,19 +420,23 @@ class _Reader:
         to_read = self.total
         for row in rows:
             self.report.selected += 1
-            judged = _judge(self.db, row, self.base)
+            judged = _judge(self.db, row)
             if not isinstance(judged, _Job):
                 if judged is None:
                     self.report.unverifiable += 1
                 else:
                     self.report.drifted.append(judged)
                 self.files_task.advance(1)
-                to_read -= row[2] or 0
+                to_read -= row.size or 0
                 continue
-            to_read += judged.size - (row[2] or 0)  # the catalog may not give the size
+            to_read += judged.size - (row.size or 0)  # the catalog may not give the size
             self._set_total(to_read)
             future = self.pool.submit(
-                _digest_of, judged.path, judged.algorithm, self.bytes_task.advance, self.stop
+                self.tree.hash,
+                judged.rel_path,
+                judged.algorithm,
+                on_bytes=self.bytes_task.advance,
+                stop=self.stop,
             )
             self.in_flight[future] = judged
             if len(self.in_flight) >= self.max_in_flight:
@@ -471,18 +474,12 @@ class _Reader:
                     self.heal.append((job.rel_path, job.size, job.mtime_ns))
 
 
-def _disk_size(path: str) -> int | None:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return None
-
-
-def _judge(db: AssetDB, row: StateRow, base: str) -> _Job | Drift | None:
+def _judge(db: AssetDB, row: StateRow) -> _Job | Drift | None:
     """What to do about one selected file without reading it: a drift seen from its size
     alone, a read to compare its digest, or None (unverifiable: nothing to compare with)."""
-    rel_path, _href, size, checksum, state, rec_size, rec_mtime = row[:7]
-    disk_size, disk_mtime = row[9], row[10]
+    rel_path, size, checksum, state = row.rel_path, row.size, row.checksum, row.state
+    rec_size, rec_mtime = row.recorded_size, row.recorded_mtime_ns
+    disk_size, disk_mtime = row.disk_size, row.disk_mtime_ns
     if disk_size is None:
         return Drift(rel_path, DriftKind.MISSING, _MISSING_DETAIL[state])
     expected_size = size if size is not None else rec_size
@@ -498,6 +495,4 @@ def _judge(db: AssetDB, row: StateRow, base: str) -> _Job | Drift | None:
     if reference is None:
         return None
     heal = state is FileState.COMPLETE and rec_size == disk_size and rec_mtime != disk_mtime
-    return _Job(
-        rel_path, base + rel_path, reference[0], reference[1], what, disk_size, disk_mtime, heal
-    )
+    return _Job(rel_path, reference[0], reference[1], what, disk_size, disk_mtime, heal)

@@ -57,9 +57,10 @@ from mlsync.records import (
     PlannedAction,
 )
 from mlsync.removed import stamp_owner
-from mlsync.runlock import RunLock
 from mlsync.sources import CatalogSource, CatalogStatus, SourceSpec, SyncTarget, make_source
 from mlsync.sources.mlhub import MLHubSource
+from mlsync.tree.base import Tree
+from mlsync.tree.local import LocalTree
 
 if TYPE_CHECKING:
     from mlsync.models import Dataset
@@ -180,47 +181,6 @@ class DatasetSync:
 
     # --- plan and apply -------------------------------------------------------------------
 
-    def _build_plan(
-        self,
-        db: AssetDB,
-        dataset_dir: Path,
-        keep: int | None = None,
-        if_exists: IfExists = IfExists.RESUME,
-    ) -> tuple[planner.Plan, list[FileUpdate]]:
-        """Selected assets against the database and the disk, streamed through the planner;
-        also the database rows the disk contradicts (see ``DatasetPlan.reconcile``).
-        ``keep``: actions kept per kind, for a plan that is only shown (None: all);
-        ``if_exists``: the planner's policy for existing files."""
-        f = self.target.filter
-        if self.target.catalog_only:
-            return planner.PlanBuilder(self.target.name, keep=keep).build(), []
-        item_pred: ItemPredicate | None = None
-        if f.time is not None or f.bbox is not None or f.intersects is not None:
-            item_pred = partial(item_selected, f)
-        asset_pred: AssetPredicate | None = (
-            None if f.collections is None else partial(asset_selected, f)
-        )
-        with db.select(item_pred, asset_pred) as selection:
-            name = self.target.name
-            builder, reconcile, moved = _stream_plan(
-                name, selection, dataset_dir, keep, if_exists, {}
-            )
-            if if_exists is not IfExists.OVERWRITE and builder.count(ActionKind.ADD):
-                # Files already on disk under a path no longer selected, by the path that now
-                # wants their href: renamed by apply instead of downloaded. Looked for only
-                # when there is something to add (overwrite fetches everything); found, the
-                # plan is made again with them.
-                moves = selection.move_sources(dataset_dir)
-                if moves:
-                    builder, reconcile, moved = _stream_plan(
-                        name, selection, dataset_dir, keep, if_exists, moves
-                    )
-            orphaned = selection.iter_orphaned()
-            if moved:
-                orphaned = (local for local in orphaned if local.rel_path not in moved)
-            builder.extend(planner.orphans(orphaned))
-        return builder.build(), reconcile
-
     def _check_filter(self, db: AssetDB, status: CatalogStatus) -> None:
         """Fail on collection ids or asset keys the ingested catalog lacks: a typo would
         otherwise select nothing and pass as "No changes" (catalog_only selects nothing).
@@ -294,7 +254,9 @@ class DatasetSync:
     ) -> DatasetPlan:
         status = self.source.refresh(db, dirs.catalog, frozen=frozen)
         self._check_filter(db, status)
-        plan, reconcile = self._build_plan(db, dirs.assets, keep, self.if_exists)
+        plan, reconcile = build_plan(
+            self.target, db, LocalTree(dirs.assets), keep=keep, if_exists=self.if_exists
+        )
         if self.target.manifest is not None:
             stamp_owner(
                 db,
@@ -321,8 +283,8 @@ class DatasetSync:
         _make_dir(asset_dir)
         with ExitStack() as stack:
             if not os.path.samefile(catalog_dir, asset_dir):
-                stack.enter_context(RunLock.for_dataset(catalog_dir, command=command))
-            stack.enter_context(RunLock.for_dataset(asset_dir, command=command))
+                stack.enter_context(LocalTree(catalog_dir).run_lock(command))
+            stack.enter_context(LocalTree(asset_dir).run_lock(command))
             db = stack.enter_context(
                 AssetDB.open(asset_dir / layout.ASSET_DB_NAME)
                 if self.asset_database
@@ -367,8 +329,9 @@ class DatasetSync:
 
     def _execute(self, db: AssetDB, dataset_plan: DatasetPlan, prune: bool) -> DatasetResult:
         dataset_dir = dataset_plan.dataset_dir
+        tree = LocalTree(dataset_dir)
         plan = dataset_plan.plan
-        report_path = dataset_dir / layout.ERR_REPORT_NAME
+        report_path = tree.state_dir / layout.ERR_REPORT_NAME
         transfers = [a for a in plan.actions if a.kind in TRANSFER_KINDS]
         report = ExecutionReport()
         if transfers:
@@ -381,6 +344,7 @@ class DatasetSync:
                 timeouts=self.timeouts,
                 sink=self.sink,
                 ca_bundle=self.session.settings.ca_bundle,
+                tree=tree,
             )
             try:
                 executor.run(
@@ -390,10 +354,10 @@ class DatasetSync:
                 # Ctrl-C or a disk error: the assets that failed before it are still reported.
                 if report.failed:
                     with contextlib.suppress(LocalWriteError):
-                        write_error_report(report_path, dataset_plan.dataset_id, report.failed)
+                        write_error_report(tree, dataset_plan.dataset_id, report.failed)
                 raise
-        pruned = self._prune(db, dataset_dir, plan.actions) if prune else []
-        write_error_report(report_path, dataset_plan.dataset_id, report.failed)
+        pruned = self._prune(db, tree, plan.actions) if prune else []
+        write_error_report(tree, dataset_plan.dataset_id, report.failed)
         result = DatasetResult(dataset_plan, report, pruned, report_path if report.failed else None)
         if report.failed:
             raise DownloadFailed(
@@ -406,25 +370,22 @@ class DatasetSync:
             )
         return result
 
-    def _prune(self, db: AssetDB, dataset_dir: Path, actions: Sequence[PlannedAction]) -> list[str]:
+    def _prune(self, db: AssetDB, tree: Tree, actions: Sequence[PlannedAction]) -> list[str]:
         """Remove orphans (never a path outside the dataset directory) and forget them."""
         removed: list[str] = []
         for action in actions:
             if action.kind is not ActionKind.ORPHAN:
                 continue
             try:
-                path = layout.resolve_inside(dataset_dir, action.rel_path)
+                tree.remove(action.rel_path)
             except UnsafePathError as exc:
                 self._notice("warning", f"not removing {action.rel_path}: {exc}")
                 continue
-            try:
-                for candidate in (path, path.with_name(path.name + layout.PART_SUFFIX)):
-                    candidate.unlink(missing_ok=True)
             except OSError as exc:
                 db.commit()  # the orphans removed so far stay forgotten
                 raise LocalWriteError.from_os_error(
                     exc,
-                    path,
+                    tree.describe(action.rel_path),
                     what="the orphan",
                     action="remove",
                     advice="Fix permissions and re-run",
@@ -455,10 +416,53 @@ _MISSING_HINTS: dict[str | None, str] = {
 """Why a source's catalog may lack collections the dataset does have, by source kind."""
 
 
+def build_plan(
+    target: SyncTarget,
+    db: AssetDB,
+    tree: Tree | Path,
+    *,
+    keep: int | None = None,
+    if_exists: IfExists = IfExists.RESUME,
+) -> tuple[planner.Plan, list[FileUpdate]]:
+    """The target's selected assets against the database and the tree (a dataset directory
+    is its local tree), streamed through the planner; also the database rows the disk
+    contradicts (see ``DatasetPlan.reconcile``). ``keep``: actions kept per kind, for a plan
+    that is only shown (None: all); ``if_exists``: the planner's policy for existing files.
+    Reads the catalog the database holds; fetches nothing."""
+    tree = LocalTree(tree) if isinstance(tree, Path) else tree
+    f = target.filter
+    if target.catalog_only:
+        return planner.PlanBuilder(target.name, keep=keep).build(), []
+    item_pred: ItemPredicate | None = None
+    if f.time is not None or f.bbox is not None or f.intersects is not None:
+        item_pred = partial(item_selected, f)
+    asset_pred: AssetPredicate | None = (
+        None if f.collections is None else partial(asset_selected, f)
+    )
+    with db.select(item_pred, asset_pred) as selection:
+        name = target.name
+        builder, reconcile, moved = _stream_plan(name, selection, tree, keep, if_exists, {})
+        if if_exists is not IfExists.OVERWRITE and builder.count(ActionKind.ADD):
+            # Files already on disk under a path no longer selected, by the path that now
+            # wants their href: renamed by apply instead of downloaded. Looked for only
+            # when there is something to add (overwrite fetches everything); found, the
+            # plan is made again with them.
+            moves = selection.move_sources(tree)
+            if moves:
+                builder, reconcile, moved = _stream_plan(
+                    name, selection, tree, keep, if_exists, moves
+                )
+        orphaned = selection.iter_orphaned()
+        if moved:
+            orphaned = (local for local in orphaned if local.rel_path not in moved)
+        builder.extend(planner.orphans(orphaned))
+    return builder.build(), reconcile
+
+
 def _stream_plan(
     name: str,
     selection: Selection,
-    dataset_dir: Path,
+    tree: Tree,
     keep: int | None,
     if_exists: IfExists,
     moves: Mapping[str, LocalFile],
@@ -472,16 +476,24 @@ def _stream_plan(
     counted_fast = if_exists is not IfExists.OVERWRITE  # overwrite replaces even these
     up_to_date, count_up_to_date = planner.recorded_up_to_date, builder.add_up_to_date
     add_new, missing = builder.add_new, FileState.MISSING
-    for row in selection.iter_state_rows(dataset_dir):
-        # The two common cases without building objects: never seen, and synced.
-        if row[4] is missing:
-            if row[9] is None and not row[11] and (not moves or row[0] not in moves):
-                add_new(*row[:4])
+    for row in selection.iter_state_rows(tree):
+        # The two common cases without building objects: never seen, and synced (the row's
+        # fields unpacked by name at once: cheaper than an attribute lookup each).
+        (
+            rel_path, href, size, checksum, state, recorded_size, recorded_mtime_ns,
+            recorded_checksum, _error, disk_size, disk_mtime_ns, part_maybe, recorded_href,
+        ) = row  # fmt: skip
+        if state is missing:
+            if disk_size is None and not part_maybe and (not moves or rel_path not in moves):
+                add_new(rel_path, href, size, checksum)
                 continue
-        elif counted_fast and up_to_date(*row[2:8], row[9], row[10], row[1], row[12]):
-            count_up_to_date(row[2])
+        elif counted_fast and up_to_date(
+            size, checksum, state, recorded_size, recorded_mtime_ns, recorded_checksum,
+            disk_size, disk_mtime_ns, href, recorded_href,
+        ):  # fmt: skip
+            count_up_to_date(size)
             continue
-        desired, local = row_objects(row, dataset_dir)
+        desired, local = row_objects(row, tree)
         action = planner.classify(desired, local, if_exists=if_exists)
         if moves and action.kind is ActionKind.ADD:
             source = moves.get(desired.rel_path)
@@ -572,17 +584,22 @@ def download_dataset(
         if path is not None:
             _make_dir(path)
     settings = resolve_settings(api_key=api_key, profile=profile, root_url=root_url)
+    from mlsync.workflow import apply_targets  # the workflow builds on this module
+
     with HubSession(settings) as session:
-        sync = DatasetSync(
+        outcome = apply_targets(
             session,
-            target,
+            [target],
             sink=on_event or ignore,
+            prune=prune,
             workers=workers,
             if_exists=policy,
             asset_output_dir=asset_output_dir,
             asset_database=not catalog_only,
         )
-        return sync.apply(prune=prune)
+    if outcome.failures:
+        raise outcome.failures[0]
+    return outcome.results[0]
 
 
 __all__ = [
@@ -594,5 +611,6 @@ __all__ = [
     "DownloadResult",
     "SourceSpec",
     "SyncTarget",
+    "build_plan",
     "download_dataset",
 ]

@@ -1,10 +1,12 @@
-"""One file from a URL to disk: resumable, verified, and never half-written under its name.
+"""One file from a URL into the output tree: resumable, verified, never half-written under
+its name. This module keeps the HTTP resume rules; every file operation is the tree's
+(:mod:`mlsync.tree`).
 
-The bytes go to ``DEST.part``; an interrupted transfer resumes from the part's length with a
-``Range`` request, and starts over when the server ignores the range or the file's size
-changed. The total length is checked against the response and the catalog (and the
-``file:checksum`` when the catalog gives one, hashed as the bytes are written) before an
-atomic rename puts the file in place.
+The bytes go to the file's part (``DEST.part`` on a local tree); an interrupted transfer
+resumes from the part's length with a ``Range`` request, and starts over when the server
+ignores the range or the file's size changed. The total length is checked against the
+response and the catalog (and the ``file:checksum`` when the catalog gives one, hashed as the
+bytes are written) before the tree commits the part under the file's name (an atomic rename).
 
 A resume must never splice two versions of a file. Within a run, retries send ``If-Range``
 with the ETag (or Last-Modified) of the first response, so a file that changed in between
@@ -18,14 +20,11 @@ upstream is fetched again from zero instead of being trusted.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
-import errno
 import hashlib
-import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,16 +39,16 @@ from mlsync.hub.http import (
     parse_retry_after,
     redact,
 )
+from mlsync.layout import PART_SUFFIX
+from mlsync.tree.base import PartWriter, Tree
+from mlsync.tree.local import LocalTree
 
-PART_SUFFIX = ".part"
 CHUNK_SIZE = 1 << 20
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 451})
 
 _MULTIHASH = {"12": ("sha256", 32), "13": ("sha512", 64), "11": ("sha1", 20), "d5": ("md5", 16)}
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
-_NO_LINK = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_NEW_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NO_LINK
 
 OpenResponse = Callable[[int, str | None], StreamResponse]
 """Starts a GET from the given byte offset (0: the whole file), with an ``If-Range`` value."""
@@ -96,7 +95,7 @@ class FileTransfer:
     def __init__(
         self,
         open_response: OpenResponse,
-        dest: Path,
+        dest: Path | str,
         *,
         label: str,
         expected_size: int | None = None,
@@ -107,16 +106,27 @@ class FileTransfer:
         sleep: Callable[[float], None] | None = None,
         root: Path | None = None,
         fresh: bool = False,
+        tree: Tree | None = None,
     ) -> None:
-        """``root``: the tree the file belongs to; folders are made below it, never it (a
-        dataset directory deleted during a run is an error, not silently made again).
+        """``tree``: the output tree the file goes to, ``dest`` then being its rel_path.
+        Without it, ``dest`` is a local path, in a local tree at ``root`` (folders are made
+        below it, never it: a dataset directory deleted during a run is an error, not
+        silently made again) or, without ``root``, in its own folder (made when missing).
 
         ``fresh``: the caller has just seen that there is no part (the planner looked), so
         the first attempt starts from zero without looking again; a part that appeared all
         the same is truncated, never spliced."""
         self.open_response = open_response
-        self.dest = dest
-        self.part = dest.with_name(dest.name + PART_SUFFIX)
+        if tree is not None:
+            self.tree, self.rel_path = tree, str(dest)
+        elif root is not None:
+            self.tree, self.rel_path = LocalTree(root), Path(dest).relative_to(root).as_posix()
+        else:
+            dest = Path(dest)
+            self.tree, self.rel_path = LocalTree(dest.parent, make_root=True), dest.name
+        self.dest = Path(self.tree.describe(self.rel_path))
+        self.part = Path(self.tree.describe(self.rel_path) + PART_SUFFIX)
+        """Where the file and its part are (local paths on a local tree), for messages."""
         self.label = label
         self.expected_size = expected_size
         self.checksum = parse_checksum(checksum)
@@ -124,7 +134,6 @@ class FileTransfer:
         self.on_bytes = on_bytes or (lambda _n: None)
         self.stop = stop or threading.Event()
         self._sleep = sleep
-        self.root = root
         self.attempts = 0
         self.resumed_from: int | None = None
         self.last_status: int | None = None
@@ -133,11 +142,10 @@ class FileTransfer:
         self._unguarded = self.checksum is None
         """Nothing in the catalog can tell a part of this file from a part of another version
         (a size cannot: two versions of one file often have the same length)."""
-        self._written: os.stat_result | None = None
-        """The part as the last attempt left it (fstat before close: no extra stat)."""
         self._fresh = fresh
-        self._fd: int | None = None
-        """The part's descriptor during an attempt: opened once, for every read and write."""
+        self._part: PartWriter | None = None
+        """The part during an attempt (and, after the last one, the part to commit): opened
+        once per attempt, for every read and write."""
         self._digest: hashlib._Hash | None = None
         """The checksum of the part's bytes so far, computed as they are written (not by
         reading the file again); a resume hashes the existing prefix first."""
@@ -174,14 +182,11 @@ class FileTransfer:
         finally:
             if stopped_or_failed:
                 self._drop_empty_part()
-        try:
-            os.replace(self.part, self.dest)  # a rename keeps the size and mtime written
-            stat = self._written or self.dest.stat()
-        except OSError as exc:
-            raise LocalWriteError.from_os_error(exc, self.dest) from None
+        assert self._part is not None  # a successful attempt leaves its part
+        facts = self.tree.commit(self._part)
         return TransferOutcome(
-            stat.st_size,
-            stat.st_mtime_ns,
+            facts.size,
+            facts.mtime_ns,
             self.attempts,
             self.resumed_from or 0,
             sha256=self._sha256.hexdigest(),
@@ -191,9 +196,7 @@ class FileTransfer:
     def _drop_empty_part(self) -> None:
         """A stopped or failed transfer keeps its part to resume from, unless the part is empty
         (the body broke before its first chunk was written): that one would only be clutter."""
-        with contextlib.suppress(OSError):
-            if self.part.stat().st_size == 0:
-                self.part.unlink()
+        self.tree.drop_part(self.rel_path, only_if_empty=True)
 
     def _attempt_unless_stopped(self) -> None:
         """An attempt; a failure while the run stops is the stop's doing (it shuts down the
@@ -212,52 +215,37 @@ class FileTransfer:
         if self.stop.is_set():
             raise TransferStopped()
         self.attempts += 1
-        self._written = None
+        # The part an earlier attempt or run left (one open serves the size, the prefix's
+        # checksum and the writes), unless the caller said there is none (``fresh``).
+        self._reset_hashes()
+        resume, self._fresh = not self._fresh, False
+        part = self._part = self.tree.open_part(self.rel_path, resume=resume)
         try:
-            existing = self._open_existing()
-            offset = existing.st_size if existing is not None else 0
+            offset = part.offset
+            stamp = part.stamp
             if self.expected_size is not None and offset > self.expected_size:
                 offset = self._restart()
+            prefix = part.read_prefix(CHUNK_SIZE) if offset else None
+            if offset and prefix is None:
+                offset = self._restart()  # this tree cannot read the part back to hash it
             if self.resumed_from is None:
                 self.resumed_from = offset
-            response = self.open_response(offset, self._if_range(offset, existing))
+            response = self.open_response(offset, self._if_range(offset, stamp))
             with response:
                 self.last_status = response.status_code
                 total = self._check_response(response, offset)
                 self._learn_validator(response)
                 if response.status_code == 200 and offset:
                     offset = self._restart()  # the server ignored Range: take the whole body
-                self._hash_prefix(offset)
+                if offset and prefix is not None:
+                    self._hash_prefix(prefix, offset)
                 if total is None:  # 416 for a part that already holds every byte
-                    self._written = existing
                     self._verify(offset)
                     return
-                self._written = self._write_body(response, offset, total)
-            self._verify(self._written.st_size)
+                size = self._write_body(response, offset, total)
+            self._verify(size)
         finally:
-            self._close_part()
-
-    def _open_existing(self) -> os.stat_result | None:
-        """The part an earlier attempt or run left, opened (never through a symlink) and
-        fstat'd: one open serves the size, the prefix's checksum and the writes. None when
-        there is no part (or the caller said so: ``fresh``)."""
-        self._reset_hashes()
-        if self._fresh:
-            self._fresh = False
-            return None
-        flags = os.O_RDWR | _NO_LINK  # a resume reads the prefix for the sha256
-        try:
-            self._fd = os.open(self.part, flags)
-            return os.fstat(self._fd)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise LocalWriteError.from_os_error(exc, self.part) from None
-
-    def _close_part(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)
+            part.close()
 
     def _reset_hashes(self) -> None:
         """Fresh hashes for a part that starts over (one object when the catalog's is sha256)."""
@@ -270,30 +258,26 @@ class FileTransfer:
             self._digest.update(block)
         self._sha256.update(block)
 
-    def _hash_prefix(self, offset: int) -> None:
-        """Hash the ``offset`` bytes a resume keeps, read through the open descriptor (which
-        leaves it positioned for the writes that follow)."""
-        if not offset:
-            return
-        assert self._fd is not None  # an offset comes from an open part
-        remaining = offset
-        while remaining:
-            block = os.read(self._fd, min(CHUNK_SIZE, remaining))
-            if not block:
-                self._restart()
-                raise _Retry("the part shrank while resuming; starting over")
+    def _hash_prefix(self, prefix: Iterator[bytes], offset: int) -> None:
+        """Hash the ``offset`` bytes a resume keeps, read back from the part (which leaves it
+        positioned for the writes that follow)."""
+        read = 0
+        for block in prefix:
             self._hash(block)
-            remaining -= len(block)
+            read += len(block)
+        if read < offset:
+            self._restart()
+            raise _Retry("the part shrank while resuming; starting over")
 
-    def _if_range(self, offset: int, existing: os.stat_result | None) -> str | None:
-        if not offset or existing is None:
+    def _if_range(self, offset: int, stamp: float | None) -> str | None:
+        if not offset or stamp is None:
             return None
         if self._validator is not None:
             return self._validator
         if not self._unguarded:
             return None
-        # a part from an earlier run: its mtime is the Last-Modified it was cut from
-        return email.utils.formatdate(int(existing.st_mtime), usegmt=True)
+        # a part from an earlier run: its stamp is the Last-Modified it was cut from
+        return email.utils.formatdate(int(stamp), usegmt=True)
 
     def _learn_validator(self, response: StreamResponse) -> None:
         """A 200 is the file as it is now; a 206 continues the one the validator names."""
@@ -317,12 +301,11 @@ class FileTransfer:
 
     def _restart(self) -> int:
         """Drop the part and its checksum so far: the next bytes written start a new one."""
-        self._close_part()
         self._reset_hashes()
-        try:
-            self.part.unlink(missing_ok=True)
-        except OSError as exc:
-            raise LocalWriteError.from_os_error(exc, self.part) from None
+        if self._part is not None:
+            self._part.restart()
+        else:
+            self.tree.drop_part(self.rel_path)
         return 0
 
     def _check_response(self, response: StreamResponse, offset: int) -> int | None:
@@ -368,52 +351,34 @@ class FileTransfer:
             return total
         return self.expected_size if self.expected_size is not None else -1
 
-    def _open_part(self) -> int:
-        """A new, empty part, never through a symlink; its folder is made on first need."""
-        try:
-            try:
-                self._fd = os.open(self.part, _NEW_PART_FLAGS, 0o666)
-            except FileNotFoundError:
-                if self.root is not None and not self.root.is_dir():
-                    gone = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-                    raise LocalWriteError.from_os_error(gone, self.root) from None
-                self.part.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(self.part, _NEW_PART_FLAGS, 0o666)
-        except OSError as exc:
-            raise LocalWriteError.from_os_error(exc, self.part) from None
-        return self._fd
+    def _write_body(self, response: StreamResponse, offset: int, total: int) -> int:
+        """Append the body to the part from ``offset``; the part's size when done.
 
-    def _write_body(self, response: StreamResponse, offset: int, total: int) -> os.stat_result:
-        """Append the body to the part from ``offset``; its size and mtime when done.
-
-        Unbuffered writes on a raw descriptor: a full disk fails the write that hit it, not a
-        flush at close, and small files cost no buffer set-up (open(), isatty, lseek). Each
-        chunk goes into the checksum as it is written.
+        Each chunk goes into the checksum as it is written; an unguarded part is stamped
+        with the response's Last-Modified after each chunk.
         """
-        fd = self._fd if self._fd is not None else self._open_part()
-        hash_chunk = self._hash
+        part = self._part
+        assert part is not None
+        write, hash_chunk = part.write, self._hash
         received = offset
         stamp = self._stamp_of(response)
+        if offset:
+            part.truncate(offset)
         try:
-            if offset:
-                os.ftruncate(fd, offset)
-                os.lseek(fd, offset, os.SEEK_SET)
             for chunk in response.iter_content(CHUNK_SIZE):
                 if self.stop.is_set():
                     raise TransferStopped()
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write(chunk)
                 hash_chunk(chunk)
                 received += len(chunk)
                 self.on_bytes(len(chunk))
                 if stamp is not None:
-                    os.utime(fd, (stamp, stamp))
-            written = os.fstat(fd)
+                    part.set_stamp(stamp)
         except OSError as exc:
             if isinstance(exc, NETWORK_ERRORS):
                 raise
             raise LocalWriteError.from_os_error(exc, self.part) from None
+        written = part.facts().size
         if total >= 0 and received < total:
             raise _Retry(f"connection ended after {received:,} of {total:,} bytes")
         if total >= 0 and received > total:

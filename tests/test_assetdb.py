@@ -13,7 +13,8 @@ import pytest
 from mlsync import assetdb
 from mlsync.assetdb import AssetDB, FileUpdate, stat_local
 from mlsync.errors import LocalWriteError, StateError, UnsafePathError
-from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile
+from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile, StateRow
+from mlsync.tree.local import LocalTree
 
 COMMON_KEYS = frozenset({"documentation", "readme"})
 
@@ -419,6 +420,32 @@ def test_state_join_and_disk_probe(db: AssetDB, tmp_path: Path) -> None:
         assert stat_local(root, bare) == local
     for _, local in db.iter_desired_with_state(None, None):
         assert (local.disk_size, local.disk_mtime_ns, local.part_size) == (None, None, None)
+
+
+def test_state_rows_are_named_and_probed_by_the_tree(db: AssetDB, tmp_path: Path) -> None:
+    """The rows a synced plan settles without objects carry names, and their disk fields
+    come from the tree's batched probe (a local tree: one stat per path)."""
+    ingest_sample(db)
+    root = tmp_path / "ds"
+    (root / "src" / "s1").mkdir(parents=True)
+    (root / "src" / "s1" / "B01.tif").write_bytes(b"x" * 10)
+    mtime = (root / "src" / "s1" / "B01.tif").stat().st_mtime_ns
+    db.record_complete("src/s1/B01.tif", 10, mtime, "1220ab")
+    with db.select(None, None) as selection:
+        rows = {row.rel_path: row for row in selection.iter_state_rows(LocalTree(root))}
+        bare = list(selection.iter_state_rows())
+    synced = rows["src/s1/B01.tif"]
+    assert isinstance(synced, StateRow)
+    assert (synced.state, synced.recorded_size, synced.recorded_mtime_ns) == (
+        FileState.COMPLETE,
+        10,
+        mtime,
+    )
+    assert (synced.disk_size, synced.disk_mtime_ns, synced.part_maybe) == (10, mtime, True)
+    assert (rows["src/s1/B02.tif"].disk_size, rows["src/s1/B02.tif"].part_maybe) == (None, True)
+    assert (rows["src/s2/B01.tif"].disk_size, rows["src/s2/B01.tif"].part_maybe) == (None, False)
+    assert {row.rel_path for row in bare} == set(rows)
+    assert all(row.disk_size is None and not row.part_maybe for row in bare)
 
 
 def test_orphans_are_found_in_sql(db: AssetDB) -> None:

@@ -6,7 +6,7 @@ assets), ingests it the way the sources do (``db.begin_ingest()``, ``add_item`` 
 ``layout.item_asset_path``, ``add_collection_assets``, ``finish(sources.base.common_path)``),
 draws a filter (``build_filter``, as ``download_dataset`` builds it) and a disk + database
 state for every selected path and for some paths that are not selected (future orphans).
-The plan is then made by the real ``DatasetSync._build_plan`` (it only needs ``target``).
+The plan is then made by the real ``mlsync.sync.build_plan`` (public; it only needs ``target``).
 
 Properties: the selection equals a brute-force reference computed from the generated catalog
 (common assets deduplicated: one is selected iff any of its rows is); every selected path lands
@@ -29,13 +29,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mlsync import layout, planner
+from mlsync import sync as sync_lib
 from mlsync.assetdb import AssetDB, AssetPredicate, FileUpdate, ItemPredicate
 from mlsync.filters import DownloadFilter, asset_selected, build_filter, item_selected
 from mlsync.records import (
@@ -47,7 +47,7 @@ from mlsync.records import (
     LocalFile,
 )
 from mlsync.sources.base import SyncTarget, common_path
-from mlsync.sync import DatasetSync
+from mlsync.tree.local import LocalTree
 
 ADD, RESUME, REPLACE, UP_TO_DATE, ORPHAN = (
     ActionKind.ADD,
@@ -463,9 +463,8 @@ def make_target(tmp: Path, f: DownloadFilter) -> SyncTarget:
 def build_plan(
     target: SyncTarget, db: AssetDB, dataset_dir: Path
 ) -> tuple[planner.Plan, list[FileUpdate]]:
-    """The real ``DatasetSync._build_plan``: it reads nothing of ``self`` but ``target``."""
-    sync = cast(DatasetSync, SimpleNamespace(target=target))
-    return DatasetSync._build_plan(sync, db, dataset_dir)
+    """The real planning step of plan and apply (public: ``mlsync.sync.build_plan``)."""
+    return sync_lib.build_plan(target, db, LocalTree(dataset_dir))
 
 
 def predicates(f: DownloadFilter) -> tuple[ItemPredicate | None, AssetPredicate | None]:

@@ -100,6 +100,22 @@ def test_the_readme_python_example_against_the_local_hub(
     assert labels and not list(dataset_dir.rglob("B02.tif"))  # only the filtered collection
 
 
+def test_the_readme_map_example_gives_the_plans_features(
+    project: Path, hub: RunningHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The "plan as a map" Python example, in the folder of the README's manifest."""
+    manifest_text = block("yaml", "version: 1")
+    (project / "mlsync.yaml").write_text(manifest_text.replace(README_PORT_URL, hub.url))
+    code = block("python", "plan.features()")
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    features = namespace["features"]
+    assert isinstance(features, list) and features
+    assert {f["properties"]["dataset"] for f in features} == {"demo"}
+    count, action = capsys.readouterr().out.split()
+    assert int(count) == len(features) and action in {"add", "excluded"}
+
+
 def test_the_setup_block_names_real_make_targets() -> None:
     (setup,) = [text for text in blocks("sh") if "make demo" in text]
     targets = re.findall(r"^make (\w+)", setup, re.MULTILINE)

@@ -13,12 +13,10 @@ from rich.table import Table
 
 from mlsync import client
 from mlsync.cli.hubargs import add_manifest_option, manifest_for, settings_for
-from mlsync.cli.render import human_bytes, print_json, stderr_console, stdout_console
+from mlsync.cli.render import EXIT_OK, human_bytes, print_json, stderr_console, stdout_console
 from mlsync.errors import ConfigurationError
 from mlsync.hub.config import DEFAULT_PROFILE, existing_key, write_profile
 from mlsync.hub.http import HubSession
-
-EXIT_OK = 0
 
 
 def add_session_options(parser: argparse.ArgumentParser) -> None:

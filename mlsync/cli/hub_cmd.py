@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from rich.markup import escape
 
-from mlsync.cli.render import stderr_console, stdout_console
+from mlsync.cli.render import EXIT_OK, stderr_console, stdout_console
 from mlsync.errors import ConfigurationError, LocalWriteError
 
 if TYPE_CHECKING:  # importing mlsync.localhub imports uvicorn: only done when serving
@@ -22,8 +22,6 @@ if TYPE_CHECKING:  # importing mlsync.localhub imports uvicorn: only done when s
 DEFAULT_PORT = 8765
 """The port the examples' manifests name (mlsync.localhub.server.DEFAULT_PORT, which imports
 uvicorn: the CLI imports it only when serving)."""
-
-EXIT_OK = 0
 
 
 def _seconds(text: str) -> float:

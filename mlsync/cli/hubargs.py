@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mlsync.hub.config import HubSettings, resolve_settings
+from mlsync.hub.config import HubSettings
 from mlsync.manifest import Manifest, load_manifest
+from mlsync.workflow import hub_settings
 
 DEFAULT_MANIFEST = "mlsync.yaml"
 
@@ -41,13 +42,10 @@ def manifest_for(args: argparse.Namespace) -> Manifest | None:
 
 def settings_for(args: argparse.Namespace, manifest: Manifest | None) -> HubSettings:
     """Command-line options first, then the manifest's ``hub:``, then environment/profile."""
-    hub = manifest.hub if manifest is not None else None
-    api_key: str | None = getattr(args, "api_key", None)
-    return resolve_settings(
-        api_key=api_key,
-        profile=getattr(args, "profile", None) or (hub.profile if hub else None),
-        root_url=getattr(args, "root_url", None) or (hub.root_url if hub else None),
-        api_key_env=None if api_key or hub is None else hub.api_key_env,
-        ca_bundle=getattr(args, "ca_bundle", None)
-        or (manifest.resolved_ca_bundle if manifest is not None else None),
+    return hub_settings(
+        manifest,
+        api_key=getattr(args, "api_key", None),
+        profile=getattr(args, "profile", None),
+        root_url=getattr(args, "root_url", None),
+        ca_bundle=getattr(args, "ca_bundle", None),
     )

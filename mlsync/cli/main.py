@@ -23,15 +23,15 @@ from rich.markup import escape
 
 from mlsync import __version__
 from mlsync.cli import datasets_cmd, hub_cmd, sync_cmd
-from mlsync.cli.render import print_json, stderr_console
+from mlsync.cli.render import (
+    EXIT_ERROR,
+    print_json,
+    stderr_console,
+)
 from mlsync.cli.signals import exit_code, interruption_name, stop_signals_handled
 from mlsync.errors import LocalWriteError, MLSyncError
 from mlsync.hub.http import RedactingFilter, redact
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_CHANGES = 2
-EXIT_INTERRUPTED = 130
 LOCAL_WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 LOCAL_WRITE_ADVICE = (
     "Check that path's permissions, mount and free space, or write somewhere else; nothing "

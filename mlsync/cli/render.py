@@ -36,6 +36,8 @@ from mlsync.events import (
 from mlsync.hub.http import redact
 
 JSON_FORMAT_VERSION = 2
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""The exit statuses of every command (2: ``--detailed-exitcode`` and there are changes)."""
 """Bumped when a JSON field changes meaning or spelling (README, "## JSON output")."""
 
 

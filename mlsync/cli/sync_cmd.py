@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import shlex
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
 
-from mlsync import planner
+from mlsync import planner, workflow
 from mlsync import status as status_lib
 from mlsync.cli import plan_map
 from mlsync.cli.hubargs import DEFAULT_MANIFEST, settings_for
 from mlsync.cli.render import (
+    EXIT_CHANGES,
+    EXIT_ERROR,
+    EXIT_OK,
     ProgressRenderer,
     human_bytes,
     print_json,
@@ -32,22 +33,29 @@ from mlsync.cli.render import (
 from mlsync.errors import (
     DownloadFailed,
     EntityDoesNotExist,
-    FrozenLockError,
-    LocalWriteError,
     ManifestError,
-    MLSyncError,
-    StalePlanError,
 )
 from mlsync.executor import default_workers
 from mlsync.hub.http import HubSession
-from mlsync.lockfile import LockEntry, LockFile, check_frozen, read_lock, write_lock
-from mlsync.manifest import Manifest, load_manifest
-from mlsync.planner import PlannedDataset, SavedPlan, check_fresh
+from mlsync.planner import SavedPlan, check_fresh
 from mlsync.records import ActionKind, PlannedAction
-from mlsync.removed import RemovedDataset, find_removed, remove_dataset
-from mlsync.sync import DatasetPlan, DatasetResult, DatasetSync, SyncTarget
+from mlsync.removed import RemovedDataset, remove_dataset
+from mlsync.sync import DatasetPlan, DatasetResult, SyncTarget
+from mlsync.workflow import (
+    ApplyGate,
+    apply_targets,
+    check_saved_manifest,
+    dataset_id_of,
+    frozen_entry,
+    has_changes,
+    load_saved_plan,
+    make_plans,
+    removed_datasets,
+    saved_plan,
+    update_lock,
+    write_plan_file,
+)
 
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 MANIFEST_HELP = f"the manifest file (default: {DEFAULT_MANIFEST} in the current directory)"
 SHOWN_ACTIONS = 15
 _SYMBOL = {
@@ -151,53 +159,20 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# --- manifest → targets -------------------------------------------------------------------
+# --- manifest → targets (mlsync.workflow) ---------------------------------------------------
 
 
 @dataclass
-class Project:
-    """A loaded manifest with its lock file and the targets it selects."""
-
-    manifest: Manifest
-    path: Path
-    lock_path: Path
-    lock: LockFile
-    targets: list[SyncTarget]
+class Project(workflow.Project):
+    """The workflow's project, with the session the command line's options make."""
 
     def session(self, args: argparse.Namespace) -> HubSession:
         return HubSession(settings_for(args, self.manifest))
 
 
-def lock_path_for(manifest_path: Path) -> Path:
-    return manifest_path.with_name(manifest_path.stem + ".lock")
-
-
 def load_project(manifest_arg: str, only: list[str] | None = None) -> Project:
-    path = Path(manifest_arg)
-    manifest = load_manifest(path)
-    targets = [
-        SyncTarget(
-            name=spec.label,
-            ref=spec.ref,
-            output_dir=spec.resolved_output_dir(manifest),
-            filter=spec.to_filter(),
-            catalog_only=spec.catalog_only,
-            source=spec.to_source(),
-            manifest=path,
-        )
-        for spec in manifest.datasets
-    ]
-    if only:
-        names = {t.name for t in targets}
-        unknown = [n for n in only if n not in names]
-        if unknown:
-            raise MLSyncError(
-                f"--dataset {', '.join(unknown)}: not in {path} "
-                f"(it has: {', '.join(sorted(names))})"
-            )
-        targets = [t for t in targets if t.name in only]
-    lock_path = lock_path_for(path)
-    return Project(manifest, path, lock_path, read_lock(lock_path) or LockFile(), targets)
+    found = workflow.load_project(manifest_arg, only)
+    return Project(found.manifest, found.path, found.lock_path, found.lock, found.targets)
 
 
 # --- validate -----------------------------------------------------------------------------
@@ -256,67 +231,6 @@ def _target_summary(target: SyncTarget) -> dict[str, Any]:
 # --- plan ---------------------------------------------------------------------------------
 
 
-def _frozen_entry(project: Project, target: SyncTarget, frozen: bool) -> LockEntry | None:
-    if not frozen:
-        return None
-    entry = project.lock.entry(target.name)
-    if entry is None:
-        raise FrozenLockError(
-            f"--frozen: {project.lock_path} has no entry for dataset {target.name!r}; run "
-            "`mlsync plan` once without --frozen and commit the lock file"
-        )
-    return entry
-
-
-def _make_plans(
-    project: Project,
-    args: argparse.Namespace,
-    renderer: ProgressRenderer,
-    keep: int | None = None,
-) -> list[DatasetPlan]:
-    plans = []
-    with project.session(args) as session:
-        for target in project.targets:
-            frozen = _frozen_entry(project, target, args.frozen)
-            plans.append(DatasetSync(session, target, sink=renderer).plan(frozen=frozen, keep=keep))
-    if args.frozen:
-        check_frozen(
-            project.lock,
-            {p.target.name: p.lock_entry() for p in plans},
-            lock_path=project.lock_path,
-        )
-    return plans
-
-
-def _update_lock(project: Project, plans: list[DatasetPlan], frozen: bool) -> None:
-    if frozen or not plans:
-        return
-    # A dataset no longer in the manifest (removed, renamed) no longer belongs in its lock.
-    lock = project.lock.restricted_to({spec.label for spec in project.manifest.datasets})
-    for dataset_plan in plans:
-        lock = lock.with_entry(dataset_plan.target.name, dataset_plan.lock_entry())
-    try:
-        write_lock(project.lock_path, lock)
-    except OSError as exc:
-        raise LocalWriteError.from_os_error(
-            exc,
-            project.lock_path,
-            what="the lock file",
-            advice=(
-                "It is written next to the manifest: make that folder writable (or pass "
-                "--frozen, which only reads it)"
-            ),
-        ) from None
-
-
-def _saved_plan(project: Project, plans: list[DatasetPlan]) -> SavedPlan:
-    return SavedPlan(
-        manifest_path=str(project.path.resolve()),
-        manifest_sha256=_manifest_digest(project.path),
-        datasets={p.target.name: PlannedDataset(p.plan, p.catalog.sha256) for p in plans},
-    )
-
-
 def _dataset_document(dataset_plan: DatasetPlan) -> dict[str, Any]:
     return {
         "name": dataset_plan.target.name,
@@ -352,33 +266,27 @@ def plan_document(
     combined = planner.combine(p.plan for p in plans)
     return {
         "summary": combined.summary_line(),
-        "has_changes": _has_changes(plans, removed),
+        "has_changes": has_changes(plans, removed),
         "counts": {json_kind(kind): count for kind, count in combined.counts.items()},
         "datasets": [_dataset_document(p) for p in plans],
         "removed_datasets": [r.to_dict() for r in removed],
     }
 
 
-def _has_changes(plans: list[DatasetPlan], removed: Sequence[RemovedDataset] = ()) -> bool:
-    """Apply would change the tree: transfers, removals (``--prune``: orphans and the trees
-    of removed datasets) or a catalog to unpack."""
-    return bool(removed) or any(p.plan.has_changes or p.catalog.unpack_pending for p in plans)
-
-
 def _removed_datasets(
     project: Project, args: argparse.Namespace, plans: list[DatasetPlan]
 ) -> list[RemovedDataset]:
-    """Trees this manifest synced for datasets it no longer names; only looked for when the
-    run covers the whole manifest (``--dataset`` or a saved plan narrows it: a dataset
-    renamed but not planned in this run could pass for removed)."""
-    if args.dataset:
-        return []
-    return find_removed(
-        project.path,
-        {target.output_dir for target in project.targets},
-        {spec.label for spec in project.manifest.datasets},
-        keep=[p.dataset_dir for p in plans],
-    )
+    return removed_datasets(project, plans, whole_manifest=not args.dataset)
+
+
+def _make_plans(
+    project: Project,
+    args: argparse.Namespace,
+    renderer: ProgressRenderer,
+    keep: int | None = None,
+) -> list[DatasetPlan]:
+    with project.session(args) as session:
+        return make_plans(project, session, sink=renderer, frozen=args.frozen, keep=keep)
 
 
 def _describe_removed(removed: RemovedDataset) -> str:
@@ -447,10 +355,6 @@ def _actions_table(actions: Sequence[PlannedAction]) -> Table:
     return table
 
 
-def _manifest_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 LISTING_HINT = "`mlsync datasets list`"
 
 
@@ -486,10 +390,10 @@ def run_plan(args: argparse.Namespace) -> int:
         # not hold more. --out, --json and the map (--map, --geojson) need every action.
         keep = None if args.out or args.json or plan_map.wanted(args) else SHOWN_ACTIONS
         plans = _make_plans(project, args, renderer, keep)
-    _update_lock(project, plans, args.frozen)
+    update_lock(project, plans, args.frozen)
     removed = _removed_datasets(project, args, plans)
     if args.out:
-        _write_text_atomically(args.out, _saved_plan(project, plans).to_json())
+        write_plan_file(args.out, saved_plan(project, plans))
     if not args.json:
         render_plan(plans, removed)
         if args.out:
@@ -503,92 +407,39 @@ def run_plan(args: argparse.Namespace) -> int:
         document = plan_document(plans, removed)
         saved = {"saved_to": str(args.out) if args.out else None}
         print_json("plan", {**document, **saved, **written})
-    if args.detailed_exitcode and _has_changes(plans, removed):
+    if args.detailed_exitcode and has_changes(plans, removed):
         return EXIT_CHANGES
     return EXIT_OK
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise LocalWriteError.from_os_error(
-            exc, path, what="the plan file", advice="Give --out a path in a writable folder"
-        ) from None
 
 
 # --- apply --------------------------------------------------------------------------------
 
 
-def _read_saved_plan(path: Path) -> SavedPlan | None:
-    """A saved plan is JSON (``plan --out``); anything else is taken for a manifest."""
-    if not path.is_file():
-        return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    if path.suffix != ".json" and not text.lstrip().startswith("{"):
-        return None
-    return SavedPlan.from_json(text, source=str(path))
+def _printer(console: Any, prune: bool) -> Callable[[DatasetPlan], None]:
+    """Print each fresh plan before its transfers (and, with ``--prune``, what goes)."""
 
-
-class _ApplyGate:
-    """Runs under each dataset's lock once its fresh plan is known, before any transfer."""
-
-    def __init__(
-        self, project: Project, saved: SavedPlan | None, saved_path: str, prune: bool, console: Any
-    ) -> None:
-        self.project = project
-        self.saved = saved
-        self.saved_path = saved_path
-        self.prune = prune
-        self.console = console
-        self.plans: list[DatasetPlan] = []
-
-    def __call__(self, dataset_plan: DatasetPlan) -> None:
+    def show(dataset_plan: DatasetPlan) -> None:
         name = dataset_plan.target.name
-        if self.saved is not None:
-            planned = self.saved.datasets[name]
-            check_fresh(
-                replace(self.saved, datasets={name: planned}),
-                replace(
-                    _saved_plan(self.project, [dataset_plan]),
-                    datasets={name: PlannedDataset(dataset_plan.plan, dataset_plan.catalog.sha256)},
-                ),
-                source=self.saved_path,
-            )
-        self.plans.append(dataset_plan)
-        if self.console is None:
-            return
-        self.console.print(f"{name}: {dataset_plan.plan.summary_line()}", markup=False)
-        if self.prune:
+        console.print(f"{name}: {dataset_plan.plan.summary_line()}", markup=False)
+        if prune:
             for action in dataset_plan.plan.actions:
                 if action.kind is ActionKind.ORPHAN:
-                    self.console.print(
+                    console.print(
                         f"  will remove {dataset_plan.dataset_dir / action.rel_path}", markup=False
                     )
 
+    return show
+
 
 def run_apply(args: argparse.Namespace) -> int:
-    saved = _read_saved_plan(Path(args.manifest))
+    saved = load_saved_plan(Path(args.manifest))
     saved_path = args.manifest
     if saved is not None:
         args.manifest = saved.manifest_path
         args.dataset = list(saved.datasets)
-        if not Path(saved.manifest_path).is_file():
-            raise StalePlanError(
-                f"{saved_path} was made from {saved.manifest_path}, which no longer exists; "
-                "run `mlsync plan --out FILE` again"
-            )
     project = load_project(args.manifest, args.dataset)
-    if saved is not None and saved.manifest_sha256 != _manifest_digest(project.path):
-        raise StalePlanError(
-            f"{saved_path} is stale: the manifest {project.path} changed since it was made. "
-            "Run `mlsync plan --out FILE` again and apply the new plan"
-        )
+    if saved is not None:
+        check_saved_manifest(project, saved, saved_path)
     with _listing_hint_for(project, args):
         return _apply(project, args, saved, saved_path)
 
@@ -602,30 +453,26 @@ def _apply(
         # A saved plan is carried out whole or not at all: check every dataset before the
         # first transfer (the gate checks each again under its run lock).
         with ProgressRenderer(console, quiet=args.quiet or args.json) as renderer:
-            current = _saved_plan(project, _make_plans(project, args, renderer))
+            current = saved_plan(project, _make_plans(project, args, renderer))
         check_fresh(saved, current, source=saved_path)
-    gate = _ApplyGate(project, saved, saved_path, args.prune, None if args.json else console)
-    results: list[DatasetResult] = []
-    failures: list[DownloadFailed] = []
+    gate = ApplyGate(
+        project, saved, saved_path, None if args.json else _printer(console, args.prune)
+    )
     with (
         ProgressRenderer(console, quiet=args.quiet or args.json) as renderer,
         project.session(args) as session,
     ):
-        for target in project.targets:
-            sync = DatasetSync(session, target, sink=renderer, workers=args.workers)
-            try:
-                results.append(
-                    sync.apply(
-                        prune=args.prune,
-                        frozen=_frozen_entry(project, target, args.frozen),
-                        before_execute=gate,
-                    )
-                )
-            except DownloadFailed as exc:
-                failures.append(exc)
-                if exc.result is not None:
-                    results.append(exc.result)
-    _update_lock(project, gate.plans, args.frozen)
+        outcome = apply_targets(
+            session,
+            project.targets,
+            sink=renderer,
+            prune=args.prune,
+            frozen=lambda target: frozen_entry(project, target, args.frozen),
+            before_execute=gate,
+            workers=args.workers,
+        )
+    results, failures = outcome.results, outcome.failures
+    update_lock(project, gate.plans, args.frozen)
     refused = False
     removed: list[RemovedDataset] = []
     for gone in _removed_datasets(project, args, gate.plans):
@@ -751,7 +598,7 @@ def _apply_summary(
 def _status_row(project: Project, target: SyncTarget) -> tuple[dict[str, Any], str | None]:
     """The JSON row of one dataset, and its id when it is known (None: a DOI never planned)."""
     entry = project.lock.entry(target.name)
-    dataset_id = entry.id if entry else (target.ref if "/" not in target.ref else None)
+    dataset_id = dataset_id_of(project, target)
     row: dict[str, Any] = {"name": target.name, "id": dataset_id, "locked": entry is not None}
     if entry is not None:
         row["selected_assets"] = entry.selected_assets

@@ -14,6 +14,7 @@ with its own CA): argument, then ``MLHUB_CA_BUNDLE``, then what requests itself 
 from __future__ import annotations
 
 import configparser
+import io
 import os
 import ssl
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlsync.errors import APIKeyNotFound, ConfigurationError
+from mlsync.tree.local import write_atomically
 
 DEFAULT_ROOT_URL = "https://api.radiant.earth/mlhub/v1/"
 ANONYMOUS_PROFILE = "__anonymous__"
@@ -260,12 +262,10 @@ def write_profile(
     parser[profile]["api_key"] = api_key.strip()
     if root_url:
         parser[profile]["root_url"] = normalize_root_url(root_url)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        parser.write(handle)
-    os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by umask; the file must still be 0600
-    os.replace(tmp, path)
+    text = io.StringIO()
+    parser.write(text)
+    # the key is a secret: 0600 whatever the umask, set before the file has its name
+    write_atomically(path, text.getvalue().encode("utf-8"), mode=0o600)
     return path
 
 

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit
 
 import certifi
@@ -820,6 +820,55 @@ def _requests_error(
     return requests.ConnectionError(shown)
 
 
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    """How the messages of :func:`send_with_retries` name the server a request went to."""
+
+    reach: str
+    """After "cannot reach": ``the hub at URL``, or the URL itself."""
+    answering: str
+    """Before "kept answering"."""
+    down: str
+    """Before "may be down"."""
+    check: str
+    """What to check: ``the root URL`` or ``the URL``."""
+
+
+_T = TypeVar("_T")
+
+
+def send_with_retries(
+    retry: RetryPolicy, attempt: Callable[[], _T], *, url: str, label: str, peer: _Peer
+) -> _T:
+    """``attempt`` with the policy's retries; a status still retryable after the last attempt
+    is a :class:`HubServerError`, a network failure a :class:`HubConnectionError` (one line,
+    key-free, saying what to check)."""
+    shown = redact(url)
+    try:
+        result: _T = retry.retrying(
+            is_retryable=lambda exc: is_retryable_request(exc, url), describe=lambda: label
+        )(attempt)
+    except RetryableStatus as exc:
+        raise HubServerError(
+            f"{label}: {peer.answering} kept answering {exc.status} after {retry.attempts} "
+            f"attempts; {peer.down} may be down or rate-limiting, try again later",
+            status=exc.status,
+            url=shown,
+        ) from None
+    except NETWORK_ERRORS as exc:
+        why = unreachable(exc, url)
+        if why is not None:
+            raise HubConnectionError(
+                f"{label}: cannot reach {peer.reach}: {why.cause}; {why.hint}", url=shown
+            ) from None
+        raise HubConnectionError(
+            f"{label}: could not reach {peer.reach} ({describe_network_error(exc)}); check "
+            f"{peer.check} and your network",
+            url=shown,
+        ) from None
+    return result
+
+
 class HubSession:
     """The MLHub API as seen from one configured client: root URL, key, pool, policies.
 
@@ -916,30 +965,8 @@ class HubSession:
                 raise RetryableStatus(response.status_code, response.reason or "", url, retry_after)
             return response
 
-        try:
-            response = self.retry.retrying(
-                is_retryable=lambda exc: is_retryable_request(exc, url), describe=lambda: label
-            )(attempt)
-        except RetryableStatus as exc:
-            raise HubServerError(
-                f"{label}: the hub kept answering {exc.status} after {self.retry.attempts} "
-                "attempts; it may be down or rate-limiting, try again later",
-                status=exc.status,
-                url=shown,
-            ) from None
-        except NETWORK_ERRORS as exc:
-            why = unreachable(exc, url)
-            if why is not None:
-                raise HubConnectionError(
-                    f"{label}: cannot reach the hub at {redact(self.root_url)}: {why.cause}; "
-                    f"{why.hint}",
-                    url=shown,
-                ) from None
-            raise HubConnectionError(
-                f"{label}: could not reach the hub at {redact(self.root_url)} "
-                f"({describe_network_error(exc)}); check the root URL and your network",
-                url=shown,
-            ) from None
+        peer = _Peer(f"the hub at {redact(self.root_url)}", "the hub", "it", "the root URL")
+        response = send_with_retries(self.retry, attempt, url=url, label=label, peer=peer)
         if response.status_code >= 400:
             self._raise_for_status(response, label, shown)
         return response
@@ -1222,28 +1249,8 @@ class StacSession:
                     last_modified=response.headers.get("Last-Modified"),
                 )
 
-        try:
-            result = self.retry.retrying(
-                is_retryable=lambda exc: is_retryable_request(exc, url), describe=lambda: what
-            )(attempt)
-        except RetryableStatus as exc:
-            raise HubServerError(
-                f"{what}: {shown} kept answering {exc.status} after {self.retry.attempts} "
-                "attempts; the server may be down or rate-limiting, try again later",
-                status=exc.status,
-                url=shown,
-            ) from None
-        except NETWORK_ERRORS as exc:
-            why = unreachable(exc, url)
-            if why is not None:
-                raise HubConnectionError(
-                    f"{what}: cannot reach {shown}: {why.cause}; {why.hint}", url=shown
-                ) from None
-            raise HubConnectionError(
-                f"{what}: could not reach {shown} ({describe_network_error(exc)}); check the "
-                "URL and your network",
-                url=shown,
-            ) from None
+        peer = _Peer(shown, shown, "the server", "the URL")
+        result = send_with_retries(self.retry, attempt, url=url, label=what, peer=peer)
         if isinstance(result, Fetched):
             return result
         status = result.status_code

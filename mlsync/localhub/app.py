@@ -67,6 +67,7 @@ from mlsync.localhub.faults import (
     changed_validators,
     request_kind,
 )
+from mlsync.localhub.sample import JSON_TYPE, STAC_VERSION
 from mlsync.localhub.stac import StacEndpoints
 from mlsync.localhub.store import Dataset, HubStore
 
@@ -78,8 +79,6 @@ CHUNK_SIZE: Final = 256 * 1024
 """Bytes per body message: files are streamed, never read whole."""
 DEFAULT_PAGE_SIZE: Final = 10
 MAX_PAGE_SIZE: Final = 10_000
-STAC_VERSION: Final = "1.0.0"
-JSON_TYPE: Final = "application/json"
 MISSING_KEY: Final = "Must provide API key or Bearer token to access this route."
 BAD_KEY: Final = "The API key is not valid."
 

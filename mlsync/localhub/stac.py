@@ -37,12 +37,11 @@ from mlsync import catalog as catalog_mod
 from mlsync.errors import FilterError
 from mlsync.filters import DownloadFilter, build_filter, item_selected
 from mlsync.localhub.archive import rewrite_assets
+from mlsync.localhub.sample import JSON_TYPE, STAC_VERSION
 from mlsync.localhub.store import Dataset, HubStore
 
 __all__ = ["CONFORMANCE", "StacEndpoints"]
 
-STAC_VERSION: Final = "1.0.0"
-JSON_TYPE: Final = "application/json"
 GEOJSON_TYPE: Final = "application/geo+json"
 DEFAULT_LIMIT: Final = 10
 MAX_LIMIT: Final = 10_000

@@ -35,6 +35,7 @@ from mlsync.sources.base import (
     fetchable,
 )
 from mlsync.transfer import FileTransfer
+from mlsync.tree.local import LocalTree
 
 __all__ = ["MLHubSource"]
 
@@ -223,9 +224,11 @@ class MLHubSource(Notifying):
         self, dataset_id: str, archive: Path, remote_size: int | None, etag: str | None, db: AssetDB
     ) -> None:
         archive.parent.mkdir(parents=True, exist_ok=True)
-        part = archive.with_name(archive.name + layout.PART_SUFFIX)
-        if part.exists() and (self.refetch or not etag or db.get_meta(META_PART_ETAG) != etag):
-            part.unlink()  # a part of another version of the archive: never splice the two
+        tree = LocalTree(archive.parent)  # the output directory: archives sit beside datasets
+        if tree.part_size(archive.name) is not None and (
+            self.refetch or not etag or db.get_meta(META_PART_ETAG) != etag
+        ):
+            tree.drop_part(archive.name)  # a part of another version: never splice the two
         db.set_meta(META_PART_ETAG, etag or "")
         db.commit()
         with Task(self.sink, self.target.name, "fetch stac catalog", remote_size, "bytes") as task:
@@ -233,7 +236,8 @@ class MLHubSource(Notifying):
                 lambda offset, if_range: self.session.open_stream(
                     f"catalog/{dataset_id}", offset=offset, if_range=if_range
                 ),
-                archive,
+                archive.name,
+                tree=tree,
                 label=f"catalog archive of {dataset_id}",
                 expected_size=remote_size,
                 policy=self.policy,

@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 from urllib.parse import urljoin, urlsplit
 
 from mlsync import catalog as catalog_mod
 from mlsync import layout
 from mlsync.assetdb import AssetDB, IngestStats, connect
+from mlsync.closing import Closing
 from mlsync.errors import StateError, UnsafePathError
 from mlsync.events import EventSink, Task
 from mlsync.sources.base import META_INGESTED_SHA, ProblemNotices, common_path, fetchable
@@ -94,7 +95,7 @@ class Digest:
     documents: int
 
 
-class DocumentCache:
+class DocumentCache(Closing):
     """The cache of one dataset directory; one refresh at a time (the run lock sees to it).
 
     :meth:`begin` starts a resolution, :meth:`commit` makes it the current one.
@@ -124,17 +125,6 @@ class DocumentCache:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
         self._conn.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- one resolution ----------------------------------------------------------------
 
@@ -250,6 +240,30 @@ def needs_ingest(db: AssetDB, digest: Digest) -> bool:
         db.get_meta(META_INGESTED_SHA) != digest.sha256
         or db.get_meta(META_INGEST_RULES) != INGEST_RULES
     )
+
+
+def ingest_if_changed(
+    db: AssetDB,
+    cache: DocumentCache,
+    digest: Digest,
+    *,
+    name: str,
+    sink: EventSink,
+    problems: ProblemNotices,
+    label: Callable[[str], str] = str,
+) -> bool:
+    """The refresh's last step for a STAC source: index the resolved documents when the
+    catalog tables are not yet theirs (:func:`needs_ingest`); whether it did."""
+    if not needs_ingest(db, digest):
+        problems.summarise()
+        return False
+    indexed = ingest_documents(
+        db, cache, digest, name=name, sink=sink, problems=problems, label=label
+    )
+    logging.getLogger("mlsync.sources").info(
+        "%s: %s assets in stac catalog", name, f"{indexed.assets:,}"
+    )
+    return True
 
 
 def links(

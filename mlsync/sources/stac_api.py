@@ -45,8 +45,7 @@ from mlsync.sources.stac import (
     CACHE_NAME,
     DocumentCache,
     absolute_hrefs,
-    ingest_documents,
-    needs_ingest,
+    ingest_if_changed,
 )
 
 __all__ = ["DEFAULT_LIMIT", "MAX_PAGES", "StacApiSource", "search_body"]
@@ -326,15 +325,9 @@ class StacApiSource(NoCatalogFiles, Notifying):
                 cache.rollback()
                 raise
             log.debug("%s: %d items in %d search pages", self.target.name, items, pages)
-            ingested = False
-            if needs_ingest(db, digest):
-                indexed = ingest_documents(
-                    db, cache, digest, name=self.target.name, sink=self.sink, problems=problems
-                )
-                ingested = True
-                log.info("%s: %s assets in stac catalog", self.target.name, f"{indexed.assets:,}")
-            else:
-                problems.summarise()
+            ingested = ingest_if_changed(
+                db, cache, digest, name=self.target.name, sink=self.sink, problems=problems
+            )
         return CatalogStatus(
             dataset_id=self.target.name,
             archive=None,

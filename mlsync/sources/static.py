@@ -72,9 +72,8 @@ from mlsync.sources.stac import (
     CACHE_NAME,
     DocumentCache,
     DocumentKind,
-    ingest_documents,
+    ingest_if_changed,
     links,
-    needs_ingest,
     stac_object_type,
 )
 
@@ -567,21 +566,15 @@ class StaticCatalogSource(NoCatalogFiles, Notifying):
                 stats.downloaded,
                 stats.not_modified,
             )
-            ingested = False
-            if needs_ingest(db, digest):
-                indexed = ingest_documents(
-                    db,
-                    cache,
-                    digest,
-                    name=self.target.name,
-                    sink=self.sink,
-                    problems=problems,
-                    label=_label(self.root_url),
-                )
-                ingested = True
-                log.info("%s: %s assets in stac catalog", self.target.name, f"{indexed.assets:,}")
-            else:
-                problems.summarise()
+            ingested = ingest_if_changed(
+                db,
+                cache,
+                digest,
+                name=self.target.name,
+                sink=self.sink,
+                problems=problems,
+                label=_label(self.root_url),
+            )
         return CatalogStatus(
             dataset_id=self.target.name,
             archive=None,
