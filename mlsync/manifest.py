@@ -85,6 +85,7 @@ from mlsync.filters import (
     parse_intersects,
     parse_time_query,
 )
+from mlsync.objectstore import ObjectStoreTarget, S3Location, is_s3_url
 from mlsync.sources.base import SourceSpec
 
 __all__ = [
@@ -215,6 +216,64 @@ def _check_http_url(value: str, what: str) -> str:
     if parts.fragment:
         raise _fail(f"{what} must not have a #fragment")
     return text
+
+
+class ObjectStoreSettings(_Strict):
+    """How to reach an ``s3://`` output_dir; never a credential (those come from the standard
+    AWS variables or an AWS profile)."""
+
+    endpoint: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint URL (MinIO, SeaweedFS, Ceph...); else "
+        "AWS_ENDPOINT_URL, else AWS S3.",
+        examples=["http://127.0.0.1:8333"],
+    )
+    profile: str | None = Field(
+        default=None,
+        min_length=1,
+        description="AWS profile for the credentials (else AWS_ACCESS_KEY_ID/"
+        "AWS_SECRET_ACCESS_KEY, else AWS_PROFILE or the default profile).",
+    )
+    part_size_mib: int = Field(
+        default=16,
+        ge=5,
+        le=5120,
+        description="Multipart part size in MiB (S3's limits: 5 to 5,120): assets up to one "
+        "part go in one PutObject; memory per transfer is about one part.",
+    )
+    cache_dir: str = Field(
+        default=".mlsync-cache",
+        min_length=1,
+        description="Local directory of the state of s3:// trees (asset database, run lock, "
+        "upload journal), relative to the manifest's directory; never in the bucket.",
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _fail("endpoint must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise _fail("endpoint must not hold credentials (use the AWS variables or profile)")
+        return value
+
+
+def _check_output(value: Path | str | None) -> Path | str | None:
+    """``s3://bucket/prefix`` stays a string (checked); anything else is a local path."""
+    if value is None:
+        return None
+    if isinstance(value, str) and is_s3_url(value):
+        try:
+            S3Location.parse(value)
+        except ConfigurationError as exc:
+            raise _fail(str(exc)) from None
+        return value
+    if str(value) in ("", "."):
+        return Path(".")
+    return Path(value)
 
 
 @dataclass(frozen=True)
@@ -427,9 +486,10 @@ class DatasetSpec(_Strict):
         description="Unique label for this entry; defaults to id/doi. With source, required: "
         "it is the dataset's directory under output_dir.",
     )
-    output_dir: Path | None = Field(
+    output_dir: str | Path | None = Field(
         default=None,
-        description="Overrides the manifest's output_dir; relative to the manifest's directory.",
+        description="Overrides the manifest's output_dir; relative to the manifest's "
+        "directory, or s3://bucket/prefix.",
     )
     catalog_only: bool = Field(
         default=False, description="Only fetch and unpack the STAC catalog, no assets."
@@ -491,10 +551,8 @@ class DatasetSpec(_Strict):
 
     @field_validator("output_dir")
     @classmethod
-    def _check_output_dir(cls, value: Path | None) -> Path | None:
-        if value is not None and str(value) in ("", "."):
-            return Path(".")
-        return value
+    def _check_output_dir(cls, value: Path | str | None) -> Path | str | None:
+        return _check_output(value)
 
     @field_validator("collections")
     @classmethod
@@ -656,8 +714,27 @@ class DatasetSpec(_Strict):
 
     def resolved_output_dir(self, manifest: Manifest) -> Path:
         """Absolute directory that receives ``<dataset id>/``: own ``output_dir`` or the
-        manifest's, relative to the manifest's directory."""
-        return _resolve_dir(self.output_dir or manifest.output_dir, manifest.base_dir)
+        manifest's, relative to the manifest's directory. For an ``s3://`` output, the local
+        cache directory that holds its state (``s3.cache_dir``/s3/bucket/prefix)."""
+        output = self.output_dir if self.output_dir is not None else manifest.output_dir
+        if isinstance(output, str):
+            location = S3Location.parse(output)
+            cache = _resolve_dir(Path(manifest.s3.cache_dir), manifest.base_dir)
+            return Path(os.path.normpath(cache / "s3" / location.bucket / location.prefix))
+        return _resolve_dir(output, manifest.base_dir)
+
+    def object_store(self, manifest: Manifest) -> ObjectStoreTarget | None:
+        """The ``s3://`` output of this dataset (None: a local directory)."""
+        output = self.output_dir if self.output_dir is not None else manifest.output_dir
+        if not isinstance(output, str):
+            return None
+        settings = manifest.s3
+        return ObjectStoreTarget(
+            S3Location.parse(output),
+            endpoint=settings.endpoint,
+            profile=settings.profile,
+            part_size=settings.part_size_mib << 20,
+        )
 
     def to_filter(self) -> DownloadFilter:
         """The ``DownloadFilter`` these settings describe."""
@@ -746,10 +823,23 @@ class Manifest(_Strict):
         default_factory=HubSettings,
         description="Which hub to talk to and where the API key comes from (never the key).",
     )
-    output_dir: Path = Field(
+    output_dir: str | Path = Field(
         default=Path("."),
-        description="Default directory for every dataset, relative to the manifest's directory.",
+        description="Default directory for every dataset, relative to the manifest's "
+        "directory, or s3://bucket/prefix (an S3-compatible object store).",
     )
+    s3: ObjectStoreSettings = Field(
+        default_factory=ObjectStoreSettings,
+        description="How to reach an s3:// output_dir (never the credentials).",
+    )
+
+    @field_validator("output_dir")
+    @classmethod
+    def _check_default_output(cls, value: Path | str) -> Path | str:
+        checked = _check_output(value)
+        assert checked is not None
+        return checked
+
     datasets: list[DatasetSpec] = Field(min_length=1, description="The datasets to sync.")
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

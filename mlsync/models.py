@@ -13,6 +13,7 @@ from mlsync import client
 from mlsync.errors import EntityDoesNotExist, HubResponseError
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession
+from mlsync.objectstore import is_s3_url
 
 if TYPE_CHECKING:
     from mlsync.events import Event
@@ -375,7 +376,9 @@ class Dataset(_SessionHolder):
         api_key: str | None = None,
         profile: str | None = None,
     ) -> DownloadResult:
-        """Download the catalog and the selected assets into ``output_dir`` (default: cwd).
+        """Download the catalog and the selected assets into ``output_dir`` (default: cwd),
+        a directory or ``s3://bucket/prefix`` (endpoint and credentials from the standard AWS
+        variables or profile; the state then lives in ``./.mlsync-cache``).
 
         Re-running it transfers only what is missing or partial. ``if_exists`` is the
         reference client's: ``"resume"`` (mlsync's plan), ``"skip"`` (keep any file that
@@ -391,7 +394,13 @@ class Dataset(_SessionHolder):
 
         return sync.download_dataset(
             self,
-            output_dir=Path.cwd() if output_dir is None else Path(output_dir),
+            output_dir=(
+                Path.cwd()
+                if output_dir is None
+                else output_dir
+                if is_s3_url(output_dir)
+                else Path(output_dir)
+            ),
             asset_output_dir=None if asset_output_dir is None else Path(asset_output_dir),
             catalog_only=catalog_only,
             if_exists=if_exists,

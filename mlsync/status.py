@@ -40,6 +40,7 @@ from mlsync.records import ActionKind, FileState
 from mlsync.sources import SyncTarget
 from mlsync.transfer import parse_checksum
 from mlsync.tree.base import ReadStopped, Tree
+from mlsync.tree.factory import tree_for
 from mlsync.tree.local import LocalTree, hash_file
 
 __all__ = [
@@ -243,7 +244,7 @@ def dataset_status(target: SyncTarget, dataset_id: str) -> DatasetStatus:
             if not _has_catalog(db):
                 state = DatasetState.NOT_PLANNED
                 return DatasetStatus(target.name, dataset_id, dataset_dir, state, None)
-            counts = _count(db, target, LocalTree(dataset_dir))
+            counts = _count(db, target, tree_for(target.object_store, dataset_dir))
     except OSError as exc:
         raise _unreadable(dataset_dir, exc) from exc
     state = DatasetState.SYNCED if counts.complete == counts.selected else DatasetState.INCOMPLETE
@@ -345,7 +346,7 @@ def verify_dataset(
             if not _has_catalog(db):
                 report.not_synced = f"{DatasetState.NOT_PLANNED} (no catalog indexed yet)"
             elif not target.catalog_only:
-                tree = LocalTree(dataset_dir)
+                tree = tree_for(target.object_store, dataset_dir)
                 _verify(db, target, tree, report, sink, workers or DEFAULT_VERIFY_WORKERS)
     except OSError as exc:
         raise _unreadable(dataset_dir, exc) from exc

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,7 @@ from mlsync.assetdb import (
     row_objects,
 )
 from mlsync.errors import (
+    ConfigurationError,
     DownloadFailed,
     FrozenLockError,
     LocalWriteError,
@@ -48,6 +50,7 @@ from mlsync.filters import (
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
 from mlsync.lockfile import LockEntry, compare, describe_differences
+from mlsync.objectstore import ObjectStoreTarget, S3Location
 from mlsync.planner import IfExists
 from mlsync.records import (
     ActionKind,
@@ -60,13 +63,22 @@ from mlsync.removed import stamp_owner
 from mlsync.sources import CatalogSource, CatalogStatus, SourceSpec, SyncTarget, make_source
 from mlsync.sources.mlhub import MLHubSource
 from mlsync.tree.base import Tree
+from mlsync.tree.factory import tree_for
 from mlsync.tree.local import LocalTree
+from mlsync.tree.s3 import S3Tree
 
 if TYPE_CHECKING:
     from mlsync.models import Dataset
     from mlsync.planmap import DatasetMap
 
 log = logging.getLogger("mlsync.sync")
+
+S3_WORKERS = 32
+"""Transfers into an object store by default: each small object is a request's round trip
+(obstore releases the GIL while it waits), so more of them in flight than for a disk."""
+S3_CACHE_DIR = ".mlsync-cache"
+"""Where ``Dataset.download(output_dir="s3://...")`` keeps the state (under the current
+directory, as a manifest's default ``s3.cache_dir`` is next to the manifest)."""
 
 
 @dataclass
@@ -164,6 +176,7 @@ class DatasetSync:
         self.if_exists = if_exists
         self.asset_output_dir = asset_output_dir
         self.asset_database = asset_database
+        self._s3_tree: Tree | None = None
         self.source: CatalogSource = make_source(
             session, target, sink=sink, policy=self.policy, timeouts=self.timeouts
         )
@@ -255,7 +268,7 @@ class DatasetSync:
         status = self.source.refresh(db, dirs.catalog, frozen=frozen)
         self._check_filter(db, status)
         plan, reconcile = build_plan(
-            self.target, db, LocalTree(dirs.assets), keep=keep, if_exists=self.if_exists
+            self.target, db, self._tree(dirs.assets), keep=keep, if_exists=self.if_exists
         )
         if self.target.manifest is not None:
             stamp_owner(
@@ -325,11 +338,48 @@ class DatasetSync:
             if dataset_plan.reconcile:
                 db.apply_updates(dataset_plan.reconcile)
             self.source.materialize(db, dirs.catalog, dataset_plan.catalog)
-            return self._execute(db, dataset_plan, prune)
+            tree = self._tree(dirs.assets)
+            if not (isinstance(tree, S3Tree) and dataset_plan.catalog.unpack_pending):
+                return self._execute(db, dataset_plan, prune)
+            # The catalog's files go up while the assets transfer: neither waits on the other.
+            with ThreadPoolExecutor(max_workers=1) as pool:  # waits for it, error or not
+                published = pool.submit(_publish_catalog, tree, dirs.catalog)
+                result = self._execute(db, dataset_plan, prune)
+                published.result()
+                return result
+
+    # --- object store -----------------------------------------------------------------------
+
+    def _tree(self, dataset_dir: Path) -> Tree:
+        """The dataset's output tree: local at ``dataset_dir``, or for an ``s3://`` output the
+        object store at ``{location}/{id}`` with its state in ``dataset_dir`` (a local cache).
+        One per dataset and run: its listing serves the plan's probe."""
+        if self.target.object_store is None:
+            return LocalTree(dataset_dir)
+        if self._s3_tree is None or self._s3_tree.state_dir != dataset_dir:
+            self._s3_tree = tree_for(self.target.object_store, dataset_dir)
+        return self._s3_tree
+
+    def _finish_object_store(self, tree: S3Tree, report: ExecutionReport, prune: bool) -> None:
+        """err_report.csv in the bucket too (the layout on disk has it), and with ``prune``
+        the multipart uploads that no journal will resume aborted."""
+        local = tree.state_dir / layout.ERR_REPORT_NAME
+        if report.failed and local.is_file():
+            tree.write_atomic(layout.ERR_REPORT_NAME, local.read_bytes())
+        elif tree.listing_has(layout.ERR_REPORT_NAME):
+            tree.remove(layout.ERR_REPORT_NAME)
+        if prune:
+            aborted = tree.abort_orphaned_uploads()
+            if aborted:
+                self._notice(
+                    "info",
+                    f"aborted {len(aborted):,} unfinished multipart upload(s) under "
+                    f"{tree.describe()} that no run will resume",
+                )
 
     def _execute(self, db: AssetDB, dataset_plan: DatasetPlan, prune: bool) -> DatasetResult:
         dataset_dir = dataset_plan.dataset_dir
-        tree = LocalTree(dataset_dir)
+        tree = self._tree(dataset_dir)
         plan = dataset_plan.plan
         report_path = tree.state_dir / layout.ERR_REPORT_NAME
         transfers = [a for a in plan.actions if a.kind in TRANSFER_KINDS]
@@ -339,7 +389,7 @@ class DatasetSync:
                 dataset=self.target.name,
                 dataset_dir=dataset_dir,
                 state=db,
-                workers=self.workers,
+                workers=self.workers or (S3_WORKERS if isinstance(tree, S3Tree) else None),
                 policy=self.policy,
                 timeouts=self.timeouts,
                 sink=self.sink,
@@ -351,6 +401,13 @@ class DatasetSync:
                     transfers, count=len(transfers), total_bytes=plan.transfer_bytes, report=report
                 )
             except BaseException:
+                if isinstance(tree, S3Tree) and (pending := len(tree.journal.records())):
+                    self._notice(
+                        "warning",
+                        f"{pending:,} multipart upload(s) under {tree.describe()} kept to resume "
+                        "next run (their parts stay on the server until then; apply --prune "
+                        "aborts the ones no run will resume)",
+                    )
                 # Ctrl-C or a disk error: the assets that failed before it are still reported.
                 if report.failed:
                     with contextlib.suppress(LocalWriteError):
@@ -358,6 +415,8 @@ class DatasetSync:
                 raise
         pruned = self._prune(db, tree, plan.actions) if prune else []
         write_error_report(tree, dataset_plan.dataset_id, report.failed)
+        if isinstance(tree, S3Tree):
+            self._finish_object_store(tree, report, prune)
         result = DatasetResult(dataset_plan, report, pruned, report_path if report.failed else None)
         if report.failed:
             raise DownloadFailed(
@@ -528,6 +587,36 @@ def _adoption(desired: DesiredAsset, local: LocalFile) -> FileUpdate:
     )
 
 
+_STATE_FILES = frozenset(
+    {
+        layout.ASSET_DB_NAME,
+        f"{layout.ASSET_DB_NAME}-wal",
+        f"{layout.ASSET_DB_NAME}-shm",
+        f"{layout.ASSET_DB_NAME}-journal",
+        layout.ERR_REPORT_NAME,
+    }
+)
+
+
+def _publish_catalog(tree: S3Tree, catalog_dir: Path) -> None:
+    """Copy the catalog's own files, unpacked in the local state directory, to the bucket
+    (the same layout as on disk); the state files stay local."""
+    files: list[tuple[str, bytes]] = []
+    for dirpath, dirnames, names in os.walk(catalog_dir):
+        rel_dir = os.path.relpath(dirpath, catalog_dir)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != "uploads"]
+        for name in names:
+            if rel_dir == "." and (name in _STATE_FILES or name.startswith(".")):
+                continue
+            if name.endswith(layout.PART_SUFFIX):
+                continue
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+            with open(os.path.join(dirpath, name), "rb") as handle:
+                files.append((rel, handle.read()))
+    tree.write_many(files)
+
+
 def _make_dir(path: Path) -> None:
     """``mkdir -p``; an output directory that cannot be made is an error, not a traceback."""
     try:
@@ -541,7 +630,7 @@ def _make_dir(path: Path) -> None:
 def download_dataset(
     dataset: Dataset,
     *,
-    output_dir: Path,
+    output_dir: Path | str,
     asset_output_dir: Path | None = None,
     catalog_only: bool = False,
     if_exists: str = IfExists.RESUME,
@@ -563,6 +652,13 @@ def download_dataset(
     writes no asset database.
     """
     policy = IfExists.parse(if_exists)
+    object_store: ObjectStoreTarget | None = None
+    if isinstance(output_dir, str):
+        if asset_output_dir is not None:
+            raise ConfigurationError("asset_output_dir cannot be used with an s3:// output_dir")
+        object_store = ObjectStoreTarget(S3Location.parse(output_dir))
+        location = object_store.location
+        output_dir = Path.cwd() / S3_CACHE_DIR / "s3" / location.bucket / location.prefix
     dirs = {"output_dir": output_dir, "asset_output_dir": asset_output_dir}
     for name, path in dirs.items():
         if path is not None and path.exists() and not path.is_dir():
@@ -579,6 +675,7 @@ def download_dataset(
             intersects=intersects,
         ),
         catalog_only=catalog_only,
+        object_store=object_store,
     )
     for path in dirs.values():
         if path is not None:

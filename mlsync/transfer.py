@@ -40,7 +40,7 @@ from mlsync.hub.http import (
     redact,
 )
 from mlsync.layout import PART_SUFFIX
-from mlsync.tree.base import PartWriter, Tree
+from mlsync.tree.base import FileFacts, PartWriter, Tree
 from mlsync.tree.local import LocalTree
 
 CHUNK_SIZE = 1 << 20
@@ -107,6 +107,7 @@ class FileTransfer:
         root: Path | None = None,
         fresh: bool = False,
         tree: Tree | None = None,
+        replacing: FileFacts | None = None,
     ) -> None:
         """``tree``: the output tree the file goes to, ``dest`` then being its rel_path.
         Without it, ``dest`` is a local path, in a local tree at ``root`` (folders are made
@@ -143,6 +144,9 @@ class FileTransfer:
         """Nothing in the catalog can tell a part of this file from a part of another version
         (a size cannot: two versions of one file often have the same length)."""
         self._fresh = fresh
+        self.replacing = replacing
+        """The file this one replaces, as seen before the transfer (an object store makes the
+        commit conditional on its ETag: another writer's version is never overwritten)."""
         self._part: PartWriter | None = None
         """The part during an attempt (and, after the last one, the part to commit): opened
         once per attempt, for every read and write."""
@@ -183,7 +187,9 @@ class FileTransfer:
             if stopped_or_failed:
                 self._drop_empty_part()
         assert self._part is not None  # a successful attempt leaves its part
-        facts = self.tree.commit(self._part)
+        facts = self.tree.commit(
+            self._part, replacing=self.replacing, sha256=self._sha256.hexdigest()
+        )
         return TransferOutcome(
             facts.size,
             facts.mtime_ns,

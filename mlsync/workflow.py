@@ -126,6 +126,7 @@ def load_project(manifest_arg: str | Path, only: Sequence[str] | None = None) ->
             catalog_only=spec.catalog_only,
             source=spec.to_source(),
             manifest=path,
+            object_store=spec.object_store(manifest),
         )
         for spec in manifest.datasets
     ]

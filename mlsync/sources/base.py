@@ -32,6 +32,7 @@ from mlsync.errors import FrozenLockError
 from mlsync.events import EventSink, Level, Notice
 from mlsync.filters import DownloadFilter
 from mlsync.lockfile import CatalogPin, LockEntry
+from mlsync.objectstore import ObjectStoreTarget
 from mlsync.records import AssetRecord
 
 __all__ = [
@@ -94,6 +95,9 @@ class SyncTarget:
     catalog_only: bool = False
     source: SourceSpec | None = None
     manifest: Path | None = None
+    object_store: ObjectStoreTarget | None = None
+    """Set for an ``s3://`` output: the assets and catalog go there, and ``output_dir`` is
+    the local cache directory that holds the dataset's state."""
 
 
 @dataclass(frozen=True)

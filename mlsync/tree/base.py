@@ -70,7 +70,9 @@ class FileFacts(NamedTuple):
 
     size: int
     mtime_ns: int
-    """Local: the file's mtime. S3: the object's Last-Modified, in ns."""
+    """Local: the file's mtime in ns. S3: a stable stamp of the object's ETag
+    (:func:`mlsync.tree.s3.etag_stamp`: a PutObject returns no Last-Modified, and "changed
+    since recorded" for an object means another ETag)."""
     etag: str | None = None
     """S3: the object's ETag (the ``If-Match`` of a replacement); None on a local tree."""
     sha256: str | None = None
@@ -84,7 +86,7 @@ class ProbeResult(NamedTuple):
     size: int | None
     """The final file's size; None when absent or not a regular file (object)."""
     mtime_ns: int | None
-    """The final file's mtime (S3: Last-Modified) in ns; None when absent."""
+    """The final file's mtime in ns (S3: the stamp of its ETag); None when absent."""
     part_maybe: bool
     """A part may exist (local: the file's folder exists); ask :meth:`Tree.part_size`.
     False: there is certainly none (no second look is needed)."""
@@ -188,11 +190,15 @@ class Tree(Protocol):
         new, empty one (a held part is dropped: never spliced). Guarded."""
         ...
 
-    def commit(self, part: PartWriter, *, replacing: FileFacts | None = None) -> FileFacts:
+    def commit(
+        self, part: PartWriter, *, replacing: FileFacts | None = None, sha256: str | None = None
+    ) -> FileFacts:
         """Make the part the file under its final name, atomically, and return its facts.
 
         The caller has checked size and checksum. ``replacing``: the facts of the file being
-        replaced as recorded (an object store makes the commit conditional on its ETag)."""
+        replaced as recorded (an object store makes the commit conditional on its ETag).
+        ``sha256``: the hex sha256 of the bytes, when the caller computed it (an object store
+        stores it in the object's metadata instead of hashing every byte a second time)."""
         ...
 
     def drop_part(self, rel_path: str, *, only_if_empty: bool = False) -> None:

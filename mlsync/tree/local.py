@@ -401,9 +401,11 @@ class LocalTree:
         nothing: the part is created (truncated) at its first write."""
         return LocalPart(self, rel_path, self._base + rel_path + PART_SUFFIX, resume)
 
-    def commit(self, part: PartWriter, *, replacing: FileFacts | None = None) -> FileFacts:
+    def commit(
+        self, part: PartWriter, *, replacing: FileFacts | None = None, sha256: str | None = None
+    ) -> FileFacts:
         """Rename the part over the final name (a rename keeps the size and mtime written)."""
-        del replacing  # a local rename replaces whatever is there
+        del replacing, sha256  # a local rename replaces whatever is there; no metadata
         assert isinstance(part, LocalPart), "a part of another tree"
         dest = self._base + part.rel_path
         try:
