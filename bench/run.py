@@ -71,6 +71,7 @@ TARGETS = {
     "c_ingest_assets_per_s": 50_000.0,
     "c_plan_synced_seconds": 10.0,
     "c_peak_rss_mb": 300.0,
+    "e_tail_faulted_vs_fault_free": 2.0,
 }
 
 
@@ -112,12 +113,22 @@ def cases(quick: bool) -> dict[str, Case]:
             "a": Case("a", "1,000 assets × 4 KiB", "bench_small", 250, 4, 4096, True),
             "b": Case("b", "20 assets × 2 MiB", "bench_large", 5, 4, 2 << 20, True),
             "c": Case("c", "50,000-asset catalog", "bench_catalog", 12_500, 4, 4096, False),
+            "e": TAIL_CASE,
         }
     return {
         "a": Case("a", "10,000 assets × 4 KiB", "bench_small", 2_500, 4, 4096, True),
         "b": Case("b", "200 assets × 2 MiB", "bench_large", 50, 4, 2 << 20, True),
         "c": Case("c", "1,000,000-asset catalog", "bench_catalog", 250_000, 4, 4096, False),
+        "e": TAIL_CASE,
     }
+
+
+TAIL_CASE = Case("e", "801 assets × 200 KB, the tail", "bench_tail", 267, 3, 200_000, True)
+"""(e): the same small sync against a fault-free hub and a hub that hangs and cuts some
+requests (:data:`TAIL_FAULTS`); ``--quick`` keeps it whole (it is small already)."""
+TAIL_FAULTS = "hang=0.03,truncate=0.05,stall_seconds=120,cut_fraction=0.5,seed=14"
+"""3 % of asset requests get no answer for two minutes (``hang``: not even the status line),
+5 % are cut halfway through the body (``truncate``)."""
 
 
 def say(text: str) -> None:
@@ -1171,6 +1182,48 @@ class Bench:
         say(f"  synced tree ready: {len(desired):,} files in {time.perf_counter() - started:.0f} s")
         return folder
 
+    # -- (e) the tail ---------------------------------------------------------------------------
+
+    def tail_case(self, case: Case, stack: contextlib.ExitStack) -> dict[str, Any]:
+        """(e): ``mlsync apply`` of the same dataset from a fault-free hub and from a hub with
+        :data:`TAIL_FAULTS`, alternating, fresh folders; the hub serves the files itself (the
+        faults are its own). The target is the faulted run's wall time over the fault-free's."""
+        root = ensure_data(case)
+        clean = Servers(start_tail_hub(stack, root, None, self.logs), None)
+        faulted = Servers(start_tail_hub(stack, root, TAIL_FAULTS, self.logs), None)
+        say(f"  fault-free hub at {clean.hub.url}; faulted hub at {faulted.hub.url}")
+        say(f"  faults: {TAIL_FAULTS}")
+        for servers in (clean, faulted):
+            servers.hub.catalog_info(case.dataset_id, ARCHIVE_BUILD_TIMEOUT)
+        case_dir = self.runs_dir / case.key
+        shutil.rmtree(case_dir, ignore_errors=True)
+        # Warm-up, not measured: the hub's page cache, the interpreter's imports.
+        warm = self.run_mlsync_apply(clean, case, case_dir / "warmup", "warmup", 0)
+        if not warm.ok:
+            raise RuntimeError(f"warm-up apply failed: {warm.problem}")
+        shutil.rmtree(case_dir / "warmup", ignore_errors=True)
+        runs: list[Run] = []
+        phases = [("fault_free", clean), ("faulted", faulted)]
+        for rep in range(1, self.args.repeat + 1):
+            order = phases if rep % 2 else phases[::-1]
+            for phase, servers in order:
+                folder = case_dir / f"{phase}-r{rep}"
+                run = self.run_mlsync_apply(servers, case, folder, phase, rep)
+                stats = servers.hub.stats()
+                run.extra["faults"] = stats.get("faults", {})
+                runs.append(run)
+                injected = ", ".join(f"{n} {k}" for k, n in sorted(run.extra["faults"].items()))
+                say(f"    {_describe(run)}{f' — injected {injected}' if injected else ''}")
+                if not self.args.keep:
+                    shutil.rmtree(folder, ignore_errors=True)
+        return {
+            "case": asdict(case),
+            "faults": TAIL_FAULTS,
+            "assets_served_by": "the local hub itself (its faults)",
+            "runs": [asdict(r) for r in runs],
+            "summary": summarise_tail(runs, case),
+        }
+
 
 # --- summaries ----------------------------------------------------------------------------
 
@@ -1469,6 +1522,92 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: 
         say(f"  note: {note}")
 
 
+# --- (e) the tail ---------------------------------------------------------------------------
+
+
+def start_tail_hub(stack: contextlib.ExitStack, root: Path, faults: str | None, logs: Path) -> Hub:
+    """A hub serving ROOT's asset files itself, with ``--faults`` when given."""
+    port = free_port()
+    cmd = [PYTHON, "-m", "mlsync", "-q", "hub", "serve", str(root), "--port", str(port)]
+    cmd += ["--api-key", API_KEY, "--catalog-ttl", str(HUB_CATALOG_TTL)]
+    if faults:
+        cmd += ["--faults", faults]
+    log = logs / f"hub-{port}.log"
+    proc = start_service(stack, "hub", cmd, log, base_env())
+    url = f"http://127.0.0.1:{port}/"
+    wait_for_http(f"{url}__mlsync__/health", proc, log, "the local hub", STARTUP_TIMEOUT)
+    return Hub(url, log)
+
+
+def summarise_tail(runs: Sequence[Run], case: Case) -> dict[str, Any]:
+    """Per phase: wall, the transfer phase alone, requests; the faulted ÷ fault-free ratios."""
+    out: dict[str, Any] = {}
+    for phase in ("fault_free", "faulted"):
+        group = _group(runs, "mlsync", phase)
+        if not group:
+            continue
+        executor = [r.extra["executor_seconds"] for r in group if r.extra.get("executor_seconds")]
+        out[phase] = {
+            "wall_s": stats_of([r.wall for r in group]),
+            "executor_s": stats_of(executor),
+            "cpu_s_median": statistics.median(r.cpu_seconds for r in group),
+            "asset_requests": [r.asset_requests for r in group],
+            "faults": [r.extra.get("faults", {}) for r in group],
+        }
+    out["failed_runs"] = sum(1 for r in runs if not r.ok)
+    ratios: dict[str, float] = {}
+    clean, faulted = out.get("fault_free"), out.get("faulted")
+    if clean and faulted:
+        ratios["wall_faulted_vs_fault_free"] = float(faulted["wall_s"]["median"]) / float(
+            clean["wall_s"]["median"]
+        )
+        if clean["executor_s"].get("n") and faulted["executor_s"].get("n"):
+            ratios["executor_faulted_vs_fault_free"] = float(
+                faulted["executor_s"]["median"]
+            ) / float(clean["executor_s"]["median"])
+    out["ratios"] = ratios
+    return out
+
+
+def tail_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """(e)'s target row: the faulted apply's median wall ≤ 2× the fault-free one's."""
+    value = (
+        results.get("e", {}).get("summary", {}).get("ratios", {}).get("wall_faulted_vs_fault_free")
+    )
+    limit = TARGETS["e_tail_faulted_vs_fault_free"]
+    return [
+        {
+            "target": "e_tail_faulted_vs_fault_free",
+            "description": "(e) tail: faulted apply ≤ 2× fault-free wall",
+            "value": value,
+            "met": None if value is None else value <= limit,
+        }
+    ]
+
+
+def print_tail(results: dict[str, Any]) -> None:
+    if "e" not in results:
+        return
+    res = results["e"]
+    s = res["summary"]
+    say(f"\n== (e) {res['case']['title']} — faults {res['faults']}")
+    say(
+        f"  {'hub':<11} {'wall: median (min–max)':<34} {'transfer phase':<34} "
+        f"{'CPU s':>6} {'asset reqs':>11}"
+    )
+    for phase in ("fault_free", "faulted"):
+        if phase in s:
+            p = s[phase]
+            say(
+                f"  {phase:<11} {_fmt_wall(p['wall_s']):<34} {_fmt_wall(p['executor_s']):<34} "
+                f"{p['cpu_s_median']:>6.1f} {max(p['asset_requests']):>11,}"
+            )
+    for name, value in s["ratios"].items():
+        say(f"  ratio {name:<30} {value:8.2f}")
+    if s["failed_runs"]:
+        say(f"  !! {s['failed_runs']} run(s) failed; see the JSON and bench/work/logs/")
+
+
 def environment(ref_python: Path | None) -> dict[str, Any]:
     def output(cmd: Sequence[str]) -> str | None:
         try:
@@ -1513,13 +1652,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller datasets: a smoke run")
     parser.add_argument("--skip-reference", action="store_true", help="no radiant-mlhub runs")
     parser.add_argument("--skip-nginx", action="store_true", help="assets from the hub itself")
-    parser.add_argument("--only", default="a,b,c,s", help="cases to run, e.g. a,b,s (default: all)")
+    parser.add_argument(
+        "--only", default="a,b,c,s,e", help="cases to run, e.g. a,b,s or e (default: all)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run folders in bench/work")
     args = parser.parse_args(argv)
     args.only = [c.strip() for c in args.only.split(",") if c.strip()]
-    unknown = set(args.only) - {"a", "b", "c", "s"}
+    unknown = set(args.only) - {"a", "b", "c", "s", "e"}
     if unknown or not args.only:
-        parser.error(f"--only takes a comma list of a, b, c, s (got {', '.join(sorted(unknown))})")
+        parser.error(
+            f"--only takes a comma list of a, b, c, s, e (got {', '.join(sorted(unknown))})"
+        )
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
@@ -1557,7 +1700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, case in selected.items():
             say(f"\n-- case ({key}): {case.title}")
             step: Callable[[Case, contextlib.ExitStack], dict[str, Any]]
-            step = bench.catalog_case if key == "c" else bench.transfer_case
+            step = {"c": bench.catalog_case, "e": bench.tail_case}.get(key, bench.transfer_case)
             with contextlib.ExitStack() as stack:  # stops this case's hub and nginx
                 results[key] = step(case, stack)
         if "s" in args.only:
@@ -1569,7 +1712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         say("\ninterrupted: servers stopped; partial results follow")
-    targets = targets_report(results)
+    targets = targets_report(results) + tail_targets(results)
     document = {
         "format_version": 1,
         "timestamp": stamp,
@@ -1587,6 +1730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = RESULTS / f"{stamp}.json"
     out.write_text(json.dumps(document, indent=2) + "\n")
     if results:
+        print_tail(results)
         print_report(results, targets, bench.notes)
     say(f"\nresults: {out.relative_to(REPO)}; logs: {bench.logs.relative_to(REPO)}")
     if interrupted:

@@ -34,6 +34,7 @@ import requests.adapters
 import tenacity
 import urllib3
 from urllib3.util import Url, parse_url
+from urllib3.util.wait import wait_for_read
 
 from mlsync import __version__
 from mlsync.errors import (
@@ -120,10 +121,20 @@ _install_log_redaction()
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds to wait to connect, and between two reads of a response (stall detection)."""
+    """Seconds to wait to connect, and between two reads of a response (stall detection).
+
+    A file transfer (:class:`TransferClient`) is stricter at the tail: it waits for a
+    response's first byte only as long as the origin's recent answers suggest
+    (:class:`FirstByteTimes`, ``read`` the ceiling), and cuts a body that brings fewer than
+    ``speed_limit`` bytes a second for ``speed_time`` seconds (curl's ``--speed-limit`` and
+    ``--speed-time``): the part keeps what was written and the next attempt resumes it."""
 
     connect: float = 10.0
     read: float = 60.0
+    speed_limit: int = 1024
+    """Bytes per second below which a file's body counts as stalled."""
+    speed_time: float = 10.0
+    """Seconds a file's body may stay below ``speed_limit`` (or bring nothing) before it is cut."""
 
     def as_tuple(self) -> tuple[float, float]:
         return (self.connect, self.read)
@@ -155,6 +166,8 @@ class RetryPolicy:
     ) -> tenacity.Retrying:
         def wait(state: tenacity.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, BodyCut) and state.attempt_number == 1:
+                return 0.0
             return self.wait_seconds(state.attempt_number, retry_after_of(exc))
 
         # Retries are DEBUG while they may still succeed; when the attempts run out they are
@@ -218,6 +231,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
+
+
+class BodyCut(requests.exceptions.ChunkedEncodingError):
+    """A file's body broke, stalled or crawled after the server had answered: the server is
+    there, the part keeps what was written, and the first retry resumes it at once (later
+    ones back off as usual)."""
 
 
 def retry_after_of(exc: BaseException | None) -> float | None:
@@ -393,6 +412,169 @@ def open_stream(
     )
 
 
+# --- the tail: how long to wait for a file's first byte ----------------------------------------
+
+FIRST_BYTE_FLOOR: Final = 0.25
+"""Never give up on a response's first byte sooner than this: a live server's occasional slow
+answer (a cold cache, a pause) is waited for, not asked again (see bench/README.md, case e)."""
+FIRST_BYTE_MULTIPLIER: Final = 3.0
+FIRST_BYTE_QUANTILE: Final = 0.95
+"""The deadline is this many times this quantile of the origin's recent times to first byte:
+a request that keeps the server this long is in the tail, not in the crowd ("The Tail at
+Scale" hedges at the 95th percentile; a cancel costs more than a hedge, hence the factor)."""
+FIRST_BYTE_WINDOW: Final = 64
+FIRST_BYTE_EVIDENCE: Final = 8
+"""Answers seen before any deadline shorter than the read timeout is used."""
+FIRST_BYTE_RECHECK: Final = 0.25
+"""While waiting, how often the deadline is looked up again (answers to other requests may
+have arrived since: the first requests of a run start before any evidence exists)."""
+
+
+class FirstByteTracker:
+    """The recent times to first byte of one origin and the deadline they suggest; shared by
+    every transfer thread (recorded under a lock, the deadline recomputed every few answers and
+    read without one)."""
+
+    __slots__ = ("_count", "_lock", "_samples", "deadline", "floor")
+
+    def __init__(self, floor: float = FIRST_BYTE_FLOOR) -> None:
+        self.floor = floor
+        self._samples: list[float] = []
+        self._count = 0
+        self._lock = threading.Lock()
+        self.deadline: float | None = None
+        """Seconds after which a response's first byte is overdue; None: too little evidence."""
+
+    def record(self, seconds: float) -> None:
+        with self._lock:
+            if len(self._samples) < FIRST_BYTE_WINDOW:
+                self._samples.append(seconds)
+            else:
+                self._samples[self._count % FIRST_BYTE_WINDOW] = seconds
+            self._count += 1
+            if self._count >= FIRST_BYTE_EVIDENCE and self._count % 4 == 0:
+                ordered = sorted(self._samples)
+                quantile = ordered[int(FIRST_BYTE_QUANTILE * (len(ordered) - 1))]
+                self.deadline = max(self.floor, FIRST_BYTE_MULTIPLIER * quantile)
+
+
+class FirstByteTimes:
+    """A :class:`FirstByteTracker` per origin (scheme, host:port), made on first use."""
+
+    def __init__(self, floor: float = FIRST_BYTE_FLOOR) -> None:
+        self.floor = floor
+        self._of: dict[tuple[str, str], FirstByteTracker] = {}
+        self._lock = threading.Lock()
+
+    def of(self, origin: tuple[str, str]) -> FirstByteTracker:
+        with self._lock:
+            tracker = self._of.get(origin)
+            if tracker is None:
+                tracker = self._of[origin] = FirstByteTracker(self.floor)
+            return tracker
+
+
+FIRST_BYTE_TIMES = FirstByteTimes()
+"""The process's evidence, shared by the transfer threads of a run (and of later runs: a
+server's usual latency does not change between two datasets)."""
+
+
+class _FirstByteGate:
+    """One transfer thread's view of an origin's deadline, for its pooled connections: the
+    tracker's deadline, doubled for each time this request was already asked again, never
+    above the read timeout. ``expired`` tells the caller why a header wait timed out."""
+
+    __slots__ = ("attempt", "expired", "tracker")
+
+    def __init__(self, tracker: FirstByteTracker) -> None:
+        self.tracker = tracker
+        self.attempt = 0
+        self.expired: float | None = None
+
+    def limit(self, ceiling: float) -> float:
+        deadline = self.tracker.deadline
+        if deadline is None:
+            return ceiling
+        return min(ceiling, deadline * (1 << self.attempt))
+
+
+class _GatedConnectionMixin:
+    """``getresponse`` waits for the first byte only until the gate's deadline (looked up
+    again while waiting), records how long it took, and raises a timeout at the deadline (the
+    pool then discards the connection: the request is cancelled)."""
+
+    sock: socket.socket | None
+    timeout: Any
+    _first_byte: _FirstByteGate
+
+    def _gated(self, getresponse: Callable[[], Any]) -> Any:
+        gate, sock = self._first_byte, self.sock
+        ceiling = self.timeout
+        if sock is None or not isinstance(ceiling, int | float):
+            return getresponse()
+        gate.expired = None
+        started = time.monotonic()
+        limit = gate.limit(ceiling)
+        while not wait_for_read(
+            sock, timeout=max(0.0, min(started + limit - time.monotonic(), FIRST_BYTE_RECHECK))
+        ):
+            limit = gate.limit(ceiling)
+            if time.monotonic() - started >= limit:
+                gate.expired = limit if limit < ceiling else None
+                raise TimeoutError(f"no answer within {limit:.2f} s")
+        # Readable; on TLS that may be a session ticket, not the answer: the deadline holds.
+        self.timeout = max(started + limit - time.monotonic(), 0.01)
+        try:
+            response = getresponse()
+        except TimeoutError:
+            gate.expired = limit if limit < ceiling else None
+            raise
+        finally:
+            self.timeout = ceiling
+        gate.tracker.record(time.monotonic() - started)
+        return response
+
+
+class _GatedHTTPConnection(_GatedConnectionMixin, urllib3.connection.HTTPConnection):
+    def __init__(self, *args: Any, first_byte: _FirstByteGate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._first_byte = first_byte
+
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]
+        return self._gated(super().getresponse)  # type: ignore[no-any-return]
+
+
+class _GatedHTTPSConnection(_GatedConnectionMixin, urllib3.connection.HTTPSConnection):
+    def __init__(self, *args: Any, first_byte: _FirstByteGate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._first_byte = first_byte
+
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]
+        return self._gated(super().getresponse)  # type: ignore[no-any-return]
+
+
+class _GatedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _GatedHTTPConnection
+    gate: _FirstByteGate
+
+
+class _GatedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _GatedHTTPSConnection
+    gate: _FirstByteGate
+
+
+def _gated_pool(
+    url: Url, tracker: FirstByteTracker, options: dict[str, Any]
+) -> urllib3.HTTPConnectionPool:
+    """An origin's pool whose connections wait for a first byte at most ``tracker``'s way."""
+    gate = _FirstByteGate(tracker)
+    cls = _GatedHTTPSPool if url.scheme == "https" else _GatedHTTPPool
+    port = url.port or (443 if url.scheme == "https" else 80)
+    pool = cls(url.host or "", port=port, first_byte=gate, **options)
+    pool.gate = gate
+    return pool
+
+
 # --- file transfers --------------------------------------------------------------------------
 
 
@@ -431,6 +613,13 @@ class TransferClient:
     ``ca_bundle`` (the hub settings' bundle), else ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``,
     else certifi's bundle, redirects (followed here, no secret is ever in a transfer's
     headers), and its exception types, so retry decisions are the same.
+
+    The tail: a server that does not answer at all is asked again as soon as the origin's
+    recent answers say the request is overdue (``first_bytes``; the deadline doubles with each
+    new ask, up to the read timeout), on a new connection, the old one closed: the thread
+    never has more than one request in flight. A body that stalls is cut by the low-speed limit
+    of ``timeouts`` (curl's ``--speed-limit``/``--speed-time``) and resumed by the caller.
+    Connections through a proxy keep the plain read timeout for the first byte.
     """
 
     def __init__(
@@ -439,8 +628,11 @@ class TransferClient:
         pool_size: int = 4,
         timeouts: Timeouts | None = None,
         ca_bundle: Path | None = None,
+        first_bytes: FirstByteTimes | None = None,
     ) -> None:
         self.timeouts = timeouts or Timeouts()
+        self._first_bytes = first_bytes or FIRST_BYTE_TIMES
+        self._body_timeout = min(self.timeouts.read, self.timeouts.speed_time)
         self._timeout = urllib3.Timeout(connect=self.timeouts.connect, read=self.timeouts.read)
         ca_certs = (
             (str(ca_bundle) if ca_bundle is not None else None)
@@ -476,7 +668,7 @@ class TransferClient:
                 options = dict(self._pool_options)
                 if origin[0] != "https":
                     del options["cert_reqs"], options["ca_certs"]
-                route = urllib3.connection_from_url(url.url, **options)
+                route = _gated_pool(url, self._first_bytes.of(origin), options)
             else:
                 route = self._via.get(proxy) or self._via.setdefault(
                     proxy, urllib3.ProxyManager(proxy, **self._pool_options)
@@ -494,9 +686,31 @@ class TransferClient:
             try:
                 parsed = parse_url(url)
                 route = self._route(parsed)
-                raw = route.urlopen(
+                raw = self._urlopen(route, parsed, url, headers)
+            except urllib3.exceptions.HTTPError as exc:
+                raise _requests_error(exc, url) from None
+            location = raw.headers.get("Location")
+            if raw.status not in _REDIRECTS or not location:
+                return _TransferResponse(raw, url, self.timeouts, self._body_timeout)
+            raw.drain_conn()
+            raw.release_conn()
+            url = urljoin(url, location)
+        raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects: {redact(url)}")
+
+    def _urlopen(
+        self, route: _Route, parsed: Url, url: str, headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        """One GET; asked again, at once, each time its first byte is overdue (the deadline
+        doubling each time), until the read timeout itself runs out."""
+        gate = route.gate if isinstance(route, _GatedHTTPPool | _GatedHTTPSPool) else None
+        target = parsed.request_uri if isinstance(route, urllib3.HTTPConnectionPool) else url
+        if gate is not None:
+            gate.attempt = 0
+        while True:
+            try:
+                return route.urlopen(
                     "GET",
-                    parsed.request_uri if isinstance(route, urllib3.HTTPConnectionPool) else url,
+                    target,
                     headers=headers,
                     preload_content=False,
                     decode_content=False,
@@ -504,32 +718,61 @@ class TransferClient:
                     retries=_NO_RETRIES,
                     timeout=self._timeout,
                 )
-            except urllib3.exceptions.HTTPError as exc:
-                raise _requests_error(exc, url) from None
-            location = raw.headers.get("Location")
-            if raw.status not in _REDIRECTS or not location:
-                return _TransferResponse(raw, url)
-            raw.drain_conn()
-            raw.release_conn()
-            url = urljoin(url, location)
-        raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects: {redact(url)}")
+            except urllib3.exceptions.ReadTimeoutError:
+                if gate is None or gate.expired is None:
+                    raise
+                log.debug("no answer from %s in %.2f s: asking again", redact(url), gate.expired)
+                gate.attempt += 1
 
 
 class _TransferResponse:
-    """A urllib3 response with the part of requests.Response a transfer uses."""
+    """A urllib3 response with the part of requests.Response a transfer uses; its body is held
+    to the low-speed limit of ``timeouts``."""
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse, url: str) -> None:
+    def __init__(
+        self, raw: urllib3.BaseHTTPResponse, url: str, timeouts: Timeouts, body_timeout: float
+    ) -> None:
         self._raw = raw
         self.status_code = raw.status
         self.reason: str | None = raw.reason
         self.url = url
         self.headers: Mapping[str, str] = raw.headers
+        self._timeouts = timeouts
+        self._body_timeout = body_timeout
+        sock = getattr(raw.connection, "sock", None)
+        if sock is not None:  # a body that brings nothing for speed_time is cut at once
+            sock.settimeout(body_timeout)
 
     def iter_content(self, chunk_size: int) -> Iterator[bytes]:
+        """The body's chunks; :class:`BodyCut` when it breaks, brings nothing for
+        ``speed_time`` or less than ``speed_limit`` bytes a second over that time (judged per
+        chunk: a trickle is cut when the chunk being read is complete)."""
+        speed_limit, speed_time = self._timeouts.speed_limit, self._timeouts.speed_time
+        since = time.monotonic()
+        received = 0
         try:
-            yield from self._raw.stream(chunk_size)
+            for chunk in self._raw.stream(chunk_size):
+                yield chunk
+                received += len(chunk)
+                now = time.monotonic()
+                if now - since >= speed_time:
+                    if received < speed_limit * (now - since):
+                        raise BodyCut(
+                            f"body slower than {speed_limit:,} bytes/s for {now - since:.1f} s "
+                            f"({redact(self.url)})"
+                        )
+                    since, received = now, 0
+        except BodyCut:
+            raise
+        except urllib3.exceptions.ReadTimeoutError:
+            raise BodyCut(
+                f"the body stalled: nothing for {self._body_timeout:g} s ({redact(self.url)})"
+            ) from None
         except urllib3.exceptions.HTTPError as exc:
-            raise _requests_error(exc, self.url, mid_body=True) from None
+            error = _requests_error(exc, self.url, mid_body=True)
+            if isinstance(error, requests.exceptions.ChunkedEncodingError):
+                raise BodyCut(str(error)) from None
+            raise error from None
         except OSError as exc:  # a socket error urllib3 let through
             raise requests.ConnectionError(f"{exc} ({redact(self.url)})") from None
 

@@ -56,7 +56,7 @@ __all__ = [
     "request_kind",
 ]
 
-Fault = Literal["500", "503", "429", "reset", "truncate", "stall", "ignore_range", "change"]
+Fault = Literal["500", "503", "429", "reset", "truncate", "stall", "ignore_range", "change", "hang"]
 FAULTS: Final[tuple[Fault, ...]] = (
     "500",
     "503",
@@ -66,8 +66,10 @@ FAULTS: Final[tuple[Fault, ...]] = (
     "stall",
     "ignore_range",
     "change",
+    "hang",
 )
-"""Every fault, in the order a random draw walks the rates (``change`` has its own draw)."""
+"""Every fault, in the order a random draw walks the rates (``change`` has its own draw; ``hang``
+came last, so a seed draws what it drew before it existed while ``rate_hang`` is 0)."""
 _BODYLESS: Final = frozenset({"500", "503", "429", "reset"})
 """Faults that answer without the file: a ``change`` drawn with them is not applied."""
 
@@ -165,6 +167,8 @@ class FaultConfig:
     * ``truncate``: headers with the full ``Content-Length``, then ``cut_fraction`` of the
       body, then the connection is closed (on HEAD or empty bodies: a reset instead).
     * ``stall``: ``cut_fraction`` of the body, a pause of ``stall_seconds``, then the rest.
+    * ``hang``: nothing at all (not even the status line) for ``stall_seconds``, then the
+      whole response: a server that waits before answering (the tail of a busy backend).
     * ``ignore_range``: the ``Range`` header is dropped, so the answer is 200 with the whole
       body (only drawn for requests that carry ``Range``).
     * ``change`` (asset files only): the file changed between two requests. The response is
@@ -191,9 +195,11 @@ class FaultConfig:
     rate_stall: float = 0.0
     rate_ignore_range: float = 0.0
     rate_change: float = 0.0
+    rate_hang: float = 0.0
     retry_after: int = 0
     """Seconds in ``Retry-After``; 0 keeps tests fast, raise it to watch a client wait."""
     stall_seconds: float = 2.0
+    """How long ``stall`` pauses mid-body, and ``hang`` before the response headers."""
     cut_fraction: float = 0.5
     """Where truncation and stalls happen, as a fraction of the body."""
     kinds: Collection[str] = frozenset({KIND_ASSET})
@@ -247,6 +253,7 @@ class FaultConfig:
             "stall": self.rate_stall,
             "ignore_range": self.rate_ignore_range,
             "change": self.rate_change,
+            "hang": self.rate_hang,
         }
 
     @property
@@ -534,6 +541,9 @@ class FaultMiddleware:
         elif fault == "reset":
             if not await close_connection(scope, reset=True):
                 raise InjectedFault("injected fault: connection reset")
+        elif fault == "hang":
+            await asyncio.sleep(self.config.stall_seconds)
+            await self.app(scope, receive, send)
         elif fault == "ignore_range":
             stripped = [(n, v) for n, v in headers if n.lower() not in (b"range", b"if-range")]
             await self.app({**scope, "headers": stripped}, receive, send)
