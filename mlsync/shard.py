@@ -54,7 +54,6 @@ from mlsync.errors import (
     LockHeldError,
     ShardsIncomplete,
     StateError,
-    UnsafePathError,
 )
 from mlsync.events import EventSink, Notice, ignore
 from mlsync.executor import (
@@ -80,7 +79,7 @@ from mlsync.planner import (
 )
 from mlsync.records import ActionKind, PlannedAction
 from mlsync.runlock import LockHolder, RunLock
-from mlsync.sync import publish_error_report
+from mlsync.sync import publish_error_report, remove_orphans
 from mlsync.tree.base import Tree
 from mlsync.tree.factory import tree_for
 from mlsync.tree.local import write_atomically
@@ -1004,7 +1003,8 @@ def _finalize_dataset(
             db.commit()
         pruned: list[str] = []
         if prune:
-            pruned = _prune(db, tree, entry.name, plan.orphans_file, sink)
+            orphans = (a.rel_path for a in _iter_actions(plan.orphans_file, entry.name))
+            pruned = remove_orphans(db, tree, orphans, entry.name, sink)
         db.commit()
     report_path = tree.state_dir / layout.ERR_REPORT_NAME
     write_error_report(tree, entry.dataset_id, failures)
@@ -1053,27 +1053,3 @@ def _replay(db: AssetDB, entry: Mapping[str, Any]) -> int:
     if op == "failed":
         db.record_failed(rel_path, str(entry.get("error", "")), int(entry.get("attempts", 0)))
     return 0
-
-
-def _prune(db: AssetDB, tree: Tree, dataset: str, orphans: Path, sink: EventSink) -> list[str]:
-    """Remove the plan's orphans of ``dataset`` (never a path outside its tree)."""
-    removed: list[str] = []
-    for action in _iter_actions(orphans, dataset):
-        try:
-            tree.remove(action.rel_path)
-        except UnsafePathError as exc:
-            sink(Notice("warning", dataset, f"not removing {action.rel_path}: {exc}"))
-            continue
-        except OSError as exc:
-            db.commit()  # the orphans removed so far stay forgotten
-            raise LocalWriteError.from_os_error(
-                exc,
-                tree.describe(action.rel_path),
-                what="the orphan",
-                action="remove",
-                advice="Fix permissions and re-run",
-            ) from exc
-        db.forget(action.rel_path)
-        removed.append(action.rel_path)
-        sink(Notice("info", dataset, f"removed orphan {action.rel_path}"))
-    return removed

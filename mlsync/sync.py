@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -441,30 +441,38 @@ class DatasetSync:
         return result
 
     def _prune(self, db: AssetDB, tree: Tree, actions: Sequence[PlannedAction]) -> list[str]:
-        """Remove orphans (never a path outside the dataset directory) and forget them."""
-        removed: list[str] = []
-        for action in actions:
-            if action.kind is not ActionKind.ORPHAN:
-                continue
-            try:
-                tree.remove(action.rel_path)
-            except UnsafePathError as exc:
-                self._notice("warning", f"not removing {action.rel_path}: {exc}")
-                continue
-            except OSError as exc:
-                db.commit()  # the orphans removed so far stay forgotten
-                raise LocalWriteError.from_os_error(
-                    exc,
-                    tree.describe(action.rel_path),
-                    what="the orphan",
-                    action="remove",
-                    advice="Fix permissions and re-run",
-                ) from exc
-            db.forget(action.rel_path)
-            removed.append(action.rel_path)
-            self._notice("info", f"removed orphan {action.rel_path}")
-        db.commit()
-        return removed
+        """Remove the plan's orphans (never a path outside the tree) and forget them."""
+        orphans = (a.rel_path for a in actions if a.kind is ActionKind.ORPHAN)
+        return remove_orphans(db, tree, orphans, self.target.name, self.sink)
+
+
+def remove_orphans(
+    db: AssetDB, tree: Tree, rel_paths: Iterable[str], dataset: str, sink: EventSink
+) -> list[str]:
+    """Remove each orphan from the tree and forget it (``apply --prune``, and a sharded plan's
+    finalize); a path the tree's guard refuses is kept with a warning. Committed at the end,
+    and before a write error propagates, so what was removed stays forgotten."""
+    removed: list[str] = []
+    for rel_path in rel_paths:
+        try:
+            tree.remove(rel_path)
+        except UnsafePathError as exc:
+            sink(Notice("warning", dataset, f"not removing {rel_path}: {exc}"))
+            continue
+        except OSError as exc:
+            db.commit()
+            raise LocalWriteError.from_os_error(
+                exc,
+                tree.describe(rel_path),
+                what="the orphan",
+                action="remove",
+                advice="Fix permissions and re-run",
+            ) from exc
+        db.forget(rel_path)
+        removed.append(rel_path)
+        sink(Notice("info", dataset, f"removed orphan {rel_path}"))
+    db.commit()
+    return removed
 
 
 @dataclass(frozen=True)
@@ -735,4 +743,5 @@ __all__ = [
     "build_plan",
     "download_dataset",
     "publish_error_report",
+    "remove_orphans",
 ]
