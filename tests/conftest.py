@@ -175,7 +175,8 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real S3-compatible server (SeaweedFS ``weed mini``) on loopback ports, one per
-    session (see ``tests/s3server.py``); skipped only when no ``weed`` binary exists."""
+    session (``tests/s3server.py`` starts it with -master.telemetry=false -ip=127.0.0.1
+    -ip.bind=127.0.0.1); skipped only when no ``weed`` binary exists."""
     from tests.s3server import running_seaweedfs, weed_binary
 
     if weed_binary() is None:
