@@ -12,7 +12,8 @@ Three cases, each generated once with the sample generator and cached under ``be
   S3-compatible server (SeaweedFS ``weed mini``, started by tests/s3server.py with
   -master.telemetry=false -ip=127.0.0.1 -ip.bind=127.0.0.1: loopback ports only),
   ``mlsync apply`` with ``output_dir: s3://…`` against ``rclone copy`` from an HTTP remote
-  into the same server, in the same run; then mlsync's no-op re-apply and one from a fresh cache (0 asset requests).
+  into the same server, in the same run; then mlsync's no-op re-apply and one from a fresh
+  cache (0 asset requests).
 
 The API is always served by the local hub in its own process (``mlsync hub serve``), so the
 client process is measured alone; asset files come from nginx (``--asset-base-url``) when it
