@@ -31,6 +31,8 @@ __all__ = [
     "PlanBuilder",
     "PlannedDataset",
     "SavedPlan",
+    "action_from_dict",
+    "action_to_dict",
     "check_fresh",
     "classify",
     "combine",
@@ -491,7 +493,7 @@ class Plan(_Summarised):
                 kind.value: {"count": t.count, "bytes": t.bytes, "unknown_size": t.unknown_size}
                 for kind, t in self.totals.items()
             },
-            "actions": [_action_to_dict(action) for action in self.actions],
+            "actions": [action_to_dict(action) for action in self.actions],
         }
 
     def to_json(self) -> str:
@@ -510,7 +512,7 @@ class Plan(_Summarised):
                 )
                 for kind, t in json_object(data["totals"]).items()
             }
-            actions = [_action_from_dict(raw) for raw in json_list(data["actions"])]
+            actions = [action_from_dict(raw) for raw in json_list(data["actions"])]
             dataset = json_str(data.get("dataset", ""))
             fingerprint = json_opt_str(data.get("fingerprint"))
         except (KeyError, TypeError, ValueError) as exc:
@@ -781,7 +783,7 @@ def short_sha(sha: str) -> str:
     return sha[:_SHA_SHOWN] + "…" if len(sha) > _SHA_SHOWN else sha
 
 
-def _action_to_dict(action: PlannedAction) -> dict[str, Any]:
+def action_to_dict(action: PlannedAction) -> dict[str, Any]:
     return {
         "kind": action.kind.value,
         "rel_path": action.rel_path,
@@ -794,7 +796,7 @@ def _action_to_dict(action: PlannedAction) -> dict[str, Any]:
     }
 
 
-def _action_from_dict(raw: Any) -> PlannedAction:
+def action_from_dict(raw: Any) -> PlannedAction:
     raw = json_object(raw)
     return PlannedAction(
         kind=ActionKind(raw["kind"]),

@@ -69,8 +69,8 @@ from mlsync.lockfile import check_frozen
 from mlsync.objectstore import ObjectStoreTarget, S3Location
 from mlsync.planner import (
     Plan,
-    _action_from_dict,
-    _action_to_dict,
+    action_from_dict,
+    action_to_dict,
     json_count,
     json_list,
     json_object,
@@ -484,7 +484,7 @@ def _write_dataset(
     sizes = [0] * shards
     orphan_count = 0
     for action in dataset.plan.actions:
-        line = json.dumps({"dataset": dataset.name, **_action_to_dict(action)}) + "\n"
+        line = json.dumps({"dataset": dataset.name, **action_to_dict(action)}) + "\n"
         if action.kind is ActionKind.ORPHAN:
             orphans.write(line)
             orphan_count += 1
@@ -515,7 +515,7 @@ def _iter_actions(path: Path, dataset: str) -> Iterator[PlannedAction]:
                     raw = json_object(json.loads(line))
                     if raw.get("dataset") != dataset:
                         continue
-                    yield _action_from_dict(raw)
+                    yield action_from_dict(raw)
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                     raise StateError(
                         f"{path}, line {number}: not a planned action ({exc}); make the plan again"
