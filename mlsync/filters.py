@@ -83,11 +83,14 @@ __all__ = [
     "build_filter",
     "check_filter_against_catalog",
     "collection_selected",
+    "geojson_bounds",
     "item_selected",
+    "listing_text",
     "parse_bbox",
     "parse_collection_filter",
     "parse_intersects",
     "parse_time_query",
+    "with_suggestion",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -356,7 +359,7 @@ _DEPTH = {
 }
 
 
-def _geojson_bounds(geometry: Mapping[str, Any]) -> BBox | None:
+def geojson_bounds(geometry: Mapping[str, Any]) -> BBox | None:
     """Bounds of a GeoJSON geometry by walking its coordinates (no shapely: ~10x faster).
 
     None when the geometry is empty or malformed, so callers treat it as absent.
@@ -364,7 +367,7 @@ def _geojson_bounds(geometry: Mapping[str, Any]) -> BBox | None:
     try:
         kind = geometry.get("type")
         if kind == "GeometryCollection":
-            boxes = [_geojson_bounds(g) for g in geometry.get("geometries") or ()]
+            boxes = [geojson_bounds(g) for g in geometry.get("geometries") or ()]
             found = [b for b in boxes if b is not None]
             if not found:
                 return None
@@ -584,7 +587,7 @@ def _item_boxes(item: ItemMeta) -> tuple[BBox, ...] | None:
     if item.bbox is not None:
         return _split(item.bbox)
     if item.geometry is not None:
-        bounds = _geojson_bounds(item.geometry)
+        bounds = geojson_bounds(item.geometry)
         if bounds is not None:
             return (bounds,)
     return None
@@ -606,7 +609,7 @@ def _aoi_ok(f: DownloadFilter, item: ItemMeta) -> bool:
     aoi = f.intersects
     assert aoi is not None
     geometry = item.geometry
-    bounds = _geojson_bounds(geometry) if geometry is not None else None
+    bounds = geojson_bounds(geometry) if geometry is not None else None
     if bounds is not None:
         assert geometry is not None
         if not _overlaps(f._aoi_bounds, (bounds,)):
@@ -650,7 +653,7 @@ _MAX_LISTED = 10
 """Names shown per list in an error: a catalog can have thousands of collections or keys."""
 
 
-def _listing(names: Iterable[str]) -> str:
+def listing_text(names: Iterable[str]) -> str:
     """Sorted and comma-separated, cut after ``_MAX_LISTED`` names."""
     ordered = sorted(names)
     if not ordered:
@@ -660,7 +663,7 @@ def _listing(names: Iterable[str]) -> str:
     return f"{shown}, ... ({rest:,} more)" if rest > 0 else shown
 
 
-def _with_suggestion(name: str, candidates: Collection[str]) -> str:
+def with_suggestion(name: str, candidates: Collection[str]) -> str:
     """``'name'``, with the closest candidate as a did-you-mean when one is close enough."""
     match = difflib.get_close_matches(name, sorted(candidates), n=1)
     return f"{name!r} (did you mean {match[0]!r}?)" if match else repr(name)
@@ -694,16 +697,18 @@ def check_filter_against_catalog(
     if unknown_collections:
         # A name the filter already uses is no suggestion for another of its names.
         spare = known.keys() - filter_collections.keys()
-        names = ", ".join(_with_suggestion(cid, spare) for cid in unknown_collections)
+        names = ", ".join(with_suggestion(cid, spare) for cid in unknown_collections)
         plural = "s" if len(unknown_collections) > 1 else ""
-        lines.append(f"  unknown collection{plural} {names}; the catalog has: {_listing(known)}")
+        lines.append(
+            f"  unknown collection{plural} {names}; the catalog has: {listing_text(known)}"
+        )
     for cid, keys in unknown_keys.items():
         spare_keys = set(known[cid]) - set(filter_collections[cid])
-        names = ", ".join(_with_suggestion(key, spare_keys) for key in keys)
+        names = ", ".join(with_suggestion(key, spare_keys) for key in keys)
         plural = "s" if len(keys) > 1 else ""
         lines.append(
             f"  collection {cid!r}: unknown asset key{plural} {names}; it has: "
-            f"{_listing(known[cid])}"
+            f"{listing_text(known[cid])}"
         )
     if hint:
         lines.append(f"  ({hint})")

@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 from mlsync import layout
 from mlsync.assetdb import AssetDB, ItemAssetRow
 from mlsync.errors import LocalWriteError
-from mlsync.filters import DownloadFilter, _geojson_bounds, asset_selected, item_selected
+from mlsync.filters import DownloadFilter, asset_selected, geojson_bounds, item_selected
 from mlsync.records import ActionKind, ItemMeta
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def bbox_geometry(bbox: Sequence[float]) -> dict[str, Any]:
 def footprint(item: ItemMeta) -> tuple[dict[str, Any] | None, str | None]:
     """The shape the area filters judge the item by, and where it comes from: its geometry
     (``"geometry"``), else its bbox (``"bbox"``), else ``(None, None)``."""
-    if item.geometry is not None and _geojson_bounds(item.geometry) is not None:
+    if item.geometry is not None and geojson_bounds(item.geometry) is not None:
         return dict(item.geometry), "geometry"
     if item.bbox is not None:
         return bbox_geometry(item.bbox), "bbox"

@@ -41,11 +41,11 @@ from mlsync.errors import (
 from mlsync.events import EventSink, Level, Notice, ignore
 from mlsync.executor import TRANSFER_KINDS, ExecutionReport, Executor, write_error_report
 from mlsync.filters import (
-    _with_suggestion,
     asset_selected,
     build_filter,
     check_filter_against_catalog,
     item_selected,
+    with_suggestion,
 )
 from mlsync.hub.config import resolve_settings
 from mlsync.hub.http import HubSession, RetryPolicy, Timeouts
@@ -253,7 +253,7 @@ class DatasetSync:
         self._notice(
             "warning",
             f"the STAC API search's items of collection {cid!r}{when} have no asset "
-            f"{_with_suggestion(key, found - set(named))}: none is downloaded; the key may "
+            f"{with_suggestion(key, found - set(named))}: none is downloaded; the key may "
             "exist only at other dates or places",
         )
 

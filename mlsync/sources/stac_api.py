@@ -30,7 +30,7 @@ from urllib.parse import urljoin
 from mlsync.assetdb import AssetDB
 from mlsync.errors import CatalogError, ConfigurationError, HubResponseError, MLHubError
 from mlsync.events import EventSink, Task
-from mlsync.filters import _listing, _with_suggestion
+from mlsync.filters import listing_text, with_suggestion
 from mlsync.hub.http import RetryPolicy, StacSession, Timeouts, parse_json_document, redact
 from mlsync.lockfile import LockEntry
 from mlsync.sources.base import (
@@ -246,8 +246,8 @@ class StacApiSource(NoCatalogFiles, Notifying):
             "named so; correct the name:"
         ]
         for cid in unknown:
-            lines.append(f"  {named[cid]} names unknown collection {_with_suggestion(cid, spare)}")
-        lines.append(f"  the API has: {_listing(listed)}")
+            lines.append(f"  {named[cid]} names unknown collection {with_suggestion(cid, spare)}")
+        lines.append(f"  the API has: {listing_text(listed)}")
         raise ConfigurationError("\n".join(lines))
 
     def _pages(self, http: StacSession, task: Task) -> Iterator[tuple[str, dict[str, Any]]]:
