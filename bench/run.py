@@ -316,12 +316,22 @@ HUB_CATALOG_TTL = 86_400
 for the hub to stat its 250k catalog files again, which measures the hub, not the client."""
 
 
-def start_hub(stack: contextlib.ExitStack, root: Path, asset_base: str | None, logs: Path) -> Hub:
+def start_hub(
+    stack: contextlib.ExitStack,
+    root: Path,
+    asset_base: str | None,
+    logs: Path,
+    *,
+    faults: str | None = None,
+) -> Hub:
+    """A hub on ROOT; assets from ``asset_base`` when given (nginx), ``--faults`` when given."""
     port = free_port()
     cmd = [PYTHON, "-m", "mlsync", "-q", "hub", "serve", str(root), "--port", str(port)]
     cmd += ["--api-key", API_KEY, "--catalog-ttl", str(HUB_CATALOG_TTL)]
     if asset_base:
         cmd += ["--asset-base-url", asset_base]
+    if faults:
+        cmd += ["--faults", faults]
     log = logs / f"hub-{port}.log"
     proc = start_service(stack, "hub", cmd, log, base_env())
     url = f"http://127.0.0.1:{port}/"
@@ -1191,8 +1201,8 @@ class Bench:
         :data:`TAIL_FAULTS`, alternating, fresh folders; the hub serves the files itself (the
         faults are its own). The target is the faulted run's wall time over the fault-free's."""
         root = ensure_data(case)
-        clean = Servers(start_tail_hub(stack, root, None, self.logs), None)
-        faulted = Servers(start_tail_hub(stack, root, TAIL_FAULTS, self.logs), None)
+        clean = Servers(start_hub(stack, root, None, self.logs), None)
+        faulted = Servers(start_hub(stack, root, None, self.logs, faults=TAIL_FAULTS), None)
         say(f"  fault-free hub at {clean.hub.url}; faulted hub at {faulted.hub.url}")
         say(f"  faults: {TAIL_FAULTS}")
         for servers in (clean, faulted):
@@ -1525,20 +1535,6 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: 
 
 
 # --- (e) the tail ---------------------------------------------------------------------------
-
-
-def start_tail_hub(stack: contextlib.ExitStack, root: Path, faults: str | None, logs: Path) -> Hub:
-    """A hub serving ROOT's asset files itself, with ``--faults`` when given."""
-    port = free_port()
-    cmd = [PYTHON, "-m", "mlsync", "-q", "hub", "serve", str(root), "--port", str(port)]
-    cmd += ["--api-key", API_KEY, "--catalog-ttl", str(HUB_CATALOG_TTL)]
-    if faults:
-        cmd += ["--faults", faults]
-    log = logs / f"hub-{port}.log"
-    proc = start_service(stack, "hub", cmd, log, base_env())
-    url = f"http://127.0.0.1:{port}/"
-    wait_for_http(f"{url}__mlsync__/health", proc, log, "the local hub", STARTUP_TIMEOUT)
-    return Hub(url, log)
 
 
 def summarise_tail(runs: Sequence[Run], case: Case) -> dict[str, Any]:
