@@ -3,10 +3,12 @@ or in a worker process.
 
 An ingest of a million-asset archive spends about 60 % of its CPU here (JSON, dates, hrefs,
 paths, row tuples) and the rest reading the archive and writing SQLite. On a machine with two
-cores, :class:`RowWorker` runs this stage in a second process while the first reads the tar
-stream and writes the rows: a two-stage pipeline. Both stages use :class:`ArchiveParser`, so
-the rows, their order (item numbers, first-come path conflicts) and the warnings are the same
-whichever process parsed them.
+cores or more, two :class:`RowWorker` processes take turns on this stage, a batch each, while
+the ingesting process reads the tar stream and writes the rows: a two-stage pipeline. Every
+stage uses :class:`ArchiveParser` and the batches are stored in archive order, so the rows,
+their order (item numbers, first-come path conflicts) and the warnings are the same whichever
+process parsed them. A failed or killed worker fails the ingest with one line (a
+:class:`~mlsync.errors.CatalogError`), which rolls back to the previous catalog.
 
 The worker is ``python -m mlsync.archive_rows``, speaking length-prefixed pickle frames on its
 stdin and stdout: ``("init", common_keys)``, then one ``("batch", [(name, data), ...])`` per
@@ -36,10 +38,10 @@ from typing import IO, Any, Final
 from mlsync import catalog as catalog_mod
 from mlsync import layout
 from mlsync.assetdb import IngestRows, asset_row, item_row
-from mlsync.errors import MLSyncError, UnsafePathError
+from mlsync.errors import CatalogError, UnsafePathError
 from mlsync.records import AssetRecord
 
-__all__ = ["ArchiveParser", "RowFeed", "RowWorker", "WorkerError", "worker_count"]
+__all__ = ["ArchiveParser", "RowFeed", "RowWorker", "worker_count"]
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +69,6 @@ def worker_count(archive_bytes: int) -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return 0 if cpus < 2 else _MAX_WORKERS
-
-
-class WorkerError(MLSyncError):
-    """The row worker process failed or vanished; the ingest is rolled back."""
 
 
 class ArchiveParser:
@@ -204,7 +202,7 @@ class RowWorker:
                 env=env,
             )
         except OSError as exc:
-            raise WorkerError(f"cannot start the catalog row worker: {exc}") from exc
+            raise CatalogError(f"cannot start the catalog's row worker process: {exc}") from exc
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin = self._proc.stdin
         self._answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -248,12 +246,14 @@ class RowWorker:
                 answer = self._answers.get(timeout=_STOP_TIMEOUT_S)
         if answer is not None and answer[0] == "error":
             lines = str(answer[1]).strip().splitlines()
-            raise WorkerError(
-                f"the catalog row worker failed: {lines[-1] if lines else 'no reason given'}"
+            raise CatalogError(
+                "indexing the catalog failed in its row worker process: "
+                f"{lines[-1] if lines else 'no reason given'}"
             )
         self._stop()
-        raise WorkerError(
-            f"the catalog row worker stopped unexpectedly (exit code {self._proc.returncode})"
+        raise CatalogError(
+            "the catalog's row worker process stopped unexpectedly (exit code "
+            f"{self._proc.returncode}); run again"
         )
 
     def close(self) -> None:
@@ -296,7 +296,7 @@ class RowFeed:
         try:
             for _ in range(workers):
                 self._workers.append(RowWorker(common_keys))
-        except WorkerError as exc:
+        except CatalogError as exc:
             log.debug("parsing the catalog in this process: %s", exc)
             self.close()
             self._workers = []

@@ -21,8 +21,9 @@ import pytest
 
 from mlsync import archive_rows, layout
 from mlsync.archive import extract_catalog
-from mlsync.archive_rows import RowFeed, RowWorker, WorkerError
+from mlsync.archive_rows import RowFeed, RowWorker
 from mlsync.assetdb import AssetDB, IngestStats
+from mlsync.errors import CatalogError
 from mlsync.sources.base import common_path
 
 DS = "ds"
@@ -145,9 +146,12 @@ def test_a_failing_worker_is_one_clear_line(tmp_path: Path) -> None:
     worker = RowWorker(layout.COMMON_ASSET_KEYS)
     try:
         worker.send([("col/i/i.json", 5)])  # type: ignore[list-item]  # not bytes: a bug
-        with pytest.raises(WorkerError, match=r"^the catalog row worker failed: TypeError: "):
+        with pytest.raises(
+            CatalogError,
+            match=r"^indexing the catalog failed in its row worker process: TypeError: ",
+        ):
             worker.receive()
-        with pytest.raises(WorkerError):  # and stays failed
+        with pytest.raises(CatalogError):  # and stays failed
             worker.receive()
     finally:
         worker.close()
@@ -171,7 +175,7 @@ def test_a_killed_worker_fails_the_ingest_and_keeps_the_previous_catalog(
         real_send(self, members)
 
     monkeypatch.setattr(RowWorker, "send", send_then_die)
-    with pytest.raises(WorkerError, match=r"stopped unexpectedly \(exit code -9\)"):
+    with pytest.raises(CatalogError, match=r"stopped unexpectedly \(exit code -9\); run again"):
         ingest(archive, db_path, 2)
     assert all(w._proc.poll() is not None for w in started)
     monkeypatch.undo()
