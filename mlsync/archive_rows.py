@@ -12,7 +12,9 @@ process parsed them. A failed or killed worker fails the ingest with one line (a
 
 The worker is ``python -m mlsync.archive_rows``, speaking length-prefixed pickle frames on its
 stdin and stdout: ``("init", common_keys)``, then one ``("batch", [(name, data), ...])`` per
-batch, each answered by ``("rows", problems, IngestRows)``; an exception in the worker is
+batch, each answered by ``("rows", problems, IngestRows)`` (``init`` by ``("ready", None)``:
+a worker that cannot even start leaves the parsing to the ingesting process, before any batch
+is sent); an exception in the worker is
 answered by ``("error", traceback)`` and ends it. It ignores SIGINT (the parent decides what
 an interrupt means) and exits when its stdin closes, so a parent killed with SIGKILL leaves no
 worker behind. Frames only ever cross the pipe between this process and its own child.
@@ -56,6 +58,7 @@ _MAX_WORKERS: Final = 2
 _HEADER_BYTES: Final = 8
 _UNKNOWN: Final = object()
 _STOP_TIMEOUT_S: Final = 5.0
+_READY_TIMEOUT_S: Final = 60.0
 
 
 def worker_count(archive_bytes: int) -> int:
@@ -201,11 +204,12 @@ class RowWorker:
                 stderr=subprocess.DEVNULL,
                 env=env,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise CatalogError(f"cannot start the catalog's row worker process: {exc}") from exc
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin = self._proc.stdin
         self._answers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ready = False
         self._reader = threading.Thread(
             target=self._read, args=(self._proc.stdout,), name="mlsync-rows", daemon=True
         )
@@ -227,12 +231,25 @@ class RowWorker:
             # The worker is gone: its last answer (an error, or nothing) says why.
             self._failed()
 
+    def wait_ready(self) -> None:
+        """Wait until the worker runs (it answers ``init``); raise CatalogError if it fails."""
+        try:
+            answer = self._answers.get(timeout=_READY_TIMEOUT_S)
+        except queue.Empty:
+            answer = None
+        if answer is None or answer[0] != "ready":
+            self._failed(answer)
+        self._ready = True
+
     def send(self, members: list[tuple[str, bytes]]) -> None:
         self._send(("batch", members))
 
     def receive(self) -> tuple[list[str], IngestRows]:
         """The answer to the oldest batch not received yet (waits for it)."""
         answer = self._answers.get()
+        if not self._ready and answer is not None and answer[0] == "ready":
+            self._ready = True
+            answer = self._answers.get()
         if answer is None or answer[0] != "rows":
             self._answers.put(answer)  # every later call fails the same way
             self._failed(answer)
@@ -325,6 +342,14 @@ class RowFeed:
 
     def _dispatch(self) -> None:
         batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if self._sent == 0 and self._workers:
+            try:  # before the first batch: a worker that cannot run costs nothing yet
+                for worker in self._workers:
+                    worker.wait_ready()
+            except CatalogError as exc:
+                log.debug("parsing the catalog in this process: %s", exc)
+                self.close()
+                self._workers = []
         if not self._workers:
             for name, data in batch:
                 self._parser.parse(name, data)
@@ -356,6 +381,7 @@ def main() -> int:
             kind, payload = frame
             if kind == "init":
                 parser = ArchiveParser(payload)
+                _write_frame(stdout, ("ready", None))
                 continue
             assert parser is not None, "a batch before init"
             for name, data in payload:

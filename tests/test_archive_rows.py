@@ -142,6 +142,15 @@ def test_workers_store_what_the_in_process_parser_stores(tmp_path: Path) -> None
     assert results[2] == results[0]
 
 
+def test_a_worker_that_cannot_start_leaves_the_parsing_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = catalog_archive(tmp_path / "ds.tar.gz")
+    expected = ingest(archive, tmp_path / "w0" / "a.db", 0)
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # starts, exits 1, says nothing
+    assert ingest(archive, tmp_path / "w2" / "a.db", 2) == expected
+
+
 def test_a_failing_worker_is_one_clear_line(tmp_path: Path) -> None:
     worker = RowWorker(layout.COMMON_ASSET_KEYS)
     try:
