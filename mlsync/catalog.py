@@ -173,11 +173,13 @@ def parse_stac_object(
     :class:`CatalogEntry` (possibly a rejected one, carrying only warnings). Raises
     :class:`~mlsync.errors.UnsafePathError` for an href that would leave the dataset.
     """
+    checked = True  # orjson refuses lone surrogates: every string it returns is valid Unicode
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         # orjson is 3x faster on the common case; what it refuses (NaN, integers beyond 64
         # bits, lone surrogate escapes, UTF-16, deep nesting) the standard library decides.
+        checked = False
         try:
             obj = json.loads(data)
         except (ValueError, RecursionError) as exc:
@@ -185,7 +187,7 @@ def parse_stac_object(
             return _rejected(rel_name, f"not valid JSON ({_shown(str(exc))}); skipped")
     if type(obj) is not dict:
         return None
-    return parse_stac_dict(obj, rel_name=rel_name, base_url=base_url)
+    return _parse_dict(obj, rel_name, base_url, checked=checked)
 
 
 def parse_stac_dict(
@@ -193,11 +195,18 @@ def parse_stac_dict(
 ) -> CatalogEntry | None:
     """:func:`parse_stac_object` for a document already decoded (a STAC source that read
     the JSON itself, to follow its links or to make its hrefs absolute)."""
+    return _parse_dict(obj, rel_name, base_url, checked=False)
+
+
+def _parse_dict(
+    obj: dict[str, Any], rel_name: str, base_url: str | None, *, checked: bool
+) -> CatalogEntry | None:
+    """``checked``: every string in ``obj`` is known to be valid Unicode (see :func:`_is_text`)."""
     kind = obj.get("type")
     if kind == "Feature":
-        return _parse_item(obj, rel_name, base_url)
+        return _parse_item(obj, rel_name, base_url, checked)
     if kind == "Collection":
-        return _parse_collection(obj, rel_name, base_url)
+        return _parse_collection(obj, rel_name, base_url, checked)
     return None
 
 
@@ -215,13 +224,15 @@ def _is_text(value: str) -> bool:
     return True
 
 
-def _parse_item(obj: dict[str, Any], rel_name: str, base_url: str | None) -> CatalogEntry:
+def _parse_item(
+    obj: dict[str, Any], rel_name: str, base_url: str | None, checked: bool
+) -> CatalogEntry:
     problems = _Problems(rel_name)
     item_id = obj.get("id")
-    if type(item_id) is not str or not item_id or not _is_text(item_id):
+    if type(item_id) is not str or not item_id or not (checked or _is_text(item_id)):
         return _rejected(rel_name, f"STAC item without a usable id ({_shown(item_id)}); skipped")
     collection_id = obj.get("collection")
-    if type(collection_id) is str and not _is_text(collection_id):
+    if type(collection_id) is str and not (checked or _is_text(collection_id)):
         return _rejected(
             rel_name,
             f"STAC item {_shown(item_id)}: collection {_shown(collection_id)} is not "
@@ -265,18 +276,28 @@ def _parse_item(obj: dict[str, Any], rel_name: str, base_url: str | None) -> Cat
         start_datetime=start,
         end_datetime=end,
     )
-    assets = _parse_assets(obj.get("assets"), collection_id, item_id, rel_name, base_url, problems)
+    assets = _parse_assets(
+        obj.get("assets"), collection_id, item_id, rel_name, base_url, problems, checked
+    )
     return CatalogEntry(collection_id, meta, assets, problems.result())
 
 
-def _parse_collection(obj: dict[str, Any], rel_name: str, base_url: str | None) -> CatalogEntry:
+def _parse_collection(
+    obj: dict[str, Any], rel_name: str, base_url: str | None, checked: bool
+) -> CatalogEntry:
     collection_id = obj.get("id")
-    if type(collection_id) is not str or not collection_id or not _is_text(collection_id):
+    if (
+        type(collection_id) is not str
+        or not collection_id
+        or not (checked or _is_text(collection_id))
+    ):
         return _rejected(
             rel_name, f"STAC collection without a usable id ({_shown(collection_id)}); skipped"
         )
     problems = _Problems(rel_name)
-    assets = _parse_assets(obj.get("assets"), collection_id, None, rel_name, base_url, problems)
+    assets = _parse_assets(
+        obj.get("assets"), collection_id, None, rel_name, base_url, problems, checked
+    )
     return CatalogEntry(collection_id, None, assets, problems.result())
 
 
@@ -287,6 +308,7 @@ def _parse_assets(
     rel_name: str,
     base_url: str | None,
     problems: _Problems,
+    checked: bool = False,
 ) -> list[AssetRecord]:
     if value is None:
         return []
@@ -302,7 +324,7 @@ def _parse_assets(
         if type(href) is not str or not href:
             problems.add(f"asset {_shown(key)} skipped: no href ({_shown(href)})")
             continue
-        if not (_is_text(key) and _is_text(href)):
+        if not (checked or (_is_text(key) and _is_text(href))):
             problems.add(f"asset {_shown(key)} skipped: its key or href is not valid Unicode")
             continue
         try:

@@ -537,3 +537,49 @@ def test_write_failure_is_a_local_write_error(tree: Tree, monkeypatch: pytest.Mo
     finally:
         monkeypatch.undo()
     assert not list((tree.out / DS).rglob(".mlsync-*"))  # the temporary file is gone
+
+
+# --- the header fast path ------------------------------------------------------------------------
+
+
+def test_plain_and_extended_headers_read_as_tarfile_reads_them(tree: Tree) -> None:
+    """Plain ustar headers are decoded without tarfile; any other header goes through it. A
+    mix of both (a global pax header, a long name, a skipped file, data across the reader's
+    chunks) yields exactly the members and bytes tarfile itself lists."""
+    big = json.dumps({"type": "Catalog", "pad": "x" * 1_500_000}).encode()
+    members = [
+        directory(f"{DS}/"),
+        reg(f"{DS}/catalog.json", CATALOG),
+        reg(f"{DS}/col/{'i' * 120}/long.json", b'{"a": 1}'),  # pax: a long name
+        reg(f"{DS}/col/notes.txt", b"not json" * 100),  # skipped, its data too
+        reg(f"{DS}/col/big.json", big),  # spans the reader's 1 MiB chunks
+        reg(f"{DS}/col/i1/i1.json", ITEM),
+    ]
+    plain = tar_bytes(members, fmt=tarfile.USTAR_FORMAT)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"c": "x"}):
+        pass  # an archive that starts with a global pax header: every member after it is slow
+    for raw in (plain, tar_bytes(members), buf.getvalue()[:1024] + plain):
+        tree.write(raw)
+        seen: list[tuple[str, bytes]] = []
+
+        def on_member(name: str, data: bytes, seen: list[tuple[str, bytes]] = seen) -> None:
+            seen.append((name, data))
+
+        stats = tree.extract(on_member=on_member, write=False)
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            expected = [
+                (m.name.split("/", 1)[1], tar.extractfile(m).read())  # type: ignore[union-attr]
+                for m in tar.getmembers()
+                if m.isreg() and m.name.endswith(".json")
+            ]
+        assert seen == expected
+        assert (stats.files, stats.skipped) == (4, 1)
+        assert (tree.out / DS).exists() is False
+
+
+def test_member_data_cut_in_its_padding(tree: Tree) -> None:
+    raw = tar_bytes([reg(f"{DS}/catalog.json", CATALOG), reg(f"{DS}/col/i1/i1.json", ITEM)])
+    offset = raw.find(ITEM) + len(ITEM)
+    corrupt(tree, gzip.compress(raw[: offset + 10]), match="corrupt or truncated")
+    corrupt(tree, gzip.compress(raw[: offset - 1]), match="corrupt or truncated")

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from mlsync import archive as archive_mod
-from mlsync import catalog as catalog_mod
 from mlsync import layout
+from mlsync.archive_rows import RowFeed, worker_count
 from mlsync.assetdb import AssetDB
-from mlsync.errors import CatalogError, FrozenLockError, UnsafePathError
+from mlsync.errors import CatalogError, FrozenLockError
 from mlsync.events import EventSink, Task
 from mlsync.hub.http import HubSession, RetryPolicy
 from mlsync.lockfile import LockEntry
@@ -32,7 +32,6 @@ from mlsync.sources.base import (
     SyncTarget,
     check_frozen_sha,
     common_path,
-    fetchable,
 )
 from mlsync.transfer import FileTransfer
 from mlsync.tree.local import LocalTree
@@ -255,38 +254,22 @@ class MLHubSource(Notifying):
         problems = ProblemNotices(self._notice)
         ingest = db.begin_ingest()
         has_root = False
+        feed: RowFeed | None = None
 
         def on_member(name: str, data: bytes) -> None:
             nonlocal has_root
             if name == layout.CATALOG_JSON:
                 has_root = True
-            try:
-                entry = catalog_mod.parse_stac_object(data, rel_name=name, base_url=None)
-            except UnsafePathError as exc:
-                problems.add(f"refused {name}: {exc}")
-                return
-            if entry is None:
-                return
-            for warning in entry.warnings:
-                problems.add(warning)
-            if entry.collection_id is None:
-                return
-            if entry.item is None:
-                ingest.add_collection_assets(fetchable(entry.assets, name, problems))
-                return
-            rows = []
-            for record in fetchable(entry.assets, name, problems):
-                try:
-                    rel = layout.item_asset_path(
-                        record.collection_id, entry.item.item_id, record.asset_key, record.href
-                    )
-                except UnsafePathError as exc:
-                    problems.add(f"refused an asset of {name}: {exc}")
-                    continue
-                rows.append((record, rel))
-            ingest.add_item(entry.item, rows)
+            assert feed is not None
+            feed.add(name, data)
 
         try:
+            feed = RowFeed(
+                ingest.add_rows,
+                problems.add,
+                layout.COMMON_ASSET_KEYS,
+                workers=worker_count(status.size),
+            )
             with Task(self.sink, self.target.name, "index stac catalog", None, "items") as task:
                 archive_mod.extract_catalog(
                     status.archive,
@@ -296,6 +279,7 @@ class MLHubSource(Notifying):
                     progress=_advance_to(task),
                     write=False,
                 )
+                feed.finish()
             if not has_root:
                 raise CatalogError(
                     f"the catalog archive of {status.dataset_id!r} has no "
@@ -305,6 +289,9 @@ class MLHubSource(Notifying):
         except BaseException:
             ingest.abort()
             raise
+        finally:
+            if feed is not None:
+                feed.close()
         problems.summarise()
         db.set_meta(META_INGESTED_SHA, status.sha256)
         db.commit()
