@@ -38,9 +38,6 @@ from mlsync.tree.local import LocalTree, write_atomically
 if TYPE_CHECKING:
     from mlsync.hub.curl import CurlEngine
 
-LARGE_FILE_BYTES = 1 << 20
-"""From this mean file size on, a run gets a libcurl engine per core (see _engines)."""
-MAX_ENGINES = 4
 ENGINE_ENV = "MLSYNC_TRANSFER_ENGINE"
 """``threads`` makes a local tree's transfers use the threaded clients instead of libcurl."""
 TRANSFER_KINDS = frozenset({ActionKind.ADD, ActionKind.RESUME, ActionKind.REPLACE})
@@ -204,7 +201,7 @@ class Executor:
             )
         )
         results: deque[_Done | _Failed] = deque()
-        engines = self._engines(count, total_bytes)
+        engines = self._engines(count)
         with (
             Task(self.sink, self.dataset, "assets", count, "items") as count_task,
             Task(self.sink, self.dataset, "bytes", total_bytes, "bytes") as byte_task,
@@ -267,15 +264,15 @@ class Executor:
         finally:
             client.close()
 
-    def _engines(self, count: int, total_bytes: int | None) -> list[CurlEngine]:
+    def _engines(self, count: int) -> list[CurlEngine]:
         """The libcurl engines for this run, each for a thread of its own; none for the
         threaded clients: an object store's part writes block on uploads (a thread each), a
         caller's own clients are used as given, ``MLSYNC_TRANSFER_ENGINE=threads`` asks for
         them, and so does an install without pycurl.
 
-        One engine keeps small files off the GIL's contention; large files get one per core
-        (up to :data:`MAX_ENGINES`), as hashing and writing them is work a single thread would
-        serialise (the sha256 and the writes release the GIL)."""
+        One engine, one thread: small files cost no GIL contention. (An engine per core for
+        large files, to hash and write them in parallel, was measured on the 2-core bench
+        machine under its usual load: no gain within the noise, so it is not done.)"""
         if (
             not self._own_clients
             or type(self.tree) is not LocalTree
@@ -286,17 +283,13 @@ class Executor:
             from mlsync.hub.curl import CurlEngine
         except ImportError:  # pycurl missing (a broken install): the threaded path still works
             return []
-        connections = min(self.workers, max(count, 1))
-        large = bool(total_bytes) and (total_bytes or 0) >= LARGE_FILE_BYTES * max(count, 1)
-        engines = min(MAX_ENGINES, os.cpu_count() or 1, connections) if large else 1
         return [
             CurlEngine(
-                connections=len(range(n, connections, engines)),
+                connections=min(self.workers, max(count, 1)),
                 timeouts=self.timeouts,
                 ca_bundle=self.ca_bundle,
                 stop=self.stop,
             )
-            for n in range(engines)
         ]
 
     def _curl_worker(

@@ -122,19 +122,12 @@ def test_a_local_tree_gets_the_libcurl_engine_and_other_runs_the_threads(
 ) -> None:
     def engines(**options: object) -> list[CurlEngine]:
         executor = Executor(dataset="d", dataset_dir=tmp_path, state=None, **options)  # type: ignore[arg-type]
-        return executor._engines(10, 10 * 4096)
+        return executor._engines(10)
 
     assert len(engines()) == 1
     assert engines(client_factory=lambda timeouts: None) == []  # a caller's own clients
     monkeypatch.setenv(ENGINE_ENV, "threads")
     assert engines() == []
-
-
-def test_large_files_get_an_engine_per_core_small_ones_one(tmp_path: Path) -> None:
-    executor = Executor(dataset="d", dataset_dir=tmp_path, state=None, workers=8)  # type: ignore[arg-type]
-    assert len(executor._engines(1000, 1000 * 4096)) == 1
-    large = executor._engines(40, 40 << 26)
-    assert 1 <= len(large) <= 4 and sum(e.connections for e in large) == 8
 
 
 # --- TLS: the configured bundle, and only it -------------------------------------------------
