@@ -265,7 +265,7 @@ class Executor:
             client.close()
 
     def _engines(self, count: int) -> list[CurlEngine]:
-        """The libcurl engines for this run, each for a thread of its own; none for the
+        """The libcurl engine for this run (a list, its thread's work); none for the
         threaded clients: an object store's part writes block on uploads (a thread each), a
         caller's own clients are used as given, ``MLSYNC_TRANSFER_ENGINE=threads`` asks for
         them, and so does an install without pycurl.

@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -128,6 +129,19 @@ def test_a_local_tree_gets_the_libcurl_engine_and_other_runs_the_threads(
     assert engines(client_factory=lambda timeouts: None) == []  # a caller's own clients
     monkeypatch.setenv(ENGINE_ENV, "threads")
     assert engines() == []
+
+
+def test_without_pycurl_the_threaded_clients_carry_the_run(
+    hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """An install whose pycurl cannot be imported still syncs, on the threaded clients."""
+    monkeypatch.setitem(sys.modules, "mlsync.hub.curl", None)  # makes its import fail
+    executor = Executor(dataset="d", dataset_dir=tmp_path, state=None)  # type: ignore[arg-type]
+    assert executor._engines(10) == []
+    run_apply: Callable[..., Run] = request.getfixturevalue("apply")
+    run = run_apply(hub)
+    assert run.code == 0, run.err
+    assert_synced(tmp_path / "out", request.getfixturevalue("sample_root"))
 
 
 # --- TLS: the configured bundle, and only it -------------------------------------------------
