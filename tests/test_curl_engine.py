@@ -22,7 +22,7 @@ import pytest
 from mlsync.errors import TransferError
 from mlsync.executor import ENGINE_ENV, Executor
 from mlsync.hub.curl import CurlEngine, Job
-from mlsync.hub.http import RetryPolicy, Timeouts
+from mlsync.hub.http import USER_AGENT, RetryPolicy, Timeouts
 from mlsync.localhub import FaultConfig
 from mlsync.localhub.server import RunningHub
 from mlsync.transfer import FileTransfer
@@ -264,3 +264,83 @@ def test_the_fetched_file_is_committed_by_the_tree(
     outcome = transfer.finish()
     assert (tmp_path / "t" / "a" / "f.bin").read_bytes() == BODY
     assert outcome.size == len(BODY) and outcome.sha256 is not None
+
+
+# --- on the wire: headers, kept-alive connections, ranges, redirects -----------------------
+
+
+class _Wire(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive; ``/moved`` redirects (with a body of its own) to ``/f.bin``;
+    ``Range: bytes=N-`` is answered with a 206 of the rest of BODY."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[int, str, dict[str, str]]]
+
+    def do_GET(self) -> None:
+        self.seen.append((self.client_address[1], self.path, dict(self.headers.items())))
+        if self.path == "/moved":
+            note = b"this page moved: not the file's bytes"
+            self.send_response(302)
+            self.send_header("Location", "/f.bin")
+            self.send_header("Content-Length", str(len(note)))
+            self.end_headers()
+            self.wfile.write(note)
+            return
+        start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-"))
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(BODY) - 1}/{len(BODY)}")
+        self.send_header("Content-Length", str(len(BODY) - start))
+        self.end_headers()
+        self.wfile.write(BODY[start:])
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def wire() -> Iterator[tuple[str, list[tuple[int, str, dict[str, str]]]]]:
+    seen: list[tuple[int, str, dict[str, str]]] = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Wire,), {"seen": seen}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_files_share_a_kept_alive_connection_with_mlsyncs_headers_and_resume_from_the_part(
+    wire: tuple[str, list[tuple[int, str, dict[str, str]]]], tmp_path: Path
+) -> None:
+    url, seen = wire
+    (tmp_path / "t").mkdir()
+    tree = LocalTree(tmp_path / "t")
+    (tmp_path / "t" / "b.bin.part").write_bytes(BODY[:1000])  # left by an earlier run
+    first = FileTransfer(_unused, "a.bin", label="a", tree=tree, fresh=True)  # type: ignore[arg-type]
+    second = FileTransfer(_unused, "b.bin", label="b", tree=tree)  # type: ignore[arg-type]
+    jobs = iter([Job(f"{url}/a.bin", first), Job(f"{url}/b.bin", second)])
+    results: list[BaseException | None] = []
+    CurlEngine(connections=1).run(lambda: next(jobs, None), lambda _j, e: results.append(e))
+    assert results == [None, None]
+    first.finish()
+    second.finish()
+    assert (
+        (tmp_path / "t" / "a.bin").read_bytes() == BODY == (tmp_path / "t" / "b.bin").read_bytes()
+    )
+    (port_a, path_a, headers_a), (port_b, path_b, headers_b) = seen
+    assert port_a == port_b  # one connection, kept alive
+    assert (path_a, path_b) == ("/a.bin", "/b.bin")
+    assert headers_a["User-Agent"] == USER_AGENT == headers_b["User-Agent"]
+    assert headers_a["Accept-Encoding"] == "identity" and "Range" not in headers_a
+    assert headers_b["Range"] == "bytes=1000-"
+    assert "If-Range" in headers_b  # the part's stamp guards the splice (no checksum here)
+
+
+def test_a_redirect_is_followed_and_only_the_files_bytes_are_written(
+    wire: tuple[str, list[tuple[int, str, dict[str, str]]]], tmp_path: Path
+) -> None:
+    url, seen = wire
+    transfer, results = fetch(f"{url}/moved", tmp_path / "r" / "f.bin")
+    assert results == [None]
+    transfer.finish()
+    assert (tmp_path / "r" / "f.bin").read_bytes() == BODY
+    assert [path for _, path, _ in seen] == ["/moved", "/f.bin"]
