@@ -4,7 +4,8 @@ Three cases, each generated once with the sample generator and cached under ``be
 
 * (a) many small assets, (b) few large assets: ``mlsync apply`` (the CLI, a subprocess),
   the reference client ``radiant-mlhub==0.5.5`` (its own venv, ``bench/work/ref-venv``) and a
-  plain ``curl --parallel`` fetch of the same URLs (the loopback limit), alternating, repeated;
+  plain ``curl --parallel`` fetch of the same URLs (the loopback limit; on (a) also with
+  ``--parallel-max 6``, issue 14's yardstick), alternating, repeated;
   then the no-op re-run of each client on its synced tree, with the request counts.
 * (c) a catalog-only dataset of a million assets: ``mlsync plan`` on a fresh tree (catalog
   fetch + ingest), on the ingested tree, and on a synced tree, with peak RSS.
@@ -54,6 +55,8 @@ API_KEY = "mlsync-bench-key"
 """The hub is started with this key, so both clients authenticate as they would for real."""
 REFERENCE_SPEC = "radiant-mlhub==0.5.5"
 LOOPBACK_PARALLEL = 16
+CURL_Z_PARALLEL = 6
+"""The ``curl -Z --parallel-max 6`` peer of (a), issue 14's yardstick for small files."""
 SEED = 0
 DATA_FORMAT = 1
 """Bump when what a cached dataset holds changes (the cache key includes it)."""
@@ -68,6 +71,7 @@ RCLONE_TRANSFERS = 16
 TARGETS = {
     "s_small_vs_rclone": 1.0,
     "a_assets_per_s_vs_reference": 3.0,
+    "a_assets_per_s_vs_curl": 0.8,
     "b_mb_per_s_vs_loopback": 0.9,
     "noop_speedup_vs_reference": 20.0,
     "c_ingest_assets_per_s": 50_000.0,
@@ -109,6 +113,10 @@ class Case:
         )
 
 
+CURL_TOOLS = frozenset({"loopback", "curl_z6"})
+"""The plain curl peers (fresh fetches only: curl has no no-op re-run)."""
+
+
 def cases(quick: bool) -> dict[str, Case]:
     if quick:
         return {
@@ -119,7 +127,7 @@ def cases(quick: bool) -> dict[str, Case]:
         }
     return {
         "a": Case("a", "10,000 assets × 4 KiB", "bench_small", 2_500, 4, 4096, True),
-        "b": Case("b", "200 assets × 2 MiB", "bench_large", 50, 4, 2 << 20, True),
+        "b": Case("b", "40 assets × 64 MiB", "bench_large", 10, 4, 64 << 20, True),
         "c": Case("c", "1,000,000-asset catalog", "bench_catalog", 250_000, 4, 4096, False),
         "e": TAIL_CASE,
     }
@@ -733,7 +741,12 @@ class Bench:
         urls: list[tuple[str, str]],
         rep: int,
         phase: str = "fresh",
+        *,
+        tool: str = "loopback",
     ) -> Run:
+        """``curl --parallel`` over ``urls``: ``tool`` "loopback" keeps
+        :data:`LOOPBACK_PARALLEL` transfers in flight, "curl_z6" :data:`CURL_Z_PARALLEL`."""
+        parallel = CURL_Z_PARALLEL if tool == "curl_z6" else LOOPBACK_PARALLEL
         folder.mkdir(parents=True, exist_ok=True)
         config = folder / "curl.cfg"
         out = folder / "out"
@@ -743,15 +756,15 @@ class Bench:
         mark = servers.mark()
         m = run_measured(
             [
-                *("curl", "--parallel", "--parallel-max", str(LOOPBACK_PARALLEL)),
+                *("curl", "--parallel", "--parallel-max", str(parallel)),
                 *("--silent", "--show-error", "--fail", "--create-dirs", "--config", str(config)),
             ],
             env=self.env,
             cwd=folder,
             logs=self.logs,
-            label=f"{case.key}-curl-{phase}-r{rep}",
+            label=f"{case.key}-{tool}-{phase}-r{rep}",
         )
-        run = self._base_run("loopback", case, phase, rep, m)
+        run = self._base_run(tool, case, phase, rep, m)
         return self._finish(run, servers, mark, m, (case.assets, case.total_bytes), out, ".tif")
 
     # -- cases ----------------------------------------------------------------------------------
@@ -799,6 +812,7 @@ class Bench:
         tools: list[str] = (
             ["mlsync"]
             + (["loopback"] if has_curl else [])
+            + (["curl_z6"] if has_curl and case.key == "a" else [])
             + (["reference"] if self.ref_python else [])
         )
         runs: list[Run] = []
@@ -812,13 +826,13 @@ class Bench:
                 elif tool == "reference":
                     run = self.run_reference(servers, case, folder, "fresh", rep)
                 else:
-                    run = self.run_curl(servers, case, folder, urls, rep)
+                    run = self.run_curl(servers, case, folder, urls, rep, tool=tool)
                 runs.append(run)
                 say(f"    {_describe(run)}")
-                if rep != repeat or tool == "loopback":
+                if rep != repeat or tool in CURL_TOOLS:
                     shutil.rmtree(folder, ignore_errors=True)
 
-        noop_tools = [t for t in tools if t != "loopback"]
+        noop_tools = [t for t in tools if t not in CURL_TOOLS]
         for rep in range(1, repeat + 1):
             order = (
                 noop_tools[(rep - 1) % len(noop_tools) :]
@@ -1259,7 +1273,7 @@ def _group(runs: Sequence[Run], tool: str, phase: str) -> list[Run]:
 
 def summarise_transfer(runs: Sequence[Run], case: Case) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for tool in ("mlsync", "reference", "loopback", "rclone"):
+    for tool in ("mlsync", "reference", "loopback", "curl_z6", "rclone"):
         fresh = _group(runs, tool, "fresh")
         if not fresh:
             continue
@@ -1302,6 +1316,11 @@ def summarise_transfer(runs: Sequence[Run], case: Case) -> dict[str, Any]:
         ratios["assets_per_s_vs_loopback"] = ml["assets_per_s"] / loop["assets_per_s"]
         if "executor_mb_per_s" in ml:
             ratios["executor_mb_per_s_vs_loopback"] = ml["executor_mb_per_s"] / loop["mb_per_s"]
+    if ml and (z6 := out.get("curl_z6")):
+        ratios["assets_per_s_vs_curl_z6"] = ml["assets_per_s"] / z6["assets_per_s"]
+        if "executor_s_median" in ml:  # the transfer phase alone against curl's whole run
+            z6_wall = float(z6["fresh_wall_s"]["median"])
+            ratios["executor_assets_per_s_vs_curl_z6"] = z6_wall / ml["executor_s_median"]
     out["ratios"] = ratios
     return out
 
@@ -1351,6 +1370,13 @@ def targets_report(results: dict[str, Any]) -> list[dict[str, Any]]:
         "(a) small assets: mlsync assets/s ≥ 3× reference",
         value,
         None if value is None else value >= TARGETS["a_assets_per_s_vs_reference"],
+    )
+    value = a.get("ratios", {}).get("assets_per_s_vs_curl_z6")
+    add(
+        "a_assets_per_s_vs_curl",
+        f"(a) small assets: mlsync assets/s ≥ 0.8× curl -Z --parallel-max {CURL_Z_PARALLEL}",
+        value,
+        None if value is None else value >= TARGETS["a_assets_per_s_vs_curl"],
     )
     # Judged only when nginx served the files: against the Python hub, the server is measured.
     value = b.get("ratios", {}).get("mb_per_s_vs_loopback")
@@ -1451,7 +1477,7 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: 
             f"{'no-op reqs (API/asset)':>22}"
         )
         say(header)
-        for tool in ("mlsync", "reference", "loopback"):
+        for tool in ("mlsync", "reference", "loopback", "curl_z6"):
             if tool not in s:
                 continue
             t = s[tool]
@@ -1630,6 +1656,7 @@ def environment(ref_python: Path | None) -> dict[str, Any]:
         "mlsync_default_workers": _default_workers(),
         "reference_workers": min(32, (os.cpu_count() or 1) + 4),
         "loopback_parallel": LOOPBACK_PARALLEL,
+        "curl_z_parallel": CURL_Z_PARALLEL,
     }
 
 

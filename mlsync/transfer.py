@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlsync.errors import LocalWriteError, TransferError
 from mlsync.hub.http import (
     NETWORK_ERRORS,
+    BodyCut,
     RetryableStatus,
     RetryPolicy,
     StreamResponse,
@@ -38,10 +40,14 @@ from mlsync.hub.http import (
     is_retryable,
     parse_retry_after,
     redact,
+    retry_after_of,
 )
 from mlsync.layout import PART_SUFFIX
 from mlsync.tree.base import FileFacts, PartWriter, Tree
 from mlsync.tree.local import LocalTree
+
+log = logging.getLogger("mlsync.http")
+"""Retries are logged as :meth:`RetryPolicy.retrying` logs them (one logger for both)."""
 
 CHUNK_SIZE = 1 << 20
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 451})
@@ -125,9 +131,6 @@ class FileTransfer:
         else:
             dest = Path(dest)
             self.tree, self.rel_path = LocalTree(dest.parent, make_root=True), dest.name
-        self.dest = Path(self.tree.describe(self.rel_path))
-        self.part = Path(self.tree.describe(self.rel_path) + PART_SUFFIX)
-        """Where the file and its part are (local paths on a local tree), for messages."""
         self.label = label
         self.expected_size = expected_size
         self.checksum = parse_checksum(checksum)
@@ -156,7 +159,27 @@ class FileTransfer:
         self._sha256 = hashlib.sha256()
         """The part's sha256 so far, recorded with the file (the catalog's checksum digest
         itself when that is a sha256)."""
+        self._offset = 0
+        """The attempt's byte offset (after the checks of the response: where its body goes)."""
+        self._prefix: Iterator[bytes] | None = None
+        self._total: int | None = None
+        """The file's size per the response (-1: unknown; None: the part is already whole)."""
+        self._received = 0
+        self._stamp: float | None = None
+        self._retries: list[tuple[object, ...]] = []
+        """The retries :meth:`next_wait` granted, logged again at INFO when the file fails."""
         self._reset_hashes()
+
+    @property
+    def dest(self) -> Path:
+        """Where the file goes (a local path on a local tree), for messages; made when asked
+        (a Path per file costs as much as a small file's HTTP exchange in libcurl)."""
+        return Path(self.tree.describe(self.rel_path))
+
+    @property
+    def part(self) -> Path:
+        """Where the file's part is, for messages."""
+        return Path(self.tree.describe(self.rel_path) + PART_SUFFIX)
 
     def run(self) -> TransferOutcome:
         def retryable(exc: BaseException) -> bool:
@@ -186,6 +209,10 @@ class FileTransfer:
         finally:
             if stopped_or_failed:
                 self._drop_empty_part()
+        return self.finish()
+
+    def finish(self) -> TransferOutcome:
+        """Commit the part of the successful last attempt under the file's name."""
         assert self._part is not None  # a successful attempt leaves its part
         facts = self.tree.commit(
             self._part, replacing=self.replacing, sha256=self._sha256.hexdigest()
@@ -218,6 +245,33 @@ class FileTransfer:
 
     def _attempt(self) -> None:
         """One request; the part's descriptor is held from its open to the last check."""
+        offset, if_range = self.begin_attempt()
+        try:
+            response = self.open_response(offset, if_range)
+            with response:
+                headers = response.headers
+                if self.on_response(response.status_code, response.reason, response.url, headers):
+                    try:
+                        for chunk in response.iter_content(CHUNK_SIZE):
+                            self.on_chunk(chunk)
+                    except OSError as exc:
+                        if isinstance(exc, NETWORK_ERRORS):
+                            raise
+                        raise LocalWriteError.from_os_error(exc, self.part) from None
+            self.end_attempt()
+        finally:
+            self.close_attempt()
+
+    # --- one attempt, step by step (driven by ``_attempt`` or by an event loop) ---------------
+
+    def begin_attempt(self) -> tuple[int, str | None]:
+        """Open the part for a new attempt: the byte offset to ask from and its ``If-Range``.
+
+        The steps of an attempt (this, :meth:`on_response`, :meth:`on_chunk` per chunk of the
+        body, :meth:`end_attempt`, and :meth:`close_attempt` in any case) do no network I/O:
+        the same rules serve the threaded client and the libcurl engine
+        (:mod:`mlsync.hub.curl`). A step that raises ends the attempt; :meth:`next_wait` says
+        whether and when to try again."""
         if self.stop.is_set():
             raise TransferStopped()
         self.attempts += 1
@@ -234,24 +288,132 @@ class FileTransfer:
             prefix = part.read_prefix(CHUNK_SIZE) if offset else None
             if offset and prefix is None:
                 offset = self._restart()  # this tree cannot read the part back to hash it
-            if self.resumed_from is None:
-                self.resumed_from = offset
-            response = self.open_response(offset, self._if_range(offset, stamp))
-            with response:
-                self.last_status = response.status_code
-                total = self._check_response(response, offset)
-                self._learn_validator(response)
-                if response.status_code == 200 and offset:
-                    offset = self._restart()  # the server ignored Range: take the whole body
-                if offset and prefix is not None:
-                    self._hash_prefix(prefix, offset)
-                if total is None:  # 416 for a part that already holds every byte
-                    self._verify(offset)
-                    return
-                size = self._write_body(response, offset, total)
-            self._verify(size)
-        finally:
+        except BaseException:
             part.close()
+            raise
+        if self.resumed_from is None:
+            self.resumed_from = offset
+        self._offset, self._prefix = offset, prefix
+        self._total = None
+        return offset, self._if_range(offset, stamp)
+
+    def on_response(
+        self, status: int, reason: str | None, url: str, headers: Mapping[str, str]
+    ) -> bool:
+        """The response's status and headers (after redirects): whether its body is to be
+        written (False: the part already holds the whole file). Raises what it rules out."""
+        offset, prefix = self._offset, self._prefix
+        self._prefix = None
+        self.last_status = status
+        total = self._check_response(status, reason, url, headers, offset)
+        self._learn_validator(status, headers)
+        if status == 200 and offset:
+            offset = self._restart()  # the server ignored Range: take the whole body
+        if offset and prefix is not None:
+            self._hash_prefix(prefix, offset)
+        self._offset = self._received = offset
+        self._total = total
+        if total is None:  # 416 for a part that already holds every byte
+            return False
+        self._stamp = self._stamp_of(headers)
+        if offset:
+            assert self._part is not None
+            try:
+                self._part.truncate(offset)
+            except OSError as exc:
+                raise LocalWriteError.from_os_error(exc, self.part) from None
+        return True
+
+    def on_chunk(self, chunk: bytes) -> None:
+        """Append a chunk of the body to the part and to its checksum; an unguarded part is
+        stamped with the response's Last-Modified after each chunk."""
+        if self.stop.is_set():
+            raise TransferStopped()
+        part = self._part
+        assert part is not None
+        try:
+            part.write(chunk)
+            self._hash(chunk)
+            self._received += len(chunk)
+            self.on_bytes(len(chunk))
+            if self._stamp is not None:
+                part.set_stamp(self._stamp)
+        except OSError as exc:
+            raise LocalWriteError.from_os_error(exc, self.part) from None
+
+    def end_attempt(self) -> None:
+        """The body ended as the server said it would: check the part's length and checksum."""
+        total = self._total
+        if total is None:
+            self._verify(self._offset)
+            return
+        part = self._part
+        assert part is not None
+        written = part.facts().size
+        received = self._received
+        if total >= 0 and received < total:
+            raise _Retry(f"connection ended after {received:,} of {total:,} bytes")
+        if total >= 0 and received > total:
+            self._restart()
+            raise _Retry(f"received {received:,} bytes, more than the announced {total:,}")
+        self._verify(written)
+
+    def close_attempt(self) -> None:
+        """Release the part's descriptor (the part itself stays)."""
+        if self._part is not None:
+            self._part.close()
+
+    def next_wait(self, exc: BaseException) -> float:
+        """After a failed attempt: the seconds to wait before the next one, as ``run``'s
+        retries would wait; raises the transfer's final error when none is left (a failure
+        that is not retryable, the attempts spent, a stop, a local write error)."""
+        if isinstance(exc, TransferStopped | LocalWriteError):
+            self._drop_empty_part()
+            raise exc
+        if self.stop.is_set():
+            self._drop_empty_part()
+            raise TransferStopped() from None
+        if (isinstance(exc, _Retry) or is_retryable(exc)) and self.attempts < self.policy.attempts:
+            if isinstance(exc, BodyCut) and self.attempts == 1:
+                wait = 0.0
+            else:
+                wait = self.policy.wait_seconds(self.attempts, retry_after_of(exc))
+            self._retries.append(
+                (
+                    "retrying %s in %.1fs (attempt %d of %d): %s",
+                    self.label,
+                    wait,
+                    self.attempts + 1,
+                    self.policy.attempts,
+                    redact(str(exc)),
+                )
+            )
+            log.debug(*self._retries[-1])
+            return wait
+        if not log.isEnabledFor(logging.DEBUG):  # a failure shows what was tried, once
+            for args in self._retries:
+                log.info(*args)
+        self._drop_empty_part()
+        raise self._final_error(exc) from None
+
+    def _final_error(self, exc: BaseException) -> BaseException:
+        """The error ``run`` raises for an attempt's failure when no retry is left."""
+        if isinstance(exc, RetryableStatus):
+            return TransferError(
+                f"{exc.status} after {self.attempts} attempts", status=exc.status, retryable=True
+            )
+        if isinstance(exc, NETWORK_ERRORS):
+            return TransferError(
+                f"{describe_network_error(exc)} (after {self.attempts} attempts)", retryable=True
+            )
+        if isinstance(exc, _Retry):
+            return TransferError(f"{exc} (after {self.attempts} attempts)", retryable=True)
+        return exc
+
+    def abandon(self) -> None:
+        """The run stops during or between attempts: the part stays, unless it is empty."""
+        self.close_attempt()
+        self._drop_empty_part()
 
     def _reset_hashes(self) -> None:
         """Fresh hashes for a part that starts over (one object when the catalog's is sha256)."""
@@ -285,23 +447,22 @@ class FileTransfer:
         # a part from an earlier run: its stamp is the Last-Modified it was cut from
         return email.utils.formatdate(int(stamp), usegmt=True)
 
-    def _learn_validator(self, response: StreamResponse) -> None:
+    def _learn_validator(self, status: int, headers: Mapping[str, str]) -> None:
         """A 200 is the file as it is now; a 206 continues the one the validator names."""
-        status = response.status_code
         if not (status == 200 or (status == 206 and self._validator is None)):
             return
-        etag = response.headers.get("ETag")
+        etag = headers.get("ETag")
         if etag and not etag.startswith("W/"):  # If-Range needs a strong validator
             self._validator = etag
         else:
-            self._validator = response.headers.get("Last-Modified")
+            self._validator = headers.get("Last-Modified")
 
-    def _stamp_of(self, response: StreamResponse) -> float | None:
+    def _stamp_of(self, headers: Mapping[str, str]) -> float | None:
         """The Last-Modified to keep on an unguarded part's mtime (None: nothing to keep)."""
         if not self._unguarded:
             return None
         try:
-            return email.utils.parsedate_to_datetime(response.headers["Last-Modified"]).timestamp()
+            return email.utils.parsedate_to_datetime(headers["Last-Modified"]).timestamp()
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -314,35 +475,38 @@ class FileTransfer:
             self.tree.drop_part(self.rel_path)
         return 0
 
-    def _check_response(self, response: StreamResponse, offset: int) -> int | None:
+    def _check_response(
+        self,
+        status: int,
+        reason: str | None,
+        url: str,
+        headers: Mapping[str, str],
+        offset: int,
+    ) -> int | None:
         """The file's total size per the response, or None when the part is already whole."""
-        status = response.status_code
         if status == 416 and offset:
-            match = _UNSATISFIED_RANGE.match(response.headers.get("Content-Range", ""))
+            match = _UNSATISFIED_RANGE.match(headers.get("Content-Range", ""))
             if match and int(match.group(1)) == offset:
                 return None
             self._restart()
             raise _Retry("the server refused the resume range; starting over")
         if status in self.policy.statuses:
             raise RetryableStatus(
-                status,
-                response.reason or "",
-                response.url,
-                parse_retry_after(response.headers.get("Retry-After")),
+                status, reason or "", url, parse_retry_after(headers.get("Retry-After"))
             )
         if status >= 400:
             retry = status not in PERMANENT_STATUSES and status >= 500
             raise TransferError(
-                f"HTTP {status} {response.reason or ''}".strip(), status=status, retryable=retry
+                f"HTTP {status} {reason or ''}".strip(), status=status, retryable=retry
             )
         if status == 206:
-            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            match = _CONTENT_RANGE.match(headers.get("Content-Range", ""))
             if not match or int(match.group(1)) != offset:
                 self._restart()
                 raise _Retry("the server answered a different byte range; starting over")
             total = None if match.group(3) == "*" else int(match.group(3))
         elif status == 200:
-            length = response.headers.get("Content-Length")
+            length = headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
         else:
             raise TransferError(f"unexpected HTTP {status} for a file download", status=status)
@@ -356,41 +520,6 @@ class FileTransfer:
         if total is not None:
             return total
         return self.expected_size if self.expected_size is not None else -1
-
-    def _write_body(self, response: StreamResponse, offset: int, total: int) -> int:
-        """Append the body to the part from ``offset``; the part's size when done.
-
-        Each chunk goes into the checksum as it is written; an unguarded part is stamped
-        with the response's Last-Modified after each chunk.
-        """
-        part = self._part
-        assert part is not None
-        write, hash_chunk = part.write, self._hash
-        received = offset
-        stamp = self._stamp_of(response)
-        if offset:
-            part.truncate(offset)
-        try:
-            for chunk in response.iter_content(CHUNK_SIZE):
-                if self.stop.is_set():
-                    raise TransferStopped()
-                write(chunk)
-                hash_chunk(chunk)
-                received += len(chunk)
-                self.on_bytes(len(chunk))
-                if stamp is not None:
-                    part.set_stamp(stamp)
-        except OSError as exc:
-            if isinstance(exc, NETWORK_ERRORS):
-                raise
-            raise LocalWriteError.from_os_error(exc, self.part) from None
-        written = part.facts().size
-        if total >= 0 and received < total:
-            raise _Retry(f"connection ended after {received:,} of {total:,} bytes")
-        if total >= 0 and received > total:
-            self._restart()
-            raise _Retry(f"received {received:,} bytes, more than the announced {total:,}")
-        return written
 
     def _verify(self, size: int) -> None:
         if self.expected_size is not None and size != self.expected_size:

@@ -407,7 +407,15 @@ def test_path_that_always_fails_is_reported_and_everything_else_completes(
         assert row["asset_url"].startswith(f"{hub.data_url}{SAMPLE_DATASET}/files/")
         assert row["asset_url"].endswith(rel.rsplit("/", 1)[1])
         assert row["time"]
-    assert hub.stats["faults"] == {fault: len(failing) * FAST.attempts}
+    sent = hub.stats["faults"][fault]
+    if fault == "reset":
+        # libcurl sends a request again, at once, when a kept-alive connection it reused dies
+        # before any byte of the answer (a server's idle close looks exactly like this fault),
+        # up to 5 times; every one of our attempts still reaches the server.
+        assert len(failing) * FAST.attempts <= sent <= len(failing) * FAST.attempts * 6
+    else:
+        assert sent == len(failing) * FAST.attempts
+    assert set(hub.stats["faults"]) == {fault}
     assert "4 failed" in run.out and ERR_REPORT_NAME in run.out
 
 

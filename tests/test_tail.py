@@ -191,7 +191,10 @@ def test_a_stalled_body_is_cut_by_the_low_speed_limit_and_resumed_from_the_part(
     assert seconds < 30, "the client waited for the stalled body"
     assert asset_requests(hub) == 2
     assert hub.stats["range_requests"]["asset"] == 1
-    assert gets.offsets == [0, 1 << 20]
+    # The rest is asked from where the part ends: at least the first MiB (the threaded client
+    # writes whole 1 MiB chunks), at most the cut point (libcurl's engine writes every byte).
+    assert gets.offsets[0] == 0 and len(gets.offsets) == 2
+    assert 1 << 20 <= gets.offsets[1] <= (3 << 20) // 2
 
 
 def trickling_server(rate_bytes: int, period: float, length: int) -> tuple[str, socket.socket]:

@@ -24,6 +24,7 @@ from urllib3.util import parse_url
 from mlsync.errors import ConfigurationError, ManifestError, MLSyncError
 from mlsync.executor import Executor
 from mlsync.hub.config import HubSettings, resolve_settings
+from mlsync.hub.curl import CurlEngine
 from mlsync.hub.http import HubSession, RetryPolicy, StacSession, TransferClient
 from mlsync.localhub.server import RunningHub
 from mlsync.manifest import load_manifest, parse_manifest
@@ -229,10 +230,12 @@ def test_stac_sources_take_the_bundle_from_the_session(
     assert made == [ca]
 
 
+@pytest.mark.parametrize("engine", ["curl", "threads"])
 def test_apply_transfers_with_the_sessions_bundle(
-    hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hub: RunningHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
 ) -> None:
-    """DatasetSync hands the hub settings' bundle to the transfer clients it starts."""
+    """DatasetSync hands the hub settings' bundle to the transfer engine it starts (libcurl's
+    on a local tree; the threaded clients' with MLSYNC_TRANSFER_ENGINE=threads)."""
     ca = bundle(tmp_path / "certs")
     made: list[Path | None] = []
 
@@ -241,7 +244,15 @@ def test_apply_transfers_with_the_sessions_bundle(
             made.append(options.get("ca_bundle"))
             super().__init__(**options)
 
+    class RecordingEngine(CurlEngine):
+        def __init__(self, **options: Any) -> None:
+            made.append(options.get("ca_bundle"))
+            super().__init__(**options)
+
     monkeypatch.setattr("mlsync.executor.TransferClient", Recording)
+    monkeypatch.setattr("mlsync.hub.curl.CurlEngine", RecordingEngine)
+    if engine == "threads":
+        monkeypatch.setenv("MLSYNC_TRANSFER_ENGINE", "threads")
     settings = resolve_settings(root_url=hub.url, ca_bundle=ca, environ={})
     target = SyncTarget(
         name="demo",

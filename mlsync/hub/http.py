@@ -578,6 +578,28 @@ def _gated_pool(
 # --- file transfers --------------------------------------------------------------------------
 
 
+def transfer_ca_certs(ca_bundle: Path | None) -> str:
+    """The CA certificates file transfers verify against (verification is never off): the
+    hub settings' bundle, else ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, else certifi's."""
+    return (
+        (str(ca_bundle) if ca_bundle is not None else None)
+        or os.environ.get("REQUESTS_CA_BUNDLE")
+        or os.environ.get("CURL_CA_BUNDLE")
+        or certifi.where()
+    )
+
+
+def transfer_proxy(proxies: Mapping[str, str], url: str) -> str | None:
+    """The proxy a file transfer to ``url`` goes through, from the environment's proxy
+    variables (``proxies``: :func:`urllib.request.getproxies`, read once per client) and
+    ``NO_PROXY``; None: straight to the server."""
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme or "http")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
 class StreamResponse(Protocol):
     """What a file transfer reads of a response: a requests.Response, or a TransferClient's."""
 
@@ -634,16 +656,10 @@ class TransferClient:
         self._first_bytes = first_bytes or FIRST_BYTE_TIMES
         self._body_timeout = min(self.timeouts.read, self.timeouts.speed_time)
         self._timeout = urllib3.Timeout(connect=self.timeouts.connect, read=self.timeouts.read)
-        ca_certs = (
-            (str(ca_bundle) if ca_bundle is not None else None)
-            or os.environ.get("REQUESTS_CA_BUNDLE")
-            or os.environ.get("CURL_CA_BUNDLE")
-            or certifi.where()
-        )
         self._pool_options: dict[str, Any] = {
             "maxsize": pool_size,
             "cert_reqs": "CERT_REQUIRED",
-            "ca_certs": ca_certs,
+            "ca_certs": transfer_ca_certs(ca_bundle),
         }
         self._proxies = urllib.request.getproxies()
         self._via: dict[str, urllib3.ProxyManager] = {}
@@ -663,8 +679,8 @@ class TransferClient:
         origin = (url.scheme or "http", url.netloc or "")
         route = self._route_of.get(origin)
         if route is None:
-            proxy = self._proxies.get(origin[0])
-            if not proxy or urllib.request.proxy_bypass(urlsplit(url.url).hostname or ""):
+            proxy = transfer_proxy(self._proxies, url.url)
+            if not proxy:
                 options = dict(self._pool_options)
                 if origin[0] != "https":
                     del options["cert_reqs"], options["ca_certs"]
