@@ -69,7 +69,6 @@ from typing import Any, Final
 from urllib.parse import SplitResult, quote, unquote, urljoin, urlsplit
 
 import orjson
-from dateutil import parser as _dateutil_parser
 
 from mlsync.errors import UnsafePathError
 from mlsync.records import AssetRecord, BBox, ItemMeta
@@ -438,6 +437,8 @@ def _dateutil(text: str) -> tuple[datetime, bool] | None:
     understood)``, or None when it fails."""
     if len(text) > _MAX_TIME_CHARS or not _YEAR_RE.search(text):
         return None  # no 4-digit year: dateutil would invent the date (``"1"`` → day 1)
+    from dateutil import parser as _dateutil_parser  # imported when used: a fallback
+
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -57,7 +57,6 @@ asset shared by many items survives iff any of its rows survives (dedup after fi
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -65,8 +64,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeAlias
-
-from dateutil.parser import isoparse
 
 from mlsync.errors import FilterError
 from mlsync.records import BBox, ItemMeta
@@ -170,6 +167,8 @@ def _period(text: str) -> tuple[datetime, datetime] | None:
     """The first and last microsecond of a date-only string's period, or None if it has a time."""
     if _HAS_TIME.match(text):
         return None
+    from dateutil.parser import isoparse  # imported when used: not at every start-up
+
     first = _aware(isoparse(text))
     if _YEAR.match(text):
         after = first.replace(year=first.year + 1)
@@ -187,6 +186,8 @@ def _parse_text(text: str, what: str) -> tuple[datetime, datetime | None]:
         period = _period(stripped)
         if period is not None:
             return period
+        from dateutil.parser import isoparse
+
         return _aware(isoparse(stripped)), None
     except (ValueError, OverflowError) as exc:
         raise FilterError(
@@ -665,6 +666,8 @@ def listing_text(names: Iterable[str]) -> str:
 
 def with_suggestion(name: str, candidates: Collection[str]) -> str:
     """``'name'``, with the closest candidate as a did-you-mean when one is close enough."""
+    import difflib  # imported when used: not at every start-up
+
     match = difflib.get_close_matches(name, sorted(candidates), n=1)
     return f"{name!r} (did you mean {match[0]!r}?)" if match else repr(name)
 

@@ -48,7 +48,6 @@ manifest that loads is one that filters. Choices made here:
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -902,6 +901,8 @@ class Manifest(_Strict):
             if key in (spec.label, spec.ref):
                 return spec
         known = [spec.label for spec in self.datasets]
+        import difflib  # imported when used: not at every start-up
+
         hint = difflib.get_close_matches(key, known, n=1)
         did = f"; did you mean {hint[0]!r}?" if hint else ""
         raise ConfigurationError(
@@ -1093,6 +1094,8 @@ def _problem(root: _Pos, error: Mapping[str, Any]) -> _Problem:
             message = f"{name!r} is not allowed: {_SECRET_HINT}"
         else:
             allowed = _allowed_keys(loc[:-1])
+            import difflib
+
             hint = difflib.get_close_matches(name, allowed, n=1)
             message = f"unknown key {name!r}"
             if hint:

@@ -583,3 +583,69 @@ def test_member_data_cut_in_its_padding(tree: Tree) -> None:
     offset = raw.find(ITEM) + len(ITEM)
     corrupt(tree, gzip.compress(raw[: offset + 10]), match="corrupt or truncated")
     corrupt(tree, gzip.compress(raw[: offset - 1]), match="corrupt or truncated")
+
+
+# --- the name checks on the fast path (no tarfile filter, no realpath per member) ----------------
+
+
+def _only_plain_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any header but the end-of-archive block leaves the fast path."""
+    from mlsync import archive
+
+    original = archive._StrictTarInfo.from_block.__func__  # type: ignore[attr-defined]
+
+    def from_block(cls: type, buf: bytes, stream: object) -> object:
+        assert not buf.strip(b"\0"), "a member header left the ustar fast path"
+        return original(cls, buf, stream)
+
+    monkeypatch.setattr(archive._StrictTarInfo, "from_block", classmethod(from_block))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        f"{DS}/../victim.txt",
+        f"{DS}/col/../../victim.json",
+        "../victim.txt",
+        f"/{DS}/victim.json",
+        f"{DS}/a\\..\\..\\victim.txt",
+        f"{DS}/C:victim.json",
+        f"{DS}/col/CON.json",
+        f"{DS}/col/trailing.json.",
+        f"{DS}/col/bad\nname.json",
+        f"{DS}/col/nul\x00.json",
+        f"other/{DS}/x.json",
+    ],
+)
+def test_hostile_names_on_the_fast_path_are_refused(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # Plain ustar headers, decoded without tarfile: the name checks alone keep them out.
+    _only_plain_headers(monkeypatch)
+    members = [reg(f"{DS}/catalog.json"), reg(name, b"pwned")]
+    refused(tree, members, match="refusing to extract")
+    assert not (tree.root / "victim.json").exists()
+
+
+def test_fast_path_writes_with_no_realpath_per_member(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh tree: its folders are made here, so no member needs a resolve on disk.
+    _only_plain_headers(monkeypatch)
+    calls: list[str] = []
+    real = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p, *a, **k: calls.append(p) or real(p, *a, **k))
+    members = [reg(f"{DS}/catalog.json")] + [reg(f"{DS}/col/i{n}/i{n}.json") for n in range(50)]
+    tree.write(tar_bytes(members))
+    assert tree.extract().files == 51
+    assert calls == []
+
+
+def test_file_symlink_outside_in_a_folder_already_verified(tree: Tree) -> None:
+    # The folder exists (not made by this run) and passed its check for an earlier member:
+    # the file's own name is still checked, so the link out is refused, not replaced.
+    (tree.out / DS / "col").mkdir(parents=True)
+    (tree.out / DS / "col" / "b.json").symlink_to(tree.victim)
+    members = [reg(f"{DS}/catalog.json"), reg(f"{DS}/col/a.json"), reg(f"{DS}/col/b.json", b"x")]
+    refused(tree, members, match="points outside")
+    assert (tree.out / DS / "col" / "b.json").is_symlink()

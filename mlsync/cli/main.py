@@ -8,7 +8,6 @@ Exit codes follow Terraform: 0 success (for ``plan --detailed-exitcode``: nothin
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
 import logging
 import re
@@ -93,6 +92,8 @@ class MlsyncArgumentParser(argparse.ArgumentParser):
         if found:
             listed = found["choices"]
             choices = re.findall(r"'([^']*)'", listed) or [c.strip() for c in listed.split(",")]
+            import difflib  # imported when used: not at every start-up
+
             close = difflib.get_close_matches(found["given"], choices, n=1, cutoff=0.6)
             if close:
                 message = f"{message}; did you mean '{close[0]}'?"

@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from mlsync.cli.render import stderr_console, stdout_console
-from mlsync.maprender import write_map_html
-from mlsync.planmap import DatasetMap, write_geojson
 from mlsync.sync import DatasetPlan
 
 
@@ -39,6 +37,10 @@ def write_outputs(
     written: dict[str, Any] = {"map": None, "geojson": None}
     if not wanted(args):
         return written
+    # Imported here: only a plan with --map or --geojson needs them (not every start-up).
+    from mlsync.maprender import write_map_html
+    from mlsync.planmap import DatasetMap, write_geojson
+
     maps = [DatasetMap.from_plan(p) for p in plans]
     console = stderr_console() if args.json else stdout_console()
     if args.map:
