@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run  # noqa: E402
+import run
 
 TINY = {
     "100k": run.Case("c", "100,000 assets × 16 B", "bench_tiny", 25_000, 4, 16, True),
@@ -57,24 +57,26 @@ def apply_memory_case(bench: Any, stack: contextlib.ExitStack, sizes: list[str])
             if binary is not None:
                 probe = _first_asset(root, case)
                 nginx = run.start_nginx(servers_stack, binary, root, probe, bench.logs)
-            hub = run.start_hub(
-                servers_stack, root, nginx.base_url if nginx else None, bench.logs
-            )
+            hub = run.start_hub(servers_stack, root, nginx.base_url if nginx else None, bench.logs)
             servers = run.Servers(hub, nginx)
             hub.catalog_info(case.dataset_id, run.ARCHIVE_BUILD_TIMEOUT)
             case_dir = bench.runs_dir / f"c-memory-{size}"
             shutil.rmtree(case_dir, ignore_errors=True)
             plan_run = _plan_out(bench, servers, case, case_dir / "plan", size)
             run.say(f"    {size}: {run._describe(plan_run)}")
-            apply_run = bench.run_mlsync_apply(servers, case, case_dir / "apply", f"apply_{size}", 1)
-            run.say(f"    {size}: {run._describe(apply_run)}")
+            apply_run = None
+            if not getattr(bench.args, "plan_only", False):
+                apply_run = bench.run_mlsync_apply(
+                    servers, case, case_dir / "apply", f"apply_{size}", 1
+                )
+                run.say(f"    {size}: {run._describe(apply_run)}")
             if not bench.args.keep:
                 shutil.rmtree(case_dir, ignore_errors=True)
         out["sizes"][size] = {
             "case": run.asdict(case) | {"assets": case.assets},
             "assets_served_by": "nginx" if nginx else "hub",
             "plan_out": run.asdict(plan_run),
-            "apply": run.asdict(apply_run),
+            "apply": run.asdict(apply_run) if apply_run else None,
         }
     return out
 
@@ -149,7 +151,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"target": name, "description": text, "value": value, "met": met})
 
     sizes = results.get("c_memory", {}).get("sizes", {})
-    ok = {k: v for k, v in sizes.items() if v["apply"]["ok"] and v["plan_out"]["ok"]}
+    ok = {k: v for k, v in sizes.items() if v["apply"] and v["apply"]["ok"] and v["plan_out"]["ok"]}
     big = ok.get("1m")
     peak = None
     if big:
@@ -196,6 +198,8 @@ def print_report(results: dict[str, Any]) -> None:
     for size, entry in results.get("c_memory", {}).get("sizes", {}).items():
         for phase in ("plan_out", "apply"):
             r = entry[phase]
+            if r is None:
+                continue
             state = "ok" if r["ok"] else f"FAILED ({r['problem']})"
             run.say(
                 f"== (c) memory {size} {phase:<8} wall {r['wall']:8.1f} s  "
@@ -217,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--skip-nginx", action="store_true")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--plan-only", action="store_true", help="apply: no apply runs")
     args = parser.parse_args(argv)
     if args.what == "generate":
         which = {"tiny100k": TINY["100k"], "tiny1m": TINY["1m"], "cat1m": CATALOG_1M}

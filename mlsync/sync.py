@@ -411,9 +411,7 @@ class DatasetSync:
                 tree=tree,
             )
             try:
-                executor.run(
-                    transfers, count=count, total_bytes=plan.transfer_bytes, report=report
-                )
+                executor.run(transfers, count=count, total_bytes=plan.transfer_bytes, report=report)
             except BaseException:
                 if isinstance(tree, S3Tree) and (pending := len(tree.journal.records())):
                     self._notice(

@@ -18,7 +18,7 @@ from typing import Any
 
 from mlsync import archive as archive_mod
 from mlsync import catalog as catalog_mod
-from mlsync import layout
+from mlsync import layout, stacdoc
 from mlsync.assetdb import AssetDB
 from mlsync.errors import CatalogError, FrozenLockError, UnsafePathError
 from mlsync.events import EventSink, Task
@@ -260,6 +260,8 @@ class MLHubSource(Notifying):
             nonlocal has_root
             if name == layout.CATALOG_JSON:
                 has_root = True
+            if len(data) > stacdoc.LARGE_DOCUMENT:  # a collection linking every item: no link
+                data = stacdoc.without_links(data)  # is read, and 1M of them cost 300 MB
             try:
                 entry = catalog_mod.parse_stac_object(data, rel_name=name, base_url=None)
             except UnsafePathError as exc:
