@@ -34,8 +34,28 @@ TINY = {
     "1m": run.Case("c", "1,000,000 assets × 16 B", "bench_tiny", 250_000, 4, 16, True),
 }
 """(c)'s memory part: fresh apply of tiny assets (the per-asset work, not the bytes)."""
+TINY_QUICK = {
+    "100k": run.Case("c", "10,000 assets × 16 B", "bench_tiny", 2_500, 4, 16, True),
+    "1m": run.Case("c", "100,000 assets × 16 B", "bench_tiny", 25_000, 4, 16, True),
+}
+"""``--quick``: the same two runs at a tenth of the size (the rows keep their names)."""
 CATALOG_1M = run.Case("c", "1,000,000-asset catalog", "bench_catalog", 250_000, 4, 4096, False)
 HUGE = run.Case("d", "10,000,000-asset catalog", "bench_catalog", 2_500_000, 4, 4096, False)
+HUGE_QUICK = (
+    run.Case("c", "50,000-asset catalog", "bench_catalog", 12_500, 4, 4096, False),
+    CATALOG_1M,
+)
+"""``--quick``: (d) as 50k against 1M (the rows keep their names)."""
+
+
+def tiny_cases(quick: bool) -> dict[str, run.Case]:
+    return TINY_QUICK if quick else TINY
+
+
+def huge_pair(quick: bool) -> tuple[run.Case, run.Case]:
+    """(d)'s base and large catalog: 1M and 10M (quick: 50k and 1M)."""
+    return HUGE_QUICK if quick else (CATALOG_1M, HUGE)
+
 
 TARGETS = {
     "c_apply_peak_rss_mb": 300.0,
@@ -50,7 +70,7 @@ def apply_memory_case(bench: Any, stack: contextlib.ExitStack, sizes: list[str])
     out: dict[str, Any] = {"sizes": {}}
     binary = None if bench.args.skip_nginx else run.find_nginx()
     for size in sizes:
-        case = TINY[size]
+        case = tiny_cases(getattr(bench.args, "quick", False))[size]
         root = run.ensure_data(case)
         with contextlib.ExitStack() as servers_stack:
             nginx = None
@@ -115,9 +135,10 @@ def _plan_out(bench: Any, servers: run.Servers, case: run.Case, folder: Path, si
 def huge_case(bench: Any, stack: contextlib.ExitStack) -> dict[str, Any]:
     """(d): fresh ``plan`` of the 1M catalog and of the 10M one, alternating."""
     runs: list[run.Run] = []
-    roots = {key: run.ensure_data(case) for key, case in (("1m", CATALOG_1M), ("10m", HUGE))}
+    pair = dict(zip(("1m", "10m"), huge_pair(getattr(bench.args, "quick", False)), strict=True))
+    roots = {key: run.ensure_data(case) for key, case in pair.items()}
     for rep in range(1, bench.args.repeat + 1):
-        for key, case in (("1m", CATALOG_1M), ("10m", HUGE)):
+        for key, case in pair.items():
             with contextlib.ExitStack() as servers_stack:
                 hub = run.start_hub(servers_stack, roots[key], run.UNUSED_ASSET_BASE, bench.logs)
                 servers = run.Servers(hub, None)
@@ -129,7 +150,7 @@ def huge_case(bench: Any, stack: contextlib.ExitStack) -> dict[str, Any]:
                 shutil.rmtree(folder, ignore_errors=True)
             runs.append(result)
     summary: dict[str, Any] = {"failed_runs": sum(1 for r in runs if not r.ok)}
-    for key, case in (("1m", CATALOG_1M), ("10m", HUGE)):
+    for key, case in pair.items():
         group = [r for r in runs if r.phase == f"plan_{key}" and r.ok]
         if group:
             wall = run.stats_of([r.wall for r in group])
@@ -150,7 +171,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     def add(name: str, text: str, value: float | None, met: bool | None) -> None:
         rows.append({"target": name, "description": text, "value": value, "met": met})
 
-    sizes = results.get("c_memory", {}).get("sizes", {})
+    sizes = results.get("c", {}).get("memory", {}).get("sizes", {})
     ok = {k: v for k, v in sizes.items() if v["apply"] and v["apply"]["ok"] and v["plan_out"]["ok"]}
     big = ok.get("1m")
     peak = None
@@ -195,7 +216,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def print_report(results: dict[str, Any]) -> None:
     """The raw figures behind the rows of :func:`targets`."""
-    for size, entry in results.get("c_memory", {}).get("sizes", {}).items():
+    for size, entry in results.get("c", {}).get("memory", {}).get("sizes", {}).items():
         for phase in ("plan_out", "apply"):
             r = entry[phase]
             if r is None:
@@ -221,10 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--skip-nginx", action="store_true")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--plan-only", action="store_true", help="apply: no apply runs")
     args = parser.parse_args(argv)
     if args.what == "generate":
         which = {"tiny100k": TINY["100k"], "tiny1m": TINY["1m"], "cat1m": CATALOG_1M}
+        which |= {"tiny10k": TINY_QUICK["100k"], "cat50k": HUGE_QUICK[0]}
         for name in args.data:
             run.ensure_data(which.get(name, HUGE))
         return 0
@@ -235,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         if args.what == "apply":
-            results["c_memory"] = apply_memory_case(bench, stack, args.sizes.split(","))
+            results["c"] = {"memory": apply_memory_case(bench, stack, args.sizes.split(","))}
         else:
             results["d"] = huge_case(bench, stack)
     rows = targets(results)
