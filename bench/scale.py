@@ -135,7 +135,12 @@ def _plan_out(bench: Any, servers: run.Servers, case: run.Case, folder: Path, si
 def huge_case(bench: Any, stack: contextlib.ExitStack) -> dict[str, Any]:
     """(d): fresh ``plan`` of the 1M catalog and of the 10M one, alternating."""
     runs: list[run.Run] = []
-    pair = dict(zip(("1m", "10m"), huge_pair(getattr(bench.args, "quick", False)), strict=True))
+    base, large = huge_pair(getattr(bench.args, "quick", False))
+    if items := getattr(bench.args, "large_items", None):  # a scaling check short of 10M
+        large = run.Case(
+            "d", f"{items * 4:,}-asset catalog", "bench_catalog", items, 4, 4096, False
+        )
+    pair = dict(zip(("1m", "10m"), (base, large), strict=True))
     roots = {key: run.ensure_data(case) for key, case in pair.items()}
     for rep in range(1, bench.args.repeat + 1):
         for key, case in pair.items():
@@ -243,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-nginx", action="store_true")
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--large-items", type=int, metavar="N", help="huge: N items × 4 instead of 10M assets"
+    )
     parser.add_argument("--plan-only", action="store_true", help="apply: no apply runs")
     args = parser.parse_args(argv)
     if args.what == "generate":
