@@ -8,7 +8,11 @@ Three cases, each generated once with the sample generator and cached under ``be
   ``--parallel-max 6``, issue 14's yardstick), alternating, repeated;
   then the no-op re-run of each client on its synced tree, with the request counts.
 * (c) a catalog-only dataset of a million assets: ``mlsync plan`` on a fresh tree (catalog
-  fetch + ingest), on the ingested tree, and on a synced tree, with peak RSS.
+  fetch + ingest), on the ingested tree, and on a synced tree, with peak RSS; then
+  (``bench/scale.py``) ``plan --out`` and a fresh ``apply`` of 100k and 1M assets of 16 bytes,
+  with their peak RSS.
+* (d), opt-in (``--only d`` or ``--huge``): the plan of a fresh 10M-asset catalog against the
+  1M one, peak RSS and seconds per asset (``bench/scale.py``).
 * (s) object store: the datasets of (a) and (b) synced from the local hub into a local
   S3-compatible server (SeaweedFS ``weed mini``, started by tests/s3server.py with
   -master.telemetry=false -ip=127.0.0.1 -ip.bind=127.0.0.1: loopback ports only),
@@ -124,12 +128,17 @@ def cases(quick: bool) -> dict[str, Case]:
             "b": Case("b", "20 assets × 2 MiB", "bench_large", 5, 4, 2 << 20, True),
             "c": Case("c", "50,000-asset catalog", "bench_catalog", 12_500, 4, 4096, False),
             "e": TAIL_CASE,
+            "d": Case(
+                "d", "1,000,000-asset catalog (quick d)", "bench_catalog", 250_000, 4, 4096, False
+            ),
         }
     return {
         "a": Case("a", "10,000 assets × 4 KiB", "bench_small", 2_500, 4, 4096, True),
         "b": Case("b", "40 assets × 64 MiB", "bench_large", 10, 4, 64 << 20, True),
         "c": Case("c", "1,000,000-asset catalog", "bench_catalog", 250_000, 4, 4096, False),
         "e": TAIL_CASE,
+        # (d), opt-in (--only d or --huge): 1M against 10M catalog plans (bench/scale.py).
+        "d": Case("d", "10,000,000-asset catalog", "bench_catalog", 2_500_000, 4, 4096, False),
     }
 
 
@@ -1087,11 +1096,21 @@ class Bench:
             say(f"    {_describe(runs[-1])}")
         if not self.args.keep:
             shutil.rmtree(case_dir, ignore_errors=True)
+        say("  (c) memory: plan --out and fresh apply of small assets, 100k and 1M (scale.py)")
+        memory = scale.apply_memory_case(self, stack, ["100k", "1m"])
+        summary = summarise_catalog(runs, case)
+        summary["failed_runs"] += sum(
+            1
+            for entry in memory["sizes"].values()
+            for phase in ("plan_out", "apply")
+            if entry[phase] and not entry[phase]["ok"]
+        )
         return {
             "case": asdict(case) | {"assets": case.assets},
             "hub_archive": info,
             "runs": [asdict(r) for r in runs],
-            "summary": summarise_catalog(runs, case),
+            "memory": memory,
+            "summary": summary,
             # The catalog's 250k files are written by apply, not plan: timed in-process when
             # the synced tree was built (cached with it, so maybe by an earlier run).
             "unpack": json.loads((synced / ".synced.json").read_text()).get("unpack"),
@@ -1681,12 +1700,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", default="a,b,c,s,e", help="cases to run, e.g. a,b,s or e (default: all)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the run folders in bench/work")
+    parser.add_argument(
+        "--huge", action="store_true", help="add case (d), the 10M-asset plan (~30 min)"
+    )
     args = parser.parse_args(argv)
     args.only = [c.strip() for c in args.only.split(",") if c.strip()]
-    unknown = set(args.only) - {"a", "b", "c", "s", "e"}
+    if args.huge and "d" not in args.only:
+        args.only.append("d")
+    unknown = set(args.only) - {"a", "b", "c", "s", "e", "d"}
     if unknown or not args.only:
         parser.error(
-            f"--only takes a comma list of a, b, c, s, e (got {', '.join(sorted(unknown))})"
+            f"--only takes a comma list of a, b, c, s, e, d (got {', '.join(sorted(unknown))})"
         )
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -1725,7 +1749,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key, case in selected.items():
             say(f"\n-- case ({key}): {case.title}")
             step: Callable[[Case, contextlib.ExitStack], dict[str, Any]]
-            step = {"c": bench.catalog_case, "e": bench.tail_case}.get(key, bench.transfer_case)
+            step = {
+                "c": bench.catalog_case,
+                "e": bench.tail_case,
+                "d": lambda _case, stack: scale.huge_case(bench, stack),
+            }.get(key, bench.transfer_case)
             with contextlib.ExitStack() as stack:  # stops this case's hub and nginx
                 results[key] = step(case, stack)
         if "s" in args.only:
@@ -1737,7 +1765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         say("\ninterrupted: servers stopped; partial results follow")
-    targets = targets_report(results) + tail_targets(results)
+    targets = targets_report(results) + scale.targets(results) + tail_targets(results)
     document = {
         "format_version": 1,
         "timestamp": stamp,
@@ -1756,6 +1784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(json.dumps(document, indent=2) + "\n")
     if results:
         print_tail(results)
+        scale.print_report(results)
         print_report(results, targets, bench.notes)
     say(f"\nresults: {out.relative_to(REPO)}; logs: {bench.logs.relative_to(REPO)}")
     if interrupted:
@@ -1765,6 +1794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     return 1 if failed else 0
 
+
+import scale  # noqa: E402  (bench/scale.py: cases c's memory part and d; it imports this module)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,13 +13,14 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 
 from mlsync import __version__
 from mlsync.errors import FilterError, StalePlanError, StateError
+from mlsync.jsonstream import LazyList, dump_chunks
 from mlsync.records import ActionKind, DesiredAsset, FileState, LocalFile, PlannedAction
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "PlanBuilder",
     "PlannedDataset",
     "SavedPlan",
+    "StoredActions",
     "action_from_dict",
     "action_to_dict",
     "check_fresh",
@@ -403,12 +405,34 @@ def _all_kinds(totals: Mapping[ActionKind, KindTotals]) -> dict[ActionKind, Kind
     return {kind: totals.get(kind, KindTotals()) for kind in _KINDS}
 
 
+@runtime_checkable
+class StoredActions(Protocol):
+    """Actions held outside memory (:class:`mlsync.actionstore.ActionStore`): read back in
+    order, by kind, or in the fingerprint's order, a batch at a time."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[PlannedAction]: ...
+
+    def __getitem__(self, index: int, /) -> PlannedAction: ...
+
+    def of_kinds(self, kinds: Collection[ActionKind]) -> Iterator[PlannedAction]: ...
+
+    def by_kind_and_path(self) -> Iterator[PlannedAction]: ...
+
+
+_UNSET: Final = object()
+
+
 class Plan(_Summarised):
     """One dataset's plan: totals per kind and the actions that are not up to date.
 
     A plan built to be shown only (``PlanBuilder(keep=N)``) keeps the first ``N`` actions of
     each kind: a million assets to add need not be held to print fifteen of them. Such a
     plan has ``complete`` False and cannot be saved, fingerprinted or applied.
+
+    ``actions`` is a tuple, or :class:`StoredActions` for a plan of many (kept on disk and
+    streamed: :meth:`actions_of`, :meth:`fingerprint`, :meth:`json_chunks` never hold them).
     """
 
     def __init__(
@@ -416,15 +440,23 @@ class Plan(_Summarised):
         *,
         dataset: str = "",
         totals: Mapping[ActionKind, KindTotals] | None = None,
-        actions: Sequence[PlannedAction] = (),
+        actions: Sequence[PlannedAction] | StoredActions = (),
         complete: bool = True,
-        transfer_bytes: int | None = None,
+        transfer_bytes: int | object | None = _UNSET,
     ) -> None:
         self.dataset = dataset
         self.totals = _all_kinds(totals or {})
-        self.actions: tuple[PlannedAction, ...] = tuple(actions)
+        self.actions: Sequence[PlannedAction] = (
+            actions  # type: ignore[assignment]
+            if isinstance(actions, StoredActions) and not isinstance(actions, tuple)
+            else tuple(actions)
+        )
         self.complete = complete
-        self._transfer_bytes = transfer_bytes if not complete else _bytes_to_transfer(actions)
+        if transfer_bytes is _UNSET:
+            transfer_bytes = _bytes_to_transfer(self.actions) if complete else None
+        assert transfer_bytes is None or isinstance(transfer_bytes, int)
+        self._transfer_bytes: int | None = transfer_bytes
+        self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
         return f"Plan(dataset={self.dataset!r}, {self.summary_line()!r})"
@@ -432,10 +464,10 @@ class Plan(_Summarised):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Plan):
             return NotImplemented
-        return (self.dataset, self.totals, self.actions) == (
-            other.dataset,
-            other.totals,
-            other.actions,
+        return (
+            (self.dataset, self.totals) == (other.dataset, other.totals)
+            and len(self.actions) == len(other.actions)
+            and all(a == b for a, b in zip(self.actions, other.actions, strict=True))
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -444,6 +476,17 @@ class Plan(_Summarised):
     def transfer_bytes(self) -> int | None:
         """Bytes still to download (size minus resume offset); None if a size is unknown."""
         return self._transfer_bytes
+
+    def actions_of(self, kinds: Collection[ActionKind]) -> Iterator[PlannedAction]:
+        """The actions of ``kinds`` in plan order, streamed (apply's transfers, the orphans
+        to prune): a plan of a million is never a list of them."""
+        if isinstance(self.actions, StoredActions) and not isinstance(self.actions, tuple):
+            return self.actions.of_kinds(kinds)
+        return (action for action in self.actions if action.kind in kinds)
+
+    def count_of(self, kinds: Collection[ActionKind]) -> int:
+        """How many actions of ``kinds`` (from the totals)."""
+        return sum(self.totals[kind].count for kind in kinds)
 
     def hidden(self) -> dict[ActionKind, int]:
         """Per kind, how many of its actions ``actions`` does not list (a shown-only plan)."""
@@ -464,11 +507,18 @@ class Plan(_Summarised):
         """
         if not self.complete:
             raise RuntimeError("a shown-only plan (PlanBuilder(keep=...)) has no fingerprint")
+        if self._fingerprint is not None:
+            return self._fingerprint
         digest = hashlib.sha256()
         for kind in _KINDS:
             t = self.totals[kind]
             digest.update(f"{kind.value}\t{t.count}\t{t.bytes}\t{t.unknown_size}\n".encode())
-        for action in sorted(self.actions, key=lambda a: (a.kind.value, a.rel_path)):
+        ordered: Iterable[PlannedAction]
+        if isinstance(self.actions, StoredActions) and not isinstance(self.actions, tuple):
+            ordered = self.actions.by_kind_and_path()
+        else:
+            ordered = sorted(self.actions, key=lambda a: (a.kind.value, a.rel_path))
+        for action in ordered:
             line = [
                 action.kind.value,
                 action.rel_path,
@@ -480,10 +530,19 @@ class Plan(_Summarised):
             if action.move_from is not None:
                 line.append(action.move_from)
             digest.update(json.dumps(line, ensure_ascii=False).encode("utf-8") + b"\n")
-        return digest.hexdigest()
+        self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; ``fingerprint`` lets :meth:`from_dict` refuse an edited or cut plan."""
+    def to_dict(self, *, lazy: bool = False) -> dict[str, Any]:
+        """JSON-ready; ``fingerprint`` lets :meth:`from_dict` refuse an edited or cut plan.
+
+        ``lazy``: ``actions`` is a :class:`mlsync.jsonstream.LazyList`, for
+        :func:`mlsync.jsonstream.dump_chunks` to write one action at a time."""
+        actions: list[dict[str, Any]] | LazyList = (
+            LazyList(lambda: (action_to_dict(action) for action in self.actions))
+            if lazy
+            else [action_to_dict(action) for action in self.actions]
+        )
         return {
             "format_version": FORMAT_VERSION,
             "dataset": self.dataset,
@@ -493,7 +552,7 @@ class Plan(_Summarised):
                 kind.value: {"count": t.count, "bytes": t.bytes, "unknown_size": t.unknown_size}
                 for kind, t in self.totals.items()
             },
-            "actions": [action_to_dict(action) for action in self.actions],
+            "actions": actions,
         }
 
     def to_json(self) -> str:
@@ -541,14 +600,22 @@ class PlanBuilder:
     """Folds a stream of actions into a :class:`Plan`, keeping only those with work to do.
 
     ``keep``: at most that many actions per kind (a plan to show, not to apply); None: all.
+    ``store``: where the kept actions go (an :class:`mlsync.actionstore.ActionStore` keeps
+    a plan of millions on disk); a list by default.
     """
 
-    def __init__(self, dataset: str = "", *, keep: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset: str = "",
+        *,
+        keep: int | None = None,
+        store: ActionSink | None = None,
+    ) -> None:
         self.dataset = dataset
         self.keep = keep
         # [count, bytes, unknown_size] per kind: plain lists keep the hot path cheap.
         self._totals: dict[ActionKind, list[int]] = {kind: [0, 0, 0] for kind in _KINDS}
-        self._actions: list[PlannedAction] = []
+        self._actions: ActionSink = [] if store is None else store
         self._transfer_bytes: int | None = 0
 
     def add(self, action: PlannedAction) -> None:
@@ -595,13 +662,28 @@ class PlanBuilder:
             self.add(action)
 
     def build(self) -> Plan:
+        actions: Sequence[PlannedAction] | StoredActions
+        if isinstance(self._actions, StoredActions) and getattr(self._actions, "spilled", False):
+            actions = self._actions
+        else:  # few: a plain tuple, as always
+            actions = tuple(self._actions)
         return Plan(
             dataset=self.dataset,
             totals={kind: KindTotals(*t) for kind, t in self._totals.items()},
-            actions=self._actions,
+            actions=actions,
             complete=self.keep is None,
             transfer_bytes=self._transfer_bytes,
         )
+
+
+class ActionSink(Protocol):
+    """Where :class:`PlanBuilder` puts the actions it keeps (a list, or an ActionStore)."""
+
+    def append(self, action: PlannedAction, /) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[PlannedAction]: ...
 
 
 def _left(action: PlannedAction) -> int:
@@ -694,6 +776,11 @@ class SavedPlan:
         return MultiPlan(entry.plan for entry in self.datasets.values())
 
     def to_json(self) -> str:
+        return "".join(self.json_chunks())
+
+    def json_chunks(self) -> Iterator[str]:
+        """:meth:`to_json` in pieces, each action on its own: a plan of millions is written
+        without its text (or its actions) in memory."""
         data = {
             "format_version": FORMAT_VERSION,
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
@@ -701,11 +788,15 @@ class SavedPlan:
             "manifest": {"path": self.manifest_path, "sha256": self.manifest_sha256},
             "summary": self.plans.summary_line(),
             "datasets": {
-                name: {"catalog_sha256": entry.catalog_sha256, "plan": entry.plan.to_dict()}
+                name: {
+                    "catalog_sha256": entry.catalog_sha256,
+                    "plan": entry.plan.to_dict(lazy=True),
+                }
                 for name, entry in self.datasets.items()
             },
         }
-        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        yield from dump_chunks(data, indent=2, ensure_ascii=False)
+        yield "\n"
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "saved plan") -> SavedPlan:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsync import layout, planner
+from mlsync.actionstore import ActionStore
 from mlsync.assetdb import (
     AssetDB,
     AssetPredicate,
@@ -57,7 +58,6 @@ from mlsync.records import (
     DesiredAsset,
     FileState,
     LocalFile,
-    PlannedAction,
 )
 from mlsync.removed import stamp_owner
 from mlsync.sources import CatalogSource, CatalogStatus, SourceSpec, SyncTarget, make_source
@@ -393,9 +393,12 @@ class DatasetSync:
         tree = self._tree(dataset_dir)
         plan = dataset_plan.plan
         report_path = tree.state_dir / layout.ERR_REPORT_NAME
-        transfers = [a for a in plan.actions if a.kind in TRANSFER_KINDS]
+        # Streamed from the plan's store a batch at a time: a fresh apply of a million assets
+        # never holds their actions.
+        transfers = plan.actions_of(TRANSFER_KINDS)
+        count = plan.count_of(TRANSFER_KINDS)
         report = ExecutionReport()
-        if transfers:
+        if count:
             executor = Executor(
                 dataset=self.target.name,
                 dataset_dir=dataset_dir,
@@ -408,9 +411,7 @@ class DatasetSync:
                 tree=tree,
             )
             try:
-                executor.run(
-                    transfers, count=len(transfers), total_bytes=plan.transfer_bytes, report=report
-                )
+                executor.run(transfers, count=count, total_bytes=plan.transfer_bytes, report=report)
             except BaseException:
                 if isinstance(tree, S3Tree) and (pending := len(tree.journal.records())):
                     self._notice(
@@ -424,7 +425,7 @@ class DatasetSync:
                     with contextlib.suppress(LocalWriteError):
                         write_error_report(tree, dataset_plan.dataset_id, report.failed)
                 raise
-        pruned = self._prune(db, tree, plan.actions) if prune else []
+        pruned = self._prune(db, tree, plan) if prune else []
         write_error_report(tree, dataset_plan.dataset_id, report.failed)
         if isinstance(tree, S3Tree):
             self._finish_object_store(tree, report, prune)
@@ -440,9 +441,9 @@ class DatasetSync:
             )
         return result
 
-    def _prune(self, db: AssetDB, tree: Tree, actions: Sequence[PlannedAction]) -> list[str]:
+    def _prune(self, db: AssetDB, tree: Tree, plan: planner.Plan) -> list[str]:
         """Remove the plan's orphans (never a path outside the tree) and forget them."""
-        orphans = (a.rel_path for a in actions if a.kind is ActionKind.ORPHAN)
+        orphans = (a.rel_path for a in plan.actions_of((ActionKind.ORPHAN,)))
         return remove_orphans(db, tree, orphans, self.target.name, self.sink)
 
 
@@ -546,8 +547,9 @@ def _stream_plan(
     moves: Mapping[str, LocalFile],
 ) -> tuple[planner.PlanBuilder, list[FileUpdate], set[str]]:
     """The selected assets through the planner (orphans aside): the builder, the
-    reconcile list, and the paths of the ``moves`` sources it used."""
-    builder = planner.PlanBuilder(name, keep=keep)
+    reconcile list, and the paths of the ``moves`` sources it used. A whole plan (``keep``
+    None) keeps its actions in an :class:`ActionStore`: on disk once they are many."""
+    builder = planner.PlanBuilder(name, keep=keep, store=ActionStore() if keep is None else None)
     reconcile: list[FileUpdate] = []
     moved: set[str] = set()
     skip = if_exists is IfExists.SKIP

@@ -10,7 +10,7 @@ progress goes to an :data:`mlsync.events.EventSink`, outcomes are returned.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -252,11 +252,32 @@ def saved_plan(project: Project, plans: Iterable[DatasetPlan]) -> SavedPlan:
 def write_plan_file(path: Path, plan: SavedPlan) -> None:
     """Save a plan (atomically) for a later ``apply PLAN``."""
     try:
-        write_atomically(path, plan.to_json().encode("utf-8"))
+        write_atomically(path, encoded_blocks(plan.json_chunks()))
     except OSError as exc:
         raise LocalWriteError.from_os_error(
             exc, path, what="the plan file", advice="Give --out a path in a writable folder"
         ) from None
+
+
+WRITE_BLOCK = 1 << 20
+"""Bytes of JSON text gathered before each write of a long document."""
+
+
+def encoded_blocks(chunks: Iterable[str], block: int = WRITE_BLOCK) -> Iterator[bytes]:
+    """UTF-8 of ``chunks`` in blocks of about ``block`` bytes (one write each, not one per
+    action)."""
+    pending: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        data = chunk.encode("utf-8")
+        pending.append(data)
+        size += len(data)
+        if size >= block:
+            yield b"".join(pending)
+            pending.clear()
+            size = 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _read_saved_plan(path: Path) -> SavedPlan | None:

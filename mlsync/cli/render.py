@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -34,6 +33,7 @@ from mlsync.events import (
     TaskTotalChanged,
 )
 from mlsync.hub.http import redact
+from mlsync.jsonstream import dump_chunks
 
 JSON_FORMAT_VERSION = 2
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -71,7 +71,11 @@ def stderr_console() -> Console:
 def print_json(kind: str, payload: dict[str, Any]) -> None:
     """Machine output: one JSON document on stdout, always with ``format_version``."""
     document = {"format_version": JSON_FORMAT_VERSION, "kind": kind, **payload}
-    sys.stdout.write(redact(json.dumps(document, indent=2, sort_keys=False, default=str)) + "\n")
+    # In pieces: a plan's actions are a LazyList, written as they are read (each piece is
+    # whole JSON values, so redaction sees every secret whole).
+    for chunk in dump_chunks(document, indent=2, default=str):
+        sys.stdout.write(redact(chunk))
+    sys.stdout.write("\n")
     sys.stdout.flush()
 
 

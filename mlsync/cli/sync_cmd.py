@@ -37,6 +37,7 @@ from mlsync.errors import (
 )
 from mlsync.executor import default_workers
 from mlsync.hub.http import HubSession
+from mlsync.jsonstream import LazyList
 from mlsync.planner import SavedPlan, check_fresh
 from mlsync.records import ActionKind, PlannedAction
 from mlsync.removed import RemovedDataset, remove_dataset
@@ -245,7 +246,7 @@ def _dataset_document(dataset_plan: DatasetPlan) -> dict[str, Any]:
             "ingested": dataset_plan.catalog.ingested,
             "unpack": dataset_plan.catalog.unpack_pending,
         },
-        "plan": _json_plan(dataset_plan.plan.to_dict()),
+        "plan": _json_plan(dataset_plan.plan.to_dict(lazy=True)),
     }
 
 
@@ -258,7 +259,12 @@ def _json_plan(plan: dict[str, Any]) -> dict[str, Any]:
     """A plan's ``to_dict`` (also the saved plan file, which keeps its own spelling) with the
     CLI JSON's kind names in ``totals`` and ``actions``."""
     plan["totals"] = {json_kind(kind): totals for kind, totals in plan["totals"].items()}
-    plan["actions"] = [{**action, "kind": json_kind(action["kind"])} for action in plan["actions"]]
+    actions = plan["actions"]
+    if not isinstance(actions, LazyList):
+        listed = actions
+        actions = LazyList(lambda: listed)
+    # Written one action at a time by print_json: a million of them are never a list.
+    plan["actions"] = actions.map(lambda action: {**action, "kind": json_kind(action["kind"])})
     return plan
 
 

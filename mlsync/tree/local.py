@@ -56,14 +56,15 @@ _MAX_MTIME = 253402300799.0  # 9999-12-31T23:59:59Z
 
 def write_atomically(
     path: Path | str,
-    data: bytes,
+    data: bytes | Iterable[bytes],
     *,
     mode: int | None = None,
     durable: bool = True,
     mtime: float | None = None,
     tmp: str | None = None,
 ) -> None:
-    """Write ``data`` as the whole content of ``path``: the old content or the new, never a mix.
+    """Write ``data`` (bytes, or pieces of them: a long document written as it is made) as
+    the whole content of ``path``: the old content or the new, never a mix.
 
     A temporary file in the same folder (``tmp``, else ``.NAME.<random>.tmp``), created
     exclusively and never through a symbolic link, is written, fsync'ed (``durable``), given
@@ -79,9 +80,10 @@ def write_atomically(
     fd = os.open(tmp, _TMP_FLAGS, 0o666)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             if mode is not None:
                 os.fchmod(fd, mode)  # O_CREAT's mode is masked by the umask
             if mtime is not None and 0 <= mtime <= _MAX_MTIME:
