@@ -124,6 +124,26 @@ def test_guard_refuses_a_symlink_leading_out(tmp_path: Path) -> None:
     tree.guard("col/new/a.tif")
 
 
+def test_guard_memory_stays_flat_over_many_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of millions of items meets as many folders: the guard's caches are bounded, and a
+    folder they forgot is simply checked again (an escaping link is still refused)."""
+    monkeypatch.setattr("mlsync.tree.local.FOLDER_CACHE_LIMIT", 16)
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "col").mkdir(parents=True)
+    outside.mkdir()
+    tree = LocalTree(root)
+    tree.guard("col/escape/a.tif")  # not there yet: remembered as checked
+    for n in range(100):
+        (root / "col" / f"item{n}").mkdir()
+        tree.guard(f"col/item{n}/a.tif")
+    assert len(tree._checked_folders) <= 16 and len(tree._real_folders) <= 16
+    (root / "col" / "escape").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UnsafePathError):
+        tree.guard("col/escape/a.tif")  # long forgotten: looked at again
+
+
 def test_move_checks_the_source_and_never_clobbers(tmp_path: Path) -> None:
     tree = LocalTree(tmp_path)
     (tmp_path / "old").mkdir()

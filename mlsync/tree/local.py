@@ -279,6 +279,20 @@ class LocalPart:
             os.close(fd)
 
 
+FOLDER_CACHE_LIMIT = 8192
+"""Folders a tree remembers as checked. A run meets each item folder once, so beyond this the
+caches are forgotten wholesale: memory stays flat at millions of folders, and forgetting costs
+a folder only its check again (an lstat per level)."""
+
+
+def _remember(folders: set[str], folder: str) -> None:
+    """Add ``folder``, first forgetting them all when full (``clear`` and ``add`` are atomic:
+    the tree's threads may race here and at worst check a folder twice)."""
+    if len(folders) >= FOLDER_CACHE_LIMIT:
+        folders.clear()
+    folders.add(folder)
+
+
 class LocalTree:
     """A dataset's output tree in a local directory ``root`` (which is also its state dir).
 
@@ -360,7 +374,7 @@ class LocalTree:
         if folder not in self._checked_folders:
             if self._meets_a_symlink(rel_path):
                 layout.resolve_inside(self.root, rel_path)  # raises if it leads out
-            self._checked_folders.add(folder)
+            _remember(self._checked_folders, folder)
 
     def resolve(self, rel_path: str) -> Path:
         """``root / rel_path`` after the full check (every symlink resolved): for a path
@@ -392,7 +406,7 @@ class LocalTree:
                 return True
             if not stat_mod.S_ISDIR(mode):
                 return False  # nothing can be below it: the open fails, as a local error
-            self._real_folders.add(prefix)
+            _remember(self._real_folders, prefix)
         try:
             return stat_mod.S_ISLNK(os.lstat(f"{path}/{name}").st_mode)
         except OSError:
