@@ -7,8 +7,6 @@ resumes from the part's length with a ``Range`` request, and starts over when th
 ignores the range or the file's size changed. The total length is checked against the
 response and the catalog (and the ``file:checksum`` when the catalog gives one, hashed as the
 bytes are written) before the tree commits the part under the file's name (an atomic rename).
-A large body is written and hashed on a worker thread (:data:`OFF_THREAD_BYTES`), in order,
-and the attempt waits for it before any check: the transfer's thread only receives.
 
 A resume must never splice two versions of a file. Within a run, retries send ``If-Range``
 with the ETag (or Last-Modified) of the first response, so a file that changed in between
@@ -25,13 +23,11 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
-import queue
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 from mlsync.errors import LocalWriteError, TransferError
 from mlsync.hub.http import (
@@ -54,14 +50,6 @@ log = logging.getLogger("mlsync.http")
 """Retries are logged as :meth:`RetryPolicy.retrying` logs them (one logger for both)."""
 
 CHUNK_SIZE = 1 << 20
-OFF_THREAD_BYTES: Final = 4 << 20
-"""A body at least this long is written and hashed on a worker thread (:class:`_PartWorker`):
-the transfer's thread (libcurl's loop, one for every file) only receives. Smaller bodies stay
-inline: a thread hop per small file would cost more than its hashing."""
-PART_WORKER_DEPTH: Final = 8
-"""Chunks queued for the worker at most (libcurl hands a body over 16 KiB at a time): flat
-memory, and a stop waits for no more than these few milliseconds of writing. Joining chunks
-into larger blocks for the worker measured slower (1 MiB blocks: ~1.5x the wall time)."""
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 451})
 
 _MULTIHASH = {"12": ("sha256", 32), "13": ("sha512", 64), "11": ("sha1", 20), "d5": ("md5", 16)}
@@ -87,58 +75,6 @@ class TransferOutcome:
     validator: str | None = None
     """The server's strong ETag, else its Last-Modified, for the file written (None: it sent
     neither)."""
-
-
-class _PartWorker:
-    """Writes and hashes a large body's chunks on a second thread, in order.
-
-    Both ``os.write`` and hashlib (on buffers over 2 KiB) release the GIL, so the work runs on
-    a second core while the transfer's thread goes on receiving. ``put`` blocks while
-    :data:`PART_WORKER_DEPTH` chunks wait (backpressure: the socket fills, the server slows).
-    A failure (a full disk) is raised by the next ``put`` or by ``finish``; chunks after it are
-    dropped, so the part stays a prefix of the body."""
-
-    __slots__ = ("_cancelled", "_chunks", "_consume", "_credits", "_thread", "error")
-
-    def __init__(self, consume: Callable[[bytes], None]) -> None:
-        self._consume = consume
-        self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._credits: queue.SimpleQueue[None] = queue.SimpleQueue()
-        for _ in range(PART_WORKER_DEPTH):
-            self._credits.put(None)
-        self._cancelled = False
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="mlsync-part", daemon=True)
-        self._thread.start()
-
-    def put(self, chunk: bytes) -> None:
-        if self.error is not None:
-            raise self.error
-        self._credits.get()
-        self._chunks.put(chunk)
-
-    def _run(self) -> None:
-        chunks, credits, consume = self._chunks, self._credits, self._consume
-        while (chunk := chunks.get()) is not None:
-            if self.error is None and not self._cancelled:
-                try:
-                    consume(chunk)
-                except BaseException as exc:  # handed to the transfer's thread
-                    self.error = exc
-            credits.put(None)
-
-    def finish(self) -> None:
-        """Wait for every chunk to be written and hashed; raise the failure if one came."""
-        self._chunks.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def cancel(self) -> None:
-        """The attempt ends early (a stop, a cut): chunks still queued are dropped."""
-        self._cancelled = True
-        self._chunks.put(None)
-        self._thread.join()
 
 
 class _Retry(Exception):
@@ -230,8 +166,6 @@ class FileTransfer:
         """The file's size per the response (-1: unknown; None: the part is already whole)."""
         self._received = 0
         self._stamp: float | None = None
-        self._worker: _PartWorker | None = None
-        """The attempt's writer and hasher when its body is large (None: inline)."""
         self._retries: list[tuple[object, ...]] = []
         """The retries :meth:`next_wait` granted, logged again at INFO when the file fails."""
         self._reset_hashes()
@@ -388,43 +322,27 @@ class FileTransfer:
                 self._part.truncate(offset)
             except OSError as exc:
                 raise LocalWriteError.from_os_error(exc, self.part) from None
-        if total - offset >= OFF_THREAD_BYTES:
-            self._worker = _PartWorker(self._consume)
         return True
 
     def on_chunk(self, chunk: bytes) -> None:
-        """Append a chunk of the body to the part and to its checksum (on the worker thread
-        for a large body); an unguarded part is stamped with the response's Last-Modified
-        after each chunk."""
+        """Append a chunk of the body to the part and to its checksum; an unguarded part is
+        stamped with the response's Last-Modified after each chunk."""
         if self.stop.is_set():
             raise TransferStopped()
-        if self._worker is not None:
-            self._worker.put(chunk)
-        else:
-            self._consume(chunk)
-        self._received += len(chunk)
-        self.on_bytes(len(chunk))
-
-    def _consume(self, chunk: bytes) -> None:
         part = self._part
         assert part is not None
         try:
             part.write(chunk)
             self._hash(chunk)
+            self._received += len(chunk)
+            self.on_bytes(len(chunk))
             if self._stamp is not None:
                 part.set_stamp(self._stamp)
         except OSError as exc:
             raise LocalWriteError.from_os_error(exc, self.part) from None
 
-    def _finish_writes(self) -> None:
-        """Every chunk of the attempt in the part and its checksum (the worker done)."""
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.finish()
-
     def end_attempt(self) -> None:
         """The body ended as the server said it would: check the part's length and checksum."""
-        self._finish_writes()
         total = self._total
         if total is None:
             self._verify(self._offset)
@@ -442,9 +360,6 @@ class FileTransfer:
 
     def close_attempt(self) -> None:
         """Release the part's descriptor (the part itself stays)."""
-        worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.cancel()  # before the descriptor closes: the worker writes through it
         if self._part is not None:
             self._part.close()
 
