@@ -151,6 +151,10 @@ def running_seaweedfs(workdir: Path, *, startup_timeout: float = 60.0) -> Iterat
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-s3.autoCreateBucket=false",
+        # One volume per bucket, and by default only free-disk / 1 GiB of them (20 here): the
+        # suite makes more buckets than that. Volumes are sparse files, so small and many.
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=500",
         "-metricsPort=0",
         "-debug.port=0",
     ]

@@ -272,3 +272,14 @@ def test_unusable_store_is_one_line_without_secrets(
     assert "\n" not in message
     for secret in (ADMIN_SECRET, READER_SECRET):
         assert secret not in message and secret not in repr(store.credentials)
+
+
+def test_the_test_server_takes_writes_in_many_buckets(s3_server) -> None:
+    """SeaweedFS gives each bucket its own volume and, by default, only free disk ÷ 1 GiB
+    volumes: the suite's later buckets then answered 500 to every write. The test server is
+    started with room for far more buckets than the suite makes."""
+    client = s3_server.boto3()
+    for _ in range(25):
+        bucket = s3_server.new_bucket()
+        client.put_object(Bucket=bucket, Key="x", Body=b"x")
+        assert client.get_object(Bucket=bucket, Key="x")["Body"].read() == b"x"
