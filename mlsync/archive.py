@@ -69,7 +69,7 @@ from pathlib import Path
 
 from mlsync.errors import CatalogError, LocalWriteError, UnsafePathError
 from mlsync.layout import resolve_inside, safe_component
-from mlsync.stacdoc import LinksCutter, LinksNotCut
+from mlsync.stacdoc import LARGE_DOCUMENT, LinksCutter, LinksNotCut
 from mlsync.tree.local import write_atomically
 
 __all__ = [
@@ -88,7 +88,7 @@ MAX_MEMBER_BYTES = 256 * 1024 * 1024
 """Largest member held whole in memory: far beyond any STAC item or catalog document."""
 MAX_STREAMED_MEMBER_BYTES = 16 * 1024**3
 """Largest member streamed: a collection of ~500 million assets (~110 bytes per link)."""
-STREAMED_MEMBER_BYTES = 1 << 20
+STREAMED_MEMBER_BYTES = LARGE_DOCUMENT
 """Members larger than this are streamed (written in pieces, their links cut for
 ``on_member``) rather than read whole."""
 _HOLD_BYTES = 1 << 20
