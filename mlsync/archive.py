@@ -641,7 +641,15 @@ def extract_catalog(
                     offset = tar.tell()
                     cutter = LinksCutter(_HOLD_BYTES) if on_member is not None else None
                     cut: list[bytes] = []
-                    pieces = _member_pieces(tar, member.size, cutter, cut)
+                    too_big = CatalogError(
+                        f"catalog archive {archive.name}: member {member.name!r} is "
+                        f"{member.size:,} bytes and has no top-level links to cut; more than "
+                        f"the {max_member_bytes:,}-byte limit for a catalog file read whole; "
+                        "refusing the archive"
+                    )
+                    pieces = _member_pieces(
+                        tar, member.size, cutter, cut, max_member_bytes, too_big
+                    )
                     try:
                         if write:
                             folder = "/".join(parts[:-1])
@@ -707,11 +715,21 @@ def extract_catalog(
 
 
 def _member_pieces(
-    tar: _TarStream, size: int, cutter: LinksCutter | None, cut: list[bytes]
+    tar: _TarStream,
+    size: int,
+    cutter: LinksCutter | None,
+    cut: list[bytes],
+    max_cut_bytes: int,
+    too_big: CatalogError,
 ) -> Iterator[bytes]:
     """A member's data in pieces of at most :data:`_COPY_CHUNK`, each fed to ``cutter`` (its
-    output appended to ``cut``); its padding is skipped after the last piece."""
+    output appended to ``cut``); its padding is skipped after the last piece.
+
+    ``too_big`` is raised when the cut output passes ``max_cut_bytes``: a large document
+    without links to cut is held whole for ``on_member``, within the whole-member limit.
+    """
     left = size
+    cut_bytes = 0
     try:
         while left:
             piece = tar.read(min(left, _COPY_CHUNK))
@@ -720,6 +738,9 @@ def _member_pieces(
             left -= len(piece)
             if cutter is not None:
                 cut.append(cutter.feed(piece))
+                cut_bytes += len(cut[-1])
+                if cut_bytes > max_cut_bytes:
+                    raise too_big
             yield piece
         tar.skip(-size % tarfile.BLOCKSIZE)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:

@@ -771,3 +771,16 @@ def test_links_that_cannot_be_cut_are_given_as_they_are(
     with pytest.raises(CatalogError, match="links are not plain objects"):
         tree.extract(max_member_bytes=len(big) - 1, on_member=lambda n, d: None)
     assert tree.extract(max_member_bytes=len(big) - 1).files == 2  # no on_member: no cut
+
+
+@pytest.mark.usefixtures("streamed")
+def test_a_large_member_without_links_is_held_whole_only_within_the_limit(tree: Tree) -> None:
+    big = json.dumps({"type": "Feature", "id": "i", "coords": list(range(2000))}).encode()
+    tree.write(tar_bytes([reg(f"{DS}/col/i/i.json", big)]))
+    seen: dict[str, bytes] = {}
+    tree.extract(max_member_bytes=len(big), on_member=lambda n, d: seen.setdefault(n, d))
+    assert seen["col/i/i.json"] == big
+    with pytest.raises(CatalogError, match="no top-level links to cut"):
+        tree.extract(max_member_bytes=len(big) - 1, on_member=lambda n, d: None)
+    assert not list((tree.out / DS).rglob(".mlsync-*"))
+    assert tree.extract(max_member_bytes=len(big) - 1).files == 1  # no on_member: streamed
