@@ -13,9 +13,16 @@ checked *before* any byte of it is written, and one refused member stops the ext
   (a symbolic link there is replaced, never followed, and refused if it points outside). This
   is what ``tarfile.data_filter`` decides, without its ``realpath`` of every member (ten
   ``lstat`` calls each: two thirds of the extraction of a catalog of small items);
-* resource limits: :data:`MAX_MEMBER_BYTES` per member and per pax or GNU long-name header
-  (tarfile reads those into memory), :data:`MAX_MEMBERS` members and :data:`MAX_TOTAL_BYTES`
+* resource limits: :data:`MAX_MEMBER_BYTES` per member held whole in memory and per pax or
+  GNU long-name header (tarfile reads those into memory), :data:`MAX_STREAMED_MEMBER_BYTES`
+  per member streamed (see below), :data:`MAX_MEMBERS` members and :data:`MAX_TOTAL_BYTES`
   in all, padding included (a catalog is JSON; these stop decompression bombs).
+
+A member larger than :data:`STREAMED_MEMBER_BYTES` (in practice a collection linking every
+item: ~280 MB at ten million assets) is never held whole: it is written in pieces of 1 MiB
+(the same temporary file and rename, in the reading thread once the writes queued for its
+folder are done) and ``on_member`` gets it with its top-level links cut
+(:class:`mlsync.stacdoc.LinksCutter`), so memory stays flat whatever its size (issue 14 (d)).
 
 Only ``*.json`` files are written: a catalog archive is STAC JSON, and any other file in it
 could pre-seed an asset path with bytes that never came from the asset's href. Other regular
@@ -55,19 +62,22 @@ import stat
 import tarfile
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlsync.errors import CatalogError, LocalWriteError, UnsafePathError
 from mlsync.layout import resolve_inside, safe_component
+from mlsync.stacdoc import LARGE_DOCUMENT, LinksCutter, LinksNotCut
 from mlsync.tree.local import write_atomically
 
 __all__ = [
     "MAX_MEMBERS",
     "MAX_MEMBER_BYTES",
+    "MAX_STREAMED_MEMBER_BYTES",
     "MAX_TOTAL_BYTES",
+    "STREAMED_MEMBER_BYTES",
     "ExtractStats",
     "extract_catalog",
 ]
@@ -75,7 +85,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
-"""Largest member accepted: far beyond any STAC JSON document, small enough to hold in memory."""
+"""Largest member held whole in memory: far beyond any STAC item or catalog document."""
+MAX_STREAMED_MEMBER_BYTES = 16 * 1024**3
+"""Largest member streamed: a collection of ~500 million assets (~110 bytes per link)."""
+STREAMED_MEMBER_BYTES = LARGE_DOCUMENT
+"""Members larger than this are streamed (written in pieces, their links cut for
+``on_member``) rather than read whole."""
+_HOLD_BYTES = 1 << 20
+"""Bytes of a streamed member's links array kept in case they cannot be cut after all."""
 MAX_MEMBERS = 50_000_000
 """Most members accepted (files and directories): ~50 times the largest known catalog."""
 MAX_TOTAL_BYTES = 64 * 1024**3
@@ -112,6 +129,15 @@ class ExtractStats:
     files: int
     bytes: int
     skipped: int = 0
+
+
+class _ReadFailed(Exception):
+    """An error reading the archive while a streamed member is written: carried through the
+    write (which turns an ``OSError`` into a write error) and raised again as it was."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _BrokenArchive(Exception):
@@ -452,7 +478,7 @@ class _Extractor:
                     name, f"would replace the symbolic link {final!r}, which points outside"
                 ) from None
 
-    def write_file(self, rel: str, data: bytes, mtime: float, name: str) -> None:
+    def write_file(self, rel: str, data: bytes | Iterator[bytes], mtime: float, name: str) -> None:
         """Write to a temporary name in the target directory, then rename it into place.
 
         ``mtime`` (the member's) is applied when it is a plausible time (finite, 1970-9999).
@@ -468,7 +494,9 @@ class _Extractor:
             opening = exc.filename == tmp and exc.filename2 is None  # the temporary's open
             raise _write_error(tmp if opening else final, exc) from exc
 
-    def write_member(self, folder: str, rel: str, data: bytes, mtime: float, name: str) -> None:
+    def write_member(
+        self, folder: str, rel: str, data: bytes | Iterator[bytes], mtime: float, name: str
+    ) -> None:
         self.ensure_dir(folder, name)
         self.check_target(folder, rel, name)
         self.write_file(rel, data, mtime, name)
@@ -495,6 +523,13 @@ class _Writers:
         self._slots.acquire()
         pool = self._pools[hash(folder) % len(self._pools)]
         pool.submit(fn, *args).add_done_callback(self._done)
+
+    def wait_for(self, folder: str) -> None:
+        """Wait for the writes queued for ``folder`` (its thread runs them in order), so a
+        write made outside the queue lands after them; raise the first error."""
+        self._raise_error()
+        self._pools[hash(folder) % len(self._pools)].submit(_nothing).result()
+        self._raise_error()
 
     def _done(self, future: Future[None]) -> None:
         self._slots.release()
@@ -526,6 +561,7 @@ def extract_catalog(
     progress: Callable[[int, int], None] | None = None,
     write: bool = True,
     max_member_bytes: int = MAX_MEMBER_BYTES,
+    max_streamed_member_bytes: int = MAX_STREAMED_MEMBER_BYTES,
     max_members: int = MAX_MEMBERS,
     max_total_bytes: int = MAX_TOTAL_BYTES,
 ) -> ExtractStats:
@@ -535,7 +571,9 @@ def extract_catalog(
     directory), as the archive's own names say. ``on_member(name, data)`` is called after each
     ``.json`` file is in place, with its name relative to the dataset directory (e.g.
     ``col/item/item.json``) and its bytes, so the caller parses during the single pass; an
-    exception from it stops the extraction. ``progress(members_done, archive_bytes_read)`` is
+    exception from it stops the extraction. A member larger than :data:`STREAMED_MEMBER_BYTES`
+    is given with its top-level links emptied (:func:`mlsync.stacdoc.without_links`; the
+    file written keeps them). ``progress(members_done, archive_bytes_read)`` is
     called every :data:`_PROGRESS_EVERY` members and at the end; the byte count is of the
     compressed archive, so it can be shown against the archive's size on disk.
 
@@ -576,10 +614,12 @@ def extract_catalog(
                     raise _BrokenArchive(f"member {member.name!r} has a negative size")
                 if len(parts) < 2:
                     raise ex.refuse(member.name, "is a file where the dataset folder goes")
-                if member.size > max_member_bytes:
+                streamed = member.size > STREAMED_MEMBER_BYTES
+                limit = max_streamed_member_bytes if streamed else max_member_bytes
+                if member.size > limit:
                     raise CatalogError(
                         f"catalog archive {archive.name}: member {member.name!r} is "
-                        f"{member.size:,} bytes, more than the {max_member_bytes:,}-byte "
+                        f"{member.size:,} bytes, more than the {limit:,}-byte "
                         "limit for a catalog file; refusing the archive"
                     )
                 unpacked += member.size
@@ -597,6 +637,38 @@ def extract_catalog(
                         archive.name,
                         member.name,
                     )
+                elif streamed:
+                    offset = tar.tell()
+                    cutter = LinksCutter(_HOLD_BYTES) if on_member is not None else None
+                    cut: list[bytes] = []
+                    too_big = CatalogError(
+                        f"catalog archive {archive.name}: member {member.name!r} is "
+                        f"{member.size:,} bytes and has no top-level links to cut; more than "
+                        f"the {max_member_bytes:,}-byte limit for a catalog file read whole; "
+                        "refusing the archive"
+                    )
+                    pieces = _member_pieces(
+                        tar, member.size, cutter, cut, max_member_bytes, too_big
+                    )
+                    try:
+                        if write:
+                            folder = "/".join(parts[:-1])
+                            writers.wait_for(folder)
+                            ex.write_member(folder, rel, pieces, member.mtime, member.name)
+                        else:
+                            for _ in pieces:
+                                pass
+                    except _ReadFailed as exc:
+                        raise exc.error from None
+                    files += 1
+                    written += member.size
+                    if on_member is not None:
+                        assert cutter is not None
+                        try:
+                            data = b"".join(cut) + cutter.finish()
+                        except LinksNotCut:
+                            data = _reread_member(archive, member, offset, max_member_bytes)
+                        on_member("/".join(parts[1:]), data)
                 else:
                     data = tar.read_data(member.size)
                     if write:
@@ -640,6 +712,60 @@ def extract_catalog(
         writers.abandon()  # after finish(), nothing is left to drop
         raw.close()
     return ExtractStats(members=members, files=files, bytes=written, skipped=skipped)
+
+
+def _member_pieces(
+    tar: _TarStream,
+    size: int,
+    cutter: LinksCutter | None,
+    cut: list[bytes],
+    max_cut_bytes: int,
+    too_big: CatalogError,
+) -> Iterator[bytes]:
+    """A member's data in pieces of at most :data:`_COPY_CHUNK`, each fed to ``cutter`` (its
+    output appended to ``cut``); its padding is skipped after the last piece.
+
+    ``too_big`` is raised when the cut output passes ``max_cut_bytes``: a large document
+    without links to cut is held whole for ``on_member``, within the whole-member limit.
+    """
+    left = size
+    cut_bytes = 0
+    try:
+        while left:
+            piece = tar.read(min(left, _COPY_CHUNK))
+            if not piece:
+                raise tarfile.ReadError("unexpected end of data")
+            left -= len(piece)
+            if cutter is not None:
+                cut.append(cutter.feed(piece))
+                cut_bytes += len(cut[-1])
+                if cut_bytes > max_cut_bytes:
+                    raise too_big
+            yield piece
+        tar.skip(-size % tarfile.BLOCKSIZE)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise _ReadFailed(exc) from exc
+
+
+def _reread_member(archive: Path, member: _Header, offset: int, max_bytes: int) -> bytes:
+    """A streamed member read again, whole: its links could not be cut (not flat objects,
+    or not JSON), so ``on_member`` gets it as it is, as it gets any other member."""
+    if member.size > max_bytes:
+        raise CatalogError(
+            f"catalog archive {archive.name}: member {member.name!r} is {member.size:,} bytes "
+            f"and its links are not plain objects; more than the {max_bytes:,}-byte limit "
+            "for a catalog file read whole; refusing the archive"
+        )
+    with gzip.open(archive, "rb") as gz:
+        gz.seek(offset)
+        data = gz.read(member.size)
+    if len(data) != member.size:
+        raise tarfile.ReadError("unexpected end of data")
+    return data
+
+
+def _nothing() -> None:
+    """A no-op queued behind a folder's writes, to wait for them."""
 
 
 def _write_error(path: str, exc: OSError) -> LocalWriteError:

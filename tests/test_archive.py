@@ -15,6 +15,7 @@ import pytest
 
 from mlsync.archive import ExtractStats, extract_catalog
 from mlsync.errors import CatalogError, LocalWriteError, UnsafePathError
+from mlsync.stacdoc import without_links
 
 DS = "ds"
 Member = tuple[tarfile.TarInfo, bytes | None]
@@ -649,3 +650,137 @@ def test_file_symlink_outside_in_a_folder_already_verified(tree: Tree) -> None:
     members = [reg(f"{DS}/catalog.json"), reg(f"{DS}/col/a.json"), reg(f"{DS}/col/b.json", b"x")]
     refused(tree, members, match="points outside")
     assert (tree.out / DS / "col" / "b.json").is_symlink()
+
+
+# --- large members, streamed (issue 14 (d)) ------------------------------------------------------
+
+
+def collection(links: int, *, extra_link: str = "") -> bytes:
+    """A collection linking ``links`` items (random hrefs: a gzip cut lands inside it)."""
+    hrefs = [f"./{os.urandom(8).hex()}/item.json" for _ in range(links)]
+    body = ",\n".join(f'  {{"rel": "item", "href": "{h}", "type": "a\\"b"}}' for h in hrefs)
+    return (
+        b'{"type": "Collection", "id": "col", "links": [\n'
+        + (body + extra_link).encode()
+        + b'\n], "extent": {"spatial": {"bbox": [[0, 0, 1, 1]]}}}'
+    )
+
+
+@pytest.fixture
+def streamed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Members over 1,000 bytes are streamed, in pieces of 256 bytes (the gzip stream read
+    512 bytes ahead, not 1 MiB: a cut in the archive is met inside the member)."""
+    monkeypatch.setattr("mlsync.archive.STREAMED_MEMBER_BYTES", 1000)
+    monkeypatch.setattr("mlsync.archive._COPY_CHUNK", 256)
+    monkeypatch.setattr("mlsync.archive._READ_CHUNK", 512)
+
+
+@pytest.mark.usefixtures("streamed")
+@pytest.mark.parametrize("write", [True, False])
+def test_a_member_over_the_whole_member_limit_is_streamed(tree: Tree, write: bool) -> None:
+    big = collection(300)
+    members = [*good_members()[:3], reg(f"{DS}/col/collection.json", big), reg(f"{DS}/col/x.json")]
+    tree.write(tar_bytes(members))
+    seen: dict[str, bytes] = {}
+    stats = tree.extract(
+        max_member_bytes=5000, write=write, on_member=lambda n, d: seen.setdefault(n, d)
+    )
+    assert stats.files == 3 and stats.bytes == len(CATALOG) + len(big) + 2
+    assert seen["col/collection.json"] == without_links(big) != big
+    assert json.loads(seen["col/collection.json"])["links"] == []
+    on_disk = tree.out / DS / "col" / "collection.json"
+    if write:
+        assert on_disk.read_bytes() == big  # the file keeps its links
+        assert on_disk.stat().st_mtime == 1_600_000_000
+        assert (tree.out / DS / "col" / "x.json").read_bytes() == b"{}"
+    else:
+        assert not (tree.out / DS).exists()
+
+
+@pytest.mark.usefixtures("streamed")
+def test_the_streamed_member_limit(tree: Tree) -> None:
+    big = collection(50)
+    tree.write(tar_bytes([reg(f"{DS}/col/collection.json", big)]))
+    with pytest.raises(CatalogError, match="limit for a catalog file"):
+        tree.extract(max_member_bytes=100, max_streamed_member_bytes=len(big) - 1)
+    assert tree.extract(max_member_bytes=100, max_streamed_member_bytes=len(big)).files == 1
+
+
+@pytest.mark.usefixtures("streamed")
+def test_a_repeated_member_ends_as_its_last_copy_streamed_or_not(tree: Tree) -> None:
+    big = collection(40)
+    name = f"{DS}/col/collection.json"
+    for copies in ([reg(name, b"{}"), reg(name, big)], [reg(name, big), reg(name, b"{}")]):
+        others = [reg(f"{DS}/col/{n}.json", b"[]") for n in range(50)]  # keep the queue busy
+        tree.write(tar_bytes([*others, *copies]))
+        tree.extract(max_member_bytes=1000)
+        assert (tree.out / DS / "col" / "collection.json").read_bytes() == copies[-1][1]
+
+
+@pytest.mark.usefixtures("streamed")
+def test_an_archive_cut_or_corrupt_inside_a_streamed_member_leaves_no_file(tree: Tree) -> None:
+    raw = tar_bytes([*good_members()[:3], reg(f"{DS}/col/collection.json", collection(300))])
+    full = gzip.compress(raw)
+    flipped = bytearray(full)
+    flipped[len(full) * 3 // 4] ^= 0xFF
+    for payload, cut_short in ((full[: len(full) * 3 // 4], True), (bytes(flipped), False)):
+        tree.archive.write_bytes(payload)
+        with pytest.raises(CatalogError, match="corrupt or truncated") as info:
+            tree.extract(max_member_bytes=5000)
+        assert not isinstance(info.value, UnsafePathError)
+        assert not list((tree.out / DS).rglob(".mlsync-*"))
+        # A flipped bit may only show at the CRC check, after the member (as for any member).
+        if cut_short:
+            assert not (tree.out / DS / "col" / "collection.json").exists()
+
+
+@pytest.mark.usefixtures("streamed")
+def test_a_disk_full_while_streaming_is_a_local_write_error(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree.write(tar_bytes([reg(f"{DS}/col/collection.json", collection(100))]))
+    real_write = os.write
+    calls: list[int] = []
+
+    def full_at_the_third_piece(fd: int, data: object) -> int:
+        calls.append(fd)  # os.write is patched for every thread: count this file's only
+        if calls.count(fd) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("mlsync.archive.os.write", full_at_the_third_piece)
+    try:
+        with pytest.raises(LocalWriteError, match="No space left"):
+            tree.extract(max_member_bytes=5000)
+    finally:
+        monkeypatch.undo()
+    assert 3 in {calls.count(fd) for fd in calls}  # two pieces were written before
+    assert not list((tree.out / DS).rglob("*.json")) and not list((tree.out / DS).rglob(".ml*"))
+
+
+@pytest.mark.usefixtures("streamed")
+def test_links_that_cannot_be_cut_are_given_as_they_are(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mlsync.archive._HOLD_BYTES", 500)  # given up long before the end
+    big = collection(100, extra_link=',\n  {"rel": "x", "href": "y", "body": {"a": [1]}}')
+    tree.write(tar_bytes([*good_members()[:2], reg(f"{DS}/col/collection.json", big)]))
+    seen: dict[str, bytes] = {}
+    tree.extract(max_member_bytes=len(big), on_member=lambda n, d: seen.setdefault(n, d))
+    assert seen["col/collection.json"] == big  # read again from the archive
+    with pytest.raises(CatalogError, match="links are not plain objects"):
+        tree.extract(max_member_bytes=len(big) - 1, on_member=lambda n, d: None)
+    assert tree.extract(max_member_bytes=len(big) - 1).files == 2  # no on_member: no cut
+
+
+@pytest.mark.usefixtures("streamed")
+def test_a_large_member_without_links_is_held_whole_only_within_the_limit(tree: Tree) -> None:
+    big = json.dumps({"type": "Feature", "id": "i", "coords": list(range(2000))}).encode()
+    tree.write(tar_bytes([reg(f"{DS}/col/i/i.json", big)]))
+    seen: dict[str, bytes] = {}
+    tree.extract(max_member_bytes=len(big), on_member=lambda n, d: seen.setdefault(n, d))
+    assert seen["col/i/i.json"] == big
+    with pytest.raises(CatalogError, match="no top-level links to cut"):
+        tree.extract(max_member_bytes=len(big) - 1, on_member=lambda n, d: None)
+    assert not list((tree.out / DS).rglob(".mlsync-*"))
+    assert tree.extract(max_member_bytes=len(big) - 1).files == 1  # no on_member: streamed

@@ -936,3 +936,47 @@ def test_output_dir_that_is_a_file_is_an_error_not_a_traceback(
         message = " ".join(run.err.split())
         assert str(tmp_path / "out") in message and "Not a directory" in message
     assert (tmp_path / "out").read_text() == "not a directory"
+
+
+def test_a_large_collection_is_streamed_its_links_kept_on_disk_and_every_item_found(
+    tmp_path: Path,
+    hub: RunningHub,
+    sample_root: Path,
+    cli: Callable[..., CliResult],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14 (d): a collection.json over the streaming threshold (patched down to 300
+    bytes here; 1 MiB in use) is read in pieces and indexed with its links cut, while the
+    extracted file keeps them."""
+    from mlsync.archive_rows import RowFeed
+
+    monkeypatch.setattr("mlsync.archive.STREAMED_MEMBER_BYTES", 300)
+    monkeypatch.setattr("mlsync.archive._COPY_CHUNK", 100)
+    indexed: dict[str, bytes] = {}
+    real_add = RowFeed.add
+
+    def add(feed: RowFeed, name: str, data: bytes) -> None:
+        indexed[name] = data
+        real_add(feed, name, data)
+
+    monkeypatch.setattr(RowFeed, "add", add)
+    manifest = write_manifest(tmp_path / "sync.yaml", hub.url)
+    expected = expected_selection(served_assets(sample_root))
+    tree = tmp_path / "out" / DATASET
+
+    run = cli("plan", manifest, "--json")
+    assert run.code == 0, run.err
+    assert set(_actions(run.json())) == set(expected)
+    for collection in (SOURCE, LABELS):
+        served = (sample_root / DATASET / "catalog" / collection / "collection.json").read_bytes()
+        assert len(served) > 300 and json.loads(served)["links"]
+        assert json.loads(indexed[f"{collection}/collection.json"])["links"] == []
+
+    run = cli("apply", manifest)
+    assert run.code == 0, run.err
+    assert f"Apply complete! {len(expected)} transferred" in run.out
+    for rel, asset in expected.items():
+        assert _sha256(tree / rel) == _sha256(asset.source), rel
+    for collection in (SOURCE, LABELS):
+        served = (sample_root / DATASET / "catalog" / collection / "collection.json").read_bytes()
+        assert (tree / collection / "collection.json").read_bytes() == served

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlsync import archive as archive_mod
-from mlsync import layout, stacdoc
+from mlsync import layout
 from mlsync.archive_rows import RowFeed, worker_count
 from mlsync.assetdb import AssetDB
 from mlsync.errors import CatalogError, FrozenLockError
@@ -257,11 +257,11 @@ class MLHubSource(Notifying):
         feed: RowFeed | None = None
 
         def on_member(name: str, data: bytes) -> None:
+            # A document over 1 MiB (a collection linking every item) comes with its links
+            # cut by extract_catalog: no link is read, and a million of them cost 300 MB.
             nonlocal has_root
             if name == layout.CATALOG_JSON:
                 has_root = True
-            if len(data) > stacdoc.LARGE_DOCUMENT:  # a collection linking every item: no link
-                data = stacdoc.without_links(data)  # is read, and 1M of them cost 300 MB
             assert feed is not None
             feed.add(name, data)
 
