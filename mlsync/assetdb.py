@@ -56,7 +56,15 @@ import orjson
 from mlsync import layout
 from mlsync.closing import Closing
 from mlsync.errors import LocalWriteError, StateError, UnsafePathError
-from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile, StateRow
+from mlsync.records import (
+    AssetRecord,
+    CompletedFile,
+    DesiredAsset,
+    FileState,
+    ItemMeta,
+    LocalFile,
+    StateRow,
+)
 from mlsync.tree.base import Tree
 from mlsync.tree.local import LocalTree
 
@@ -635,6 +643,20 @@ class AssetDB(Closing):
         self._conn.execute(
             _UPSERT_COMPLETE,
             (rel_path, size, mtime_ns, checksum, time.time(), sha256, href, validator),
+        )
+
+    def record_completed(self, files: Iterable[CompletedFile]) -> None:
+        """:meth:`record_complete` for many files in one statement: how the executor records
+        its results, a batch at a time (a statement per file cost ~25 µs of the thread the
+        transfers share the GIL with)."""
+        self._begin_write()
+        now = time.time()
+        self._conn.executemany(
+            _UPSERT_COMPLETE,
+            (
+                (f.rel_path, f.size, f.mtime_ns, f.checksum, now, f.sha256, f.href, f.validator)
+                for f in files
+            ),
         )
 
     def recorded_sha256(self, rel_path: str) -> str | None:

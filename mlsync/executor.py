@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from mlsync import layout
 from mlsync.errors import LocalWriteError, TransferError, UnsafePathError
 from mlsync.events import AssetFinished, EventSink, Notice, Task, ignore
 from mlsync.hub.http import RetryPolicy, StreamResponse, Timeouts, TransferClient, redact
-from mlsync.records import ActionKind, PlannedAction
+from mlsync.records import ActionKind, CompletedFile, PlannedAction
 from mlsync.transfer import FileTransfer, TransferOutcome, TransferStopped, describe_failure
 from mlsync.tree.base import Tree
 from mlsync.tree.local import LocalTree, write_atomically
@@ -70,17 +70,7 @@ def default_workers() -> int:
 class StateRecorder(Protocol):
     """The part of the asset database the executor writes to."""
 
-    def record_complete(
-        self,
-        rel_path: str,
-        size: int,
-        mtime_ns: int,
-        checksum: str | None,
-        *,
-        sha256: str | None = None,
-        href: str | None = None,
-        validator: str | None = None,
-    ) -> None: ...
+    def record_completed(self, files: Sequence[CompletedFile]) -> None: ...
 
     def record_moved(
         self,
@@ -171,6 +161,8 @@ class Executor:
         self._own_clients = client_factory is None
         """Without a caller's clients, a local tree's files go through libcurl (_engine)."""
         self.stop = threading.Event()
+        self._completed: list[CompletedFile] = []
+        """Results recorded in the database a drain at a time (:meth:`_flush_completed`)."""
         self._in_flight: dict[int, object] = {}
         """The response each worker thread is reading (by thread id), to abort on a stop."""
         self._in_flight_lock = threading.Lock()
@@ -240,6 +232,7 @@ class Executor:
                 raise
             finally:
                 self.stop.set()
+                self._flush_completed()
                 self.state.commit()
                 report.elapsed = time.monotonic() - started
         if fatal is not None:
@@ -481,6 +474,7 @@ class Executor:
             while results:
                 fatal = self._record(results.popleft(), report, count_task) or fatal
                 pending += 1
+            self._flush_completed()
             if pending and (
                 pending >= COMMIT_EVERY or time.monotonic() - last_commit >= COMMIT_SECONDS
             ):
@@ -494,6 +488,24 @@ class Executor:
         self, result: _Done | _Failed, report: ExecutionReport, count_task: Task
     ) -> BaseException | None:
         count_task.advance(1)
+        if isinstance(result, _Done) and result.moved_from is None:
+            action = result.action
+            self._completed.append(
+                CompletedFile(
+                    action.rel_path,
+                    result.size,
+                    result.mtime_ns,
+                    action.checksum,
+                    sha256=result.sha256,
+                    href=action.href,
+                    validator=result.validator,
+                )
+            )
+            report.transferred += 1
+            report.bytes += result.size
+            self.sink(AssetFinished(self.dataset, action.rel_path, True, result.size))
+            return None
+        self._flush_completed()  # the database sees every result in the order it came
         if isinstance(result, _Done) and result.moved_from is not None:
             action = result.action
             self.state.record_moved(
@@ -510,21 +522,7 @@ class Executor:
                 Notice("info", self.dataset, f"moved {result.moved_from} to {action.rel_path}")
             )
             return None
-        if isinstance(result, _Done):
-            action = result.action
-            self.state.record_complete(
-                action.rel_path,
-                result.size,
-                result.mtime_ns,
-                action.checksum,
-                sha256=result.sha256,
-                href=action.href,
-                validator=result.validator,
-            )
-            report.transferred += 1
-            report.bytes += result.size
-            self.sink(AssetFinished(self.dataset, result.action.rel_path, True, result.size))
-            return None
+        assert isinstance(result, _Failed)  # a _Done is either moved or downloaded
         if result.fatal is None:
             report.failed.append(result.failure)
             self.state.record_failed(
@@ -534,6 +532,11 @@ class Executor:
                 AssetFinished(self.dataset, result.action.rel_path, False, 0, result.failure.error)
             )
         return result.fatal
+
+    def _flush_completed(self) -> None:
+        if self._completed:
+            self.state.record_completed(self._completed)
+            self._completed.clear()
 
     def _drain(
         self,

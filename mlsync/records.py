@@ -86,6 +86,24 @@ class LocalFile:
     it only where it differs from the catalog's (None there also means "the same")."""
 
 
+@dataclass(frozen=True, slots=True)
+class CompletedFile:
+    """A transferred file in place and verified, as the asset database records it.
+
+    ``checksum`` is in the catalog's multihash form, ``sha256`` the hex digest of the bytes
+    written, ``href`` the URL it came from and ``validator`` the server's ETag or
+    Last-Modified (each None: not known).
+    """
+
+    rel_path: str
+    size: int
+    mtime_ns: int
+    checksum: str | None
+    sha256: str | None = None
+    href: str | None = None
+    validator: str | None = None
+
+
 class StateRow(NamedTuple):
     """One selected asset with its database record and disk facts, unbuilt: a synced plan
     settles most rows from these fields without making :class:`DesiredAsset` and

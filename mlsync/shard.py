@@ -77,7 +77,7 @@ from mlsync.planner import (
     json_problem,
     json_str,
 )
-from mlsync.records import ActionKind, PlannedAction
+from mlsync.records import ActionKind, CompletedFile, PlannedAction
 from mlsync.runlock import LockHolder, RunLock
 from mlsync.sync import publish_error_report, remove_orphans
 from mlsync.tree.base import Tree
@@ -567,6 +567,18 @@ class ShardJournal:
                 "validator": validator,
             }
         )
+
+    def record_completed(self, files: Sequence[CompletedFile]) -> None:
+        for f in files:
+            self.record_complete(
+                f.rel_path,
+                f.size,
+                f.mtime_ns,
+                f.checksum,
+                sha256=f.sha256,
+                href=f.href,
+                validator=f.validator,
+            )
 
     def record_moved(
         self,

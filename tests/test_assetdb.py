@@ -13,7 +13,15 @@ import pytest
 from mlsync import assetdb
 from mlsync.assetdb import AssetDB, FileUpdate, stat_local
 from mlsync.errors import LocalWriteError, StateError, UnsafePathError
-from mlsync.records import AssetRecord, DesiredAsset, FileState, ItemMeta, LocalFile, StateRow
+from mlsync.records import (
+    AssetRecord,
+    CompletedFile,
+    DesiredAsset,
+    FileState,
+    ItemMeta,
+    LocalFile,
+    StateRow,
+)
 from mlsync.tree.local import LocalTree
 
 COMMON_KEYS = frozenset({"documentation", "readme"})
@@ -292,6 +300,49 @@ def test_interrupted_ingest_then_close_rolls_back(tmp_path: Path) -> None:
         raise KeyboardInterrupt
     with AssetDB.open(path) as db:
         assert db.count_assets() == 7
+
+
+def test_a_batch_of_completions_is_recorded_as_one_at_a_time_would_be(tmp_path: Path) -> None:
+    """The executor records its results a batch at a time: each row must be what
+    record_complete writes, over a partial or failed record as well as a new one."""
+    files = [
+        CompletedFile("a/1.tif", 10, 111, "1220ab", sha256="cd" * 32, href="https://h/1"),
+        CompletedFile("a/2.tif", 20, 222, None, validator='"etag-2"'),
+        CompletedFile("b/3.tif", 30, 333, None, sha256="ef" * 32, href="https://h/3"),
+    ]
+    rows = []
+    for batched in (False, True):
+        with AssetDB.open(tmp_path / f"{batched}.db") as db:
+            db.record_partial("a/2.tif", 5)
+            db.record_failed("b/3.tif", "HTTP 500", 3)
+            if batched:
+                db.record_completed(files)
+            else:
+                for f in files:
+                    db.record_complete(
+                        f.rel_path,
+                        f.size,
+                        f.mtime_ns,
+                        f.checksum,
+                        sha256=f.sha256,
+                        href=f.href,
+                        validator=f.validator,
+                    )
+            db.commit()
+        with AssetDB.open_read_only(tmp_path / f"{batched}.db") as db:
+            rows.append(
+                db._conn.execute(
+                    "SELECT rel_path, state, size, mtime_ns, checksum, error, attempts, sha256,"
+                    " href, validator FROM files ORDER BY rel_path"
+                ).fetchall()
+            )
+    assert rows[0] == rows[1]
+    assert [r[:3] for r in rows[1]] == [
+        ("a/1.tif", "complete", 10),
+        ("a/2.tif", "complete", 20),
+        ("b/3.tif", "complete", 30),
+    ]
+    assert rows[1][2][5:7] == (None, 0)  # the failure is forgotten
 
 
 def test_reingest_replaces_catalog_but_keeps_files(db: AssetDB) -> None:

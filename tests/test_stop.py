@@ -12,7 +12,7 @@ import _thread
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from mlsync.events import Event, Notice
 from mlsync.executor import STOPPING, Executor
 from mlsync.localhub import FaultConfig, make_sample
 from mlsync.localhub.server import RunningHub
-from mlsync.records import ActionKind, PlannedAction
+from mlsync.records import ActionKind, CompletedFile, PlannedAction
 
 DATASET = "stop_v1"
 ASSET_SIZE = 64 * 1024
@@ -35,10 +35,8 @@ class _Recorder:
         self.complete: list[str] = []
         self.commits = 0
 
-    def record_complete(
-        self, rel_path: str, size: int, mtime_ns: int, checksum: str | None, **recorded: object
-    ) -> None:
-        self.complete.append(rel_path)
+    def record_completed(self, files: Sequence[CompletedFile]) -> None:
+        self.complete.extend(f.rel_path for f in files)
 
     def record_failed(self, rel_path: str, error: str, attempts: int) -> None:
         raise AssertionError(f"nothing may fail on a stop: {rel_path}: {error}")

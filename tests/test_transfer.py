@@ -273,10 +273,8 @@ class _Recorder:
     def __init__(self):
         self.complete, self.failed, self.moved, self.commits = [], [], [], 0
 
-    def record_complete(
-        self, rel_path, size, mtime_ns, checksum, *, sha256=None, href=None, validator=None
-    ):
-        self.complete.append(rel_path)
+    def record_completed(self, files):
+        self.complete.extend(f.rel_path for f in files)
 
     def record_failed(self, rel_path, error, attempts):
         self.failed.append(rel_path)

@@ -13,7 +13,7 @@ import http.server
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,7 +22,7 @@ import pytest
 from mlsync.errors import TransferError, UnsafePathError
 from mlsync.executor import Executor
 from mlsync.hub.http import USER_AGENT, RetryPolicy, TransferClient
-from mlsync.records import ActionKind, PlannedAction
+from mlsync.records import ActionKind, CompletedFile, PlannedAction
 from mlsync.transfer import FileTransfer
 from tests.test_transfer import DATA, FAST, SHA, Server
 
@@ -185,18 +185,8 @@ class _Recorder:
         self.complete: list[str] = []
         self.failed: list[tuple[str, str]] = []
 
-    def record_complete(
-        self,
-        rel_path: str,
-        size: int,
-        mtime_ns: int,
-        checksum: Any,
-        *,
-        sha256: Any = None,
-        href: str | None = None,
-        validator: str | None = None,
-    ) -> None:
-        self.complete.append(rel_path)
+    def record_completed(self, files: Sequence[CompletedFile]) -> None:
+        self.complete.extend(f.rel_path for f in files)
 
     def record_failed(self, rel_path: str, error: str, attempts: int) -> None:
         self.failed.append((rel_path, error))
