@@ -41,7 +41,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -555,30 +555,13 @@ class ShardJournal:
         href: str | None = None,
         validator: str | None = None,
     ) -> None:
-        self._add(
-            {
-                "op": "complete",
-                "rel_path": rel_path,
-                "size": size,
-                "mtime_ns": mtime_ns,
-                "checksum": checksum,
-                "sha256": sha256,
-                "href": href,
-                "validator": validator,
-            }
+        self.record_completed(
+            [CompletedFile(rel_path, size, mtime_ns, checksum, sha256, href, validator)]
         )
 
     def record_completed(self, files: Sequence[CompletedFile]) -> None:
-        for f in files:
-            self.record_complete(
-                f.rel_path,
-                f.size,
-                f.mtime_ns,
-                f.checksum,
-                sha256=f.sha256,
-                href=f.href,
-                validator=f.validator,
-            )
+        for done in files:
+            self._add({"op": "complete", **asdict(done)})
 
     def record_moved(
         self,
