@@ -725,7 +725,10 @@ def test_an_archive_cut_or_corrupt_inside_a_streamed_member_leaves_no_file(tree:
     flipped[len(full) * 3 // 4] ^= 0xFF
     for payload, cut_short in ((full[: len(full) * 3 // 4], True), (bytes(flipped), False)):
         tree.archive.write_bytes(payload)
-        with pytest.raises(CatalogError, match="corrupt or truncated") as info:
+        # The flipped bit shows as a zlib or CRC error, or, when the bad bytes still inflate,
+        # as a tar header whose checksum is wrong (the hrefs are random, so is the spot): either
+        # is "corrupt".
+        with pytest.raises(CatalogError, match=r"is corrupt( or truncated)?: ") as info:
             tree.extract(max_member_bytes=5000)
         assert not isinstance(info.value, UnsafePathError)
         assert not list((tree.out / DS).rglob(".mlsync-*"))
