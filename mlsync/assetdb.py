@@ -105,7 +105,9 @@ CATALOG_META_PREFIX: Final = "catalog."
 
 _FLUSH_ROWS = 10_000
 _BUSY_TIMEOUT_S = 30.0
-_CACHE_KIB = 32 * 1024
+_CACHE_KIB = 8 * 1024
+"""SQLite's page cache per connection. 8 MiB, not 32: the cache was most of a million-asset
+plan's RSS growth (98 MB against 149 MB), for ~2.5 % more plan time."""
 _WAL_LIMIT_BYTES = 64 * 1024 * 1024
 _MAX_REFUSED_MESSAGES = 5
 
