@@ -52,6 +52,8 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 WORK = BENCH_DIR / "work"
+LAUNCHER = BENCH_DIR / "launch.py"
+"""Starts each measured command, so its peak RSS is its own (see :func:`run_measured`)."""
 RESULTS = BENCH_DIR / "results"
 TRASH = WORK / "trash"
 """Finished runs' folders of many files, deleted when the bench ends (:meth:`Bench.discard`)."""
@@ -465,19 +467,24 @@ class Measured:
 def run_measured(
     cmd: Sequence[str], *, env: dict[str, str], cwd: Path, logs: Path, label: str
 ) -> Measured:
-    """Run a command to completion; wall time and the child's own rusage (``wait4``).
+    """Run a command to completion; its wall time and own rusage, through ``bench/launch.py``.
 
-    ``wait4`` gives this child's peak RSS and CPU time alone, which is what GNU time reports;
-    ``getrusage(RUSAGE_CHILDREN)`` would give the maximum over every child so far.
+    The launcher (a small process of its own) forks the command and reports what ``wait4``
+    gives for it, as GNU time does: its peak RSS and CPU time alone. Forked from this process
+    instead, the command would report at least this process's own RSS (Linux counts the pages
+    a forked child shares and keeps the high-water mark across exec), and this process grows
+    while it generates data.
     """
     logs.mkdir(parents=True, exist_ok=True)
     out_path = logs / f"{label}.out"
     err_path = logs / f"{label}.err"
     load = os.getloadavg()[0]
+    report_path = logs / f"{label}.rusage.json"
+    report_path.unlink(missing_ok=True)
+    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), str(report_path)]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        started = time.perf_counter()
         proc = subprocess.Popen(
-            list(cmd),
+            [*launcher, *cmd],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,
@@ -487,21 +494,23 @@ def run_measured(
             preexec_fn=_die_with_parent,
         )
         try:
-            _pid, status, usage = os.wait4(proc.pid, 0)
+            proc.wait()
         except BaseException:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    try:
+        usage = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"bench: {label}: the launcher left no report ({exc})") from None
     return Measured(
         load_avg_1m=load,
-        exit_code=proc.returncode,
-        wall=wall,
-        peak_rss_kib=int(usage.ru_maxrss),
-        user=usage.ru_utime,
-        system=usage.ru_stime,
+        exit_code=int(usage["exit_code"]),
+        wall=float(usage["wall"]),
+        peak_rss_kib=int(usage["peak_rss_kib"]),
+        user=float(usage["user"]),
+        system=float(usage["system"]),
         stdout=out_path.read_text(errors="replace"),
         stderr_tail=_tail(err_path, 8),
     )
