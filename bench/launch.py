@@ -25,7 +25,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent(sig: int) -> None:
-    """``sig`` to this process when its parent dies (Linux), so nothing outlives the bench."""
+    """``sig`` to this process when its parent dies (Linux), so nothing outlives the bench.
+
+    A twin of ``run.py``'s: importing ``run.py`` here would make the launcher as big as
+    some of what it measures. Set here too, so the launcher is safe when run on its own."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
