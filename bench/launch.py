@@ -3,11 +3,11 @@
 Why a launcher: Linux counts the pages a forked child shares with its parent and keeps the
 high-water mark across ``exec``. A child of the benchmark, which grows to 100 MB and more
 while it generates datasets, reports through ``wait4`` at least the benchmark's own size,
-however small the child is (``/bin/true`` under a parent holding 300 MB: 313 MB; started with
-vfork, the parent's peak even after it freed it). This launcher is a fresh interpreter of ~7 MB: the
-command it forks starts from that, so ``wait4`` gives the command's own peak (the floor, the
-launcher's size, is below every command measured). Wall time is taken here, from ``fork`` to
-``wait4``, so the launcher's own start-up is not counted.
+however small the child is (``/bin/true`` under a parent holding 300 MB: 313 MB; started
+with vfork, the parent's peak even after it freed it). This launcher is a fresh interpreter of
+~7 MB: the command it forks starts from that, so ``wait4`` gives the command's own peak (the
+floor, the launcher's size, is below every command measured). Wall time is taken here, from
+``fork`` to ``wait4``, so the launcher's own start-up is not counted.
 
 Usage: ``python -I -S bench/launch.py REPORT.json CMD [ARG...]``. The exit status is the
 command's (128 + N when a signal N ended it, 127 when it could not be started).
@@ -48,12 +48,7 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             print(f"launch.py: cannot run {cmd[0]}: {exc}", file=sys.stderr)
         os._exit(127)
-    while True:
-        try:
-            _pid, status, usage = os.wait4(pid, 0)
-            break
-        except InterruptedError:
-            continue
+    _pid, status, usage = os.wait4(pid, 0)  # retried on EINTR by Python itself (PEP 475)
     wall = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
     with open(report, "w", encoding="utf-8") as out:
