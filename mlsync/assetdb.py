@@ -108,6 +108,11 @@ _BUSY_TIMEOUT_S = 30.0
 _CACHE_KIB = 8 * 1024
 """SQLite's page cache per connection. 8 MiB, not 32: the cache was most of a million-asset
 plan's RSS growth (98 MB against 149 MB), for ~2.5 % more plan time."""
+_PAGE_BYTES: Final = 16 * 1024
+"""The page size of a new database (an existing one keeps its own). A fresh plan's ingest runs
+in one transaction whose pages spill into the WAL, and SQLite finds a page there by probing
+one hash table per 4,096 frames, so with 4 KiB pages each lookup grew with the catalog. 16 KiB
+pages made the plan of a fresh 1M catalog 10 % faster and of a 10M one 14 % (bench (d))."""
 _WAL_LIMIT_BYTES = 64 * 1024 * 1024
 _MAX_REFUSED_MESSAGES = 5
 
@@ -361,6 +366,7 @@ class AssetDB(Closing):
         conn = connect(path, timeout=busy_timeout)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA page_size = {_PAGE_BYTES}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")

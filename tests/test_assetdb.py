@@ -96,6 +96,26 @@ def test_new_database_is_wal_with_schema_version(tmp_path: Path) -> None:
         assert db.schema_version == assetdb.SCHEMA_VERSION
 
 
+def test_new_database_has_large_pages_and_an_old_one_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def page_size(db: AssetDB) -> int:
+        return int(db._conn.execute("PRAGMA page_size").fetchone()[0])
+
+    with AssetDB.open(tmp_path / "new.db") as db:
+        assert page_size(db) == assetdb._PAGE_BYTES == 16384
+    monkeypatch.setattr(assetdb, "_PAGE_BYTES", 4096)  # a database from an earlier mlsync
+    with AssetDB.open(tmp_path / "old.db") as db:
+        ingest_sample(db)
+        before = paths(db.iter_desired(None, None))
+    monkeypatch.undo()
+    with AssetDB.open(tmp_path / "old.db") as db:  # not rebuilt: its pages and rows stay
+        assert page_size(db) == 4096
+        assert paths(db.iter_desired(None, None)) == before
+        ingest_sample(db)
+        assert paths(db.iter_desired(None, None)) == before
+
+
 def test_reference_client_database_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "mlhub_stac_assets.db"
     conn = sqlite3.connect(path)
