@@ -38,16 +38,56 @@ def test_probe_yields_one_result_per_path_in_order(tmp_path: Path) -> None:
     ]
 
 
-def test_probe_makes_one_stat_per_path_and_one_isdir_per_folder_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "f").mkdir()
+def count_stats(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every ``os.stat`` from now on (``os.path.isdir`` is one), by path."""
     calls: list[str] = []
     real_stat = os.stat
     monkeypatch.setattr(os, "stat", lambda p, *a, **k: calls.append(p) or real_stat(p, *a, **k))
+    return calls
+
+
+def test_probe_stats_each_path_of_a_folder_that_exists_and_none_below_an_absent_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "f").mkdir()
+    calls = count_stats(monkeypatch)
     paths = [f"f/{n}.tif" for n in range(5)] + [f"g/{n}.tif" for n in range(5)]
-    assert len(list(LocalTree(tmp_path).probe(paths))) == 10
-    assert len(calls) == 10 + 2  # a stat per path, an isdir (a stat) per folder
+    results = list(LocalTree(tmp_path).probe(paths))
+    assert results == [ABSENT] * 5 + [ABSENT_NO_PART] * 5
+    # a stat per path in f and one of f; in g one stat, then g itself and the root
+    assert len(calls) == 5 + 1 + 3
+    assert calls[-2:] == [str(tmp_path / "g"), f"{tmp_path}/"]
+
+
+def test_probe_of_a_fresh_tree_makes_a_handful_of_stats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "dataset"  # not made yet: a first plan
+    paths = sorted(f"{c}/i{i}/{k}.tif" for c in ("lbl", "src") for i in range(50) for k in "ab")
+    calls = count_stats(monkeypatch)
+    assert list(LocalTree(root).probe(paths)) == [ABSENT_NO_PART] * len(paths)
+    assert len(calls) == 4  # the first path, its folder, its collection, the root
+
+
+def test_probe_looks_up_from_an_absent_item_folder_once_per_collection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "src" / "i1").mkdir(parents=True)
+    (tmp_path / "src" / "i1" / "a.tif").write_bytes(DATA)
+    paths = [f"src/i{i}/{k}.tif" for i in range(4) for k in "ab"] + ["zzz/i0/a.tif"]
+    calls = count_stats(monkeypatch)
+    results = list(LocalTree(tmp_path).probe(paths))
+    assert results[2].size == len(DATA) and results[3] == ABSENT
+    assert results[:2] + results[4:] == [ABSENT_NO_PART] * 7
+    # src/i0: stat, isdir i0, isdir src; i1: two stats and isdir i1 (b.tif is absent);
+    # i2, i3: stat and isdir each (src is known to exist); zzz: stat, isdir zzz/i0, zzz, root
+    assert len(calls) == 3 + 3 + 2 * 2 + 4
+
+
+def test_probe_sees_nothing_below_a_file_where_a_folder_should_be(tmp_path: Path) -> None:
+    (tmp_path / "src").write_bytes(b"not a folder")
+    paths = ["src/i0/a.tif", "src/i0/b.tif", "src/i1/a.tif"]
+    assert list(LocalTree(tmp_path).probe(paths)) == [ABSENT_NO_PART] * 3
 
 
 def test_a_part_is_never_visible_under_the_final_name_until_committed(tmp_path: Path) -> None:

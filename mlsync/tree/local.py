@@ -328,24 +328,39 @@ class LocalTree:
     # --- probing ---------------------------------------------------------------------------
 
     def probe(self, rel_paths: Iterable[str]) -> Iterator[ProbeResult]:
-        """One ``stat`` per path; an absent file's folder is looked at once per folder run.
+        """One ``stat`` per path in a folder that exists; none below a folder found absent.
 
         One full-path stat: listing each folder to skip the failing stat of an absent
-        ``.part`` costs more than it saves (1M assets: 5.5 s against 2.9 s). A permission
-        error is raised (the caller says the tree cannot be read)."""
+        ``.part`` costs more than it saves (1M assets: 5.5 s against 2.9 s). A failing stat
+        looks at its folder once per folder run and, when that is absent, up to the highest
+        absent folder: every path under it is absent with no part, with no syscall (a fresh
+        tree of 1M assets is looked at by a handful of stats). A permission error is raised
+        (the caller says the tree cannot be read)."""
         base = self._base
         folder, folder_exists = None, False  # the last folder asked about, and the answer
+        absent: str | None = None  # "folder/" of the highest folder known to be absent
+        present = None  # the last folder found to exist while looking for that one
         isreg, isdir, stat = stat_mod.S_ISREG, os.path.isdir, os.stat
         new = tuple.__new__  # ProbeResult without its Python-level __new__ (1M per plan)
         for rel_path in rel_paths:
+            if absent is not None and rel_path.startswith(absent):
+                yield ABSENT_NO_PART
+                continue
             try:
                 st = stat(base + rel_path)
             except (FileNotFoundError, NotADirectoryError):
-                # No file; a .part can only be there if its folder is (a fresh tree has
-                # none: one check per folder instead of a failing stat per asset).
+                # No file; a .part can only be there if its folder is.
                 parent = rel_path.rpartition("/")[0]
                 if parent != folder:
                     folder, folder_exists = parent, isdir(base + parent)
+                    if not folder_exists:
+                        highest = parent
+                        while highest and (up := highest.rpartition("/")[0]) != present:
+                            if isdir(base + up):
+                                present = up
+                                break
+                            highest = up
+                        absent = highest + "/" if highest else ""
                 yield ABSENT if folder_exists else ABSENT_NO_PART
             else:
                 if isreg(st.st_mode):
