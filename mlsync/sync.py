@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -322,9 +323,11 @@ class DatasetSync:
             dataset_plan = self._plan_locked(db, dataset, dirs, frozen)
             if dataset_plan.reconcile:
                 db.apply_updates(dataset_plan.reconcile)
-            self.source.materialize(db, dirs.catalog, dataset_plan.catalog)
+            catalog = dataset_plan.catalog
+            if self.source.materialize(dirs.catalog, catalog):
+                self.source.mark_materialized(db, catalog)
             tree = self._tree(dirs.assets)
-            if isinstance(tree, S3Tree) and dataset_plan.catalog.unpack_pending:
+            if isinstance(tree, S3Tree) and catalog.unpack_pending:
                 _publish_catalog(tree, dirs.catalog)  # the shards write assets only
             dataset_plan.catalog = replace(dataset_plan.catalog, unpack_pending=False)
             return dataset_plan
@@ -352,16 +355,42 @@ class DatasetSync:
                 before_execute(dataset_plan)
             if dataset_plan.reconcile:
                 db.apply_updates(dataset_plan.reconcile)
-            self.source.materialize(db, dirs.catalog, dataset_plan.catalog)
-            tree = self._tree(dirs.assets)
-            if not (isinstance(tree, S3Tree) and dataset_plan.catalog.unpack_pending):
+            catalog = dataset_plan.catalog
+            if not catalog.unpack_pending:
                 return self._execute(db, dataset_plan, prune)
-            # The catalog's files go up while the assets transfer: neither waits on the other.
+            # The catalog's own files are written (an object store's then go up) while the
+            # assets transfer: neither waits on the other (10,000 assets of 2,500 items: 0.28 s
+            # of a 2.1 s apply went to the catalog's files before the first asset).
+            stop = threading.Event()
+            tree = self._tree(dirs.assets)
             with ThreadPoolExecutor(max_workers=1) as pool:  # waits for it, error or not
-                published = pool.submit(_publish_catalog, tree, dirs.catalog)
-                result = self._execute(db, dataset_plan, prune)
-                published.result()
-                return result
+                written = pool.submit(self._write_catalog, tree, dirs.catalog, catalog, stop)
+                try:
+                    try:
+                        result = self._execute(db, dataset_plan, prune)
+                    except DownloadFailed:  # the run did end: its catalog is still wanted
+                        self._catalog_written(db, catalog, written.result())
+                        raise
+                    self._catalog_written(db, catalog, written.result())
+                    return result
+                except BaseException:  # a stop, or an error: the catalog's writer stops too
+                    stop.set()
+                    raise
+
+    def _write_catalog(
+        self, tree: Tree, catalog_dir: Path, catalog: CatalogStatus, stop: threading.Event
+    ) -> bool:
+        """The catalog's own files into ``catalog_dir`` and, for an object store, its bucket;
+        False when ``stop`` ended it first. Runs beside the transfers: no database here."""
+        if not self.source.materialize(catalog_dir, catalog, stop=stop):
+            return False
+        if isinstance(tree, S3Tree):
+            _publish_catalog(tree, catalog_dir)
+        return True
+
+    def _catalog_written(self, db: AssetDB, catalog: CatalogStatus, complete: bool) -> None:
+        if complete:
+            self.source.mark_materialized(db, catalog)
 
     # --- object store -----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ deterministic order, so an item changed upstream changes the sha256 and ``--froz
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,7 @@ class CatalogStatus:
     """STAC documents (catalogs, collections, items, pages) that make up the content."""
     unpack_pending: bool = False
     """The catalog's own files in the dataset directory are missing or of other content:
-    apply writes them (:meth:`CatalogSource.materialize`) before any asset."""
+    apply writes them (:meth:`CatalogSource.materialize`) while the assets transfer."""
     declared_asset_keys: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Per collection, the asset keys its items may have beyond those of the items resolved
     (a STAC API collection's ``item_assets``): a filter key among them is no typo."""
@@ -147,9 +148,18 @@ class CatalogSource(Protocol):
         content."""
         ...
 
-    def materialize(self, db: AssetDB, dataset_dir: Path, status: CatalogStatus) -> None:
+    def materialize(
+        self, dataset_dir: Path, status: CatalogStatus, *, stop: threading.Event | None = None
+    ) -> bool:
         """Write the catalog's own files into ``dataset_dir`` if ``status.unpack_pending``
-        (apply only: a plan changes no file of the tree)."""
+        (apply only: a plan changes no file of the tree). No database is touched, so apply
+        runs this beside the transfers. True when the files are in place; False when ``stop``
+        ended it first (the next apply writes them again)."""
+        ...
+
+    def mark_materialized(self, db: AssetDB, status: CatalogStatus) -> None:
+        """Record that :meth:`materialize` put ``status``'s files in place (on the thread
+        that owns ``db``), so the next apply does not write them again."""
         ...
 
 
@@ -166,8 +176,14 @@ class Notifying:
 class NoCatalogFiles:
     """For sources whose catalog lives only in the database (and their document cache)."""
 
-    def materialize(self, db: AssetDB, dataset_dir: Path, status: CatalogStatus) -> None:
+    def materialize(
+        self, dataset_dir: Path, status: CatalogStatus, *, stop: threading.Event | None = None
+    ) -> bool:
         """Nothing to write: a STAC source keeps no copy of the catalog in the tree."""
+        return True
+
+    def mark_materialized(self, db: AssetDB, status: CatalogStatus) -> None:
+        """Nothing to record."""
 
 
 class ProblemNotices:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -112,24 +113,31 @@ class MLHubSource(Notifying):
             return True
         return db.get_meta(META_EXTRACTED_SHA) != status.sha256
 
-    def materialize(self, db: AssetDB, dataset_dir: Path, status: CatalogStatus) -> None:
+    def materialize(
+        self, dataset_dir: Path, status: CatalogStatus, *, stop: threading.Event | None = None
+    ) -> bool:
         """Extract the archive into the dataset directory when :meth:`refresh` said it must.
 
         Apply does this, not plan: a plan of a million-asset catalog indexes it without
         creating its 250,000 folders and files.
         """
         if not status.unpack_pending:
-            return
+            return True
         assert status.archive is not None
         with Task(self.sink, self.target.name, "unarchive stac catalog", None, "items") as task:
-            archive_mod.extract_catalog(
+            stats = archive_mod.extract_catalog(
                 status.archive,
                 self.target.output_dir,
                 status.dataset_id,
                 progress=_advance_to(task),
+                stop=stop,
             )
-        db.set_meta(META_EXTRACTED_SHA, status.sha256)
-        db.commit()
+        return not stats.stopped
+
+    def mark_materialized(self, db: AssetDB, status: CatalogStatus) -> None:
+        if status.unpack_pending:
+            db.set_meta(META_EXTRACTED_SHA, status.sha256)
+            db.commit()
 
     # --- the archive ----------------------------------------------------------------------
 
