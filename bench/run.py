@@ -1569,8 +1569,9 @@ def print_report(results: dict[str, Any], targets: list[dict[str, Any]], notes: 
                 )
         if unpack := res.get("unpack"):
             say(
-                f"  catalog unpack (apply's first step, in-process, when the synced tree was "
-                f"built): {unpack['files']:,} files in {unpack['seconds']:.1f} s"
+                "  catalog unpack (apply does it beside its transfers; timed in-process when "
+                f"the synced tree was built): {unpack['files']:,} files in "
+                f"{unpack['seconds']:.1f} s"
             )
         if s["failed_runs"]:
             say(f"  !! {s['failed_runs']} run(s) failed; see the JSON and bench/work/logs/")
