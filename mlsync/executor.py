@@ -367,6 +367,7 @@ class Executor:
             stop=self.stop,
             sleep=self._pause,
             fresh=action.kind is not ActionKind.RESUME,  # the planner saw no part to resume
+            write_behind=client is None,  # libcurl's one thread receives for every file
         )
         if action.kind is ActionKind.REPLACE:
             try:

@@ -7,6 +7,8 @@ resumes from the part's length with a ``Range`` request, and starts over when th
 ignores the range or the file's size changed. The total length is checked against the
 response and the catalog (and the ``file:checksum`` when the catalog gives one, hashed as the
 bytes are written) before the tree commits the part under the file's name (an atomic rename).
+Under libcurl's loop a large body is written behind, on a :class:`BodyThread`, and the attempt
+waits for it before any check.
 
 A resume must never splice two versions of a file. Within a run, retries send ``If-Range``
 with the ETag (or Last-Modified) of the first response, so a file that changed in between
@@ -25,9 +27,11 @@ import hashlib
 import logging
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from mlsync.errors import LocalWriteError, TransferError
 from mlsync.hub.http import (
@@ -50,6 +54,13 @@ log = logging.getLogger("mlsync.http")
 """Retries are logged as :meth:`RetryPolicy.retrying` logs them (one logger for both)."""
 
 CHUNK_SIZE = 1 << 20
+BODY_THREAD_BYTES: Final = 4 << 20
+"""A body at least this long is written and hashed on a thread of its own
+(:class:`BodyThread`); a smaller one costs less inline than a thread's start."""
+BODY_BATCH_BYTES: Final = 1 << 20
+"""How many bytes of chunks a :class:`BodyThread` takes at a time."""
+BODY_BACKLOG_BYTES: Final = 8 << 20
+"""How far a :class:`BodyThread` may fall behind the receiving before the receiver waits."""
 PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 406, 410, 451})
 
 _MULTIHASH = {"12": ("sha256", 32), "13": ("sha512", 64), "11": ("sha1", 20), "d5": ("md5", 16)}
@@ -95,6 +106,119 @@ def parse_checksum(checksum: str | None) -> tuple[str, str] | None:
     return name, digest
 
 
+class BodyThread:
+    """Writes and hashes one large body's chunks, in order, on a thread of its own.
+
+    Why: libcurl's loop receives every connection's bytes on one thread. Writing each chunk
+    to the part and hashing it there (sha256: ~0.6 ms of CPU per MiB) kept that thread from
+    its sockets while the other core idled. The write and hashlib release the GIL on large
+    buffers, so here they run beside the receiving. Chunks (libcurl's are 16 KiB) are handed
+    over in batches of :data:`BODY_BATCH_BYTES`: a hand-over per chunk cost more CPU in
+    wake-ups than the work it moved. The receiver waits when the backlog passes
+    :data:`BODY_BACKLOG_BYTES`, so memory stays bounded when the disk is the slower side.
+    The batch is joined here, not on the receiving thread: copying the chunks into reused
+    buffers as they came measured slower (40 x 64 MiB: 4.5 s against 3.2 s, median of three
+    interleaved runs) for 30 MB less peak RSS.
+
+    A failed write (a full disk) is raised by the next :meth:`add` or by :meth:`finish`; the
+    part then holds what was written before it, as after an inline failure."""
+
+    def __init__(
+        self,
+        part: PartWriter,
+        hashes: tuple[hashlib._Hash, ...],
+        *,
+        stamp: float | None,
+        on_bytes: Callable[[int], None],
+        describe: Callable[[], Path],
+    ) -> None:
+        self._part, self._hashes, self._stamp = part, hashes, stamp
+        self._on_bytes, self._describe = on_bytes, describe
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._batches: deque[list[bytes]] = deque()
+        self._backlog = 0
+        self._closed = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="mlsync-body", daemon=True)
+        self._thread.start()
+
+    def add(self, chunk: bytes) -> None:
+        """Take a chunk (handed over with the batch it completes)."""
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= BODY_BATCH_BYTES:
+            self._hand_over()
+
+    def finish(self) -> None:
+        """Wait until every chunk taken is written and hashed."""
+        if self._batch:
+            self._hand_over()
+        self._close(cancel=False)
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        """Drop the chunks not written yet and end the thread (the part keeps what was)."""
+        self._batch, self._batch_bytes = [], 0
+        self._close(cancel=True)
+
+    def _hand_over(self) -> None:
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        with self._changed:
+            while self._backlog >= BODY_BACKLOG_BYTES and self._error is None:
+                self._changed.wait()
+            if self._error is not None:
+                raise self._error
+            self._batches.append(batch)
+            self._backlog += size
+            self._changed.notify_all()
+
+    def _close(self, *, cancel: bool) -> None:
+        with self._changed:
+            self._closed = True
+            if cancel:
+                self._batches.clear()
+            self._changed.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        changed, batches = self._changed, self._batches
+        while True:
+            with changed:
+                while not batches and not self._closed:
+                    changed.wait()
+                if not batches:
+                    return
+                batch = batches.popleft()
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            try:
+                self._write(data)
+            except BaseException as exc:
+                with changed:
+                    self._error = exc
+                    batches.clear()
+                    changed.notify_all()
+                return
+            with changed:
+                self._backlog -= len(data)
+                changed.notify_all()
+
+    def _write(self, data: bytes) -> None:
+        part = self._part
+        try:
+            part.write(data)
+            for digest in self._hashes:
+                digest.update(data)
+            self._on_bytes(len(data))
+            if self._stamp is not None:
+                part.set_stamp(self._stamp)
+        except OSError as exc:
+            raise LocalWriteError.from_os_error(exc, self._describe()) from None
+
+
 class FileTransfer:
     """Downloads one file; ``run`` retries per ``policy`` and returns what was written."""
 
@@ -114,6 +238,7 @@ class FileTransfer:
         fresh: bool = False,
         tree: Tree | None = None,
         replacing: FileFacts | None = None,
+        write_behind: bool = False,
     ) -> None:
         """``tree``: the output tree the file goes to, ``dest`` then being its rel_path.
         Without it, ``dest`` is a local path, in a local tree at ``root`` (folders are made
@@ -122,7 +247,11 @@ class FileTransfer:
 
         ``fresh``: the caller has just seen that there is no part (the planner looked), so
         the first attempt starts from zero without looking again; a part that appeared all
-        the same is truncated, never spliced."""
+        the same is truncated, never spliced.
+
+        ``write_behind``: a body of :data:`BODY_THREAD_BYTES` or more is written and hashed on
+        a thread of its own (:class:`BodyThread`), for a caller whose one thread receives
+        every file's bytes (libcurl's loop). A thread per transfer has nothing to gain."""
         self.open_response = open_response
         if tree is not None:
             self.tree, self.rel_path = tree, str(dest)
@@ -159,6 +288,9 @@ class FileTransfer:
         self._sha256 = hashlib.sha256()
         """The part's sha256 so far, recorded with the file (the catalog's checksum digest
         itself when that is a sha256)."""
+        self._write_behind = write_behind
+        self._body_thread: BodyThread | None = None
+        """Writes and hashes a large body during an attempt (None: done inline, per chunk)."""
         self._offset = 0
         """The attempt's byte offset (after the checks of the response: where its body goes)."""
         self._prefix: Iterator[bytes] | None = None
@@ -322,6 +454,15 @@ class FileTransfer:
                 self._part.truncate(offset)
             except OSError as exc:
                 raise LocalWriteError.from_os_error(exc, self.part) from None
+        if self._write_behind and total - offset >= BODY_THREAD_BYTES:
+            assert self._part is not None
+            self._body_thread = BodyThread(
+                self._part,
+                self._hashes(),
+                stamp=self._stamp,
+                on_bytes=self.on_bytes,
+                describe=lambda: self.part,
+            )
         return True
 
     def on_chunk(self, chunk: bytes) -> None:
@@ -329,6 +470,10 @@ class FileTransfer:
         stamped with the response's Last-Modified after each chunk."""
         if self.stop.is_set():
             raise TransferStopped()
+        if self._body_thread is not None:
+            self._body_thread.add(chunk)
+            self._received += len(chunk)
+            return
         part = self._part
         assert part is not None
         try:
@@ -349,6 +494,9 @@ class FileTransfer:
             return
         part = self._part
         assert part is not None
+        body_thread, self._body_thread = self._body_thread, None
+        if body_thread is not None:
+            body_thread.finish()
         written = part.facts().size
         received = self._received
         if total >= 0 and received < total:
@@ -359,7 +507,9 @@ class FileTransfer:
         self._verify(written)
 
     def close_attempt(self) -> None:
-        """Release the part's descriptor (the part itself stays)."""
+        """Release the part's descriptor (the part itself stays) and the attempt's body
+        thread (a failed attempt's hashes are started afresh by the next one)."""
+        self._stop_body_thread()
         if self._part is not None:
             self._part.close()
 
@@ -415,8 +565,19 @@ class FileTransfer:
         self.close_attempt()
         self._drop_empty_part()
 
+    def _stop_body_thread(self) -> None:
+        body_thread, self._body_thread = self._body_thread, None
+        if body_thread is not None:
+            body_thread.cancel()
+
+    def _hashes(self) -> tuple[hashlib._Hash, ...]:
+        if self._digest is not None and self._digest is not self._sha256:
+            return (self._digest, self._sha256)
+        return (self._sha256,)
+
     def _reset_hashes(self) -> None:
         """Fresh hashes for a part that starts over (one object when the catalog's is sha256)."""
+        self._stop_body_thread()
         self._digest = hashlib.new(self.checksum[0]) if self.checksum is not None else None
         sha256 = self.checksum is not None and self.checksum[0] == "sha256"
         self._sha256 = self._digest if sha256 and self._digest else hashlib.sha256()

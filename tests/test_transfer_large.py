@@ -2,17 +2,20 @@
 resumes, retries, stops and disk errors, served for real on 127.0.0.1 to the libcurl engine and
 through the ``open_response`` seam to the threaded path.
 
-Written for an attempt at writing and hashing large bodies on a worker thread (measured slower:
-see the commit that removed it); they guard whichever path a large body takes.
+The engine's transfers write behind (as the executor makes them): a large body is written and
+hashed on a :class:`~mlsync.transfer.BodyThread`, so these tests guard that path; the threaded
+path writes inline.
 """
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import hashlib
 import http.server
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,12 +24,20 @@ import pytest
 from mlsync.errors import LocalWriteError, TransferError
 from mlsync.hub.curl import CurlEngine, Job
 from mlsync.hub.http import RetryPolicy
-from mlsync.transfer import FileTransfer, TransferStopped
-from mlsync.tree.local import LocalPart
+from mlsync.transfer import (
+    BODY_BACKLOG_BYTES,
+    BODY_BATCH_BYTES,
+    BODY_THREAD_BYTES,
+    BodyThread,
+    FileTransfer,
+    TransferStopped,
+)
+from mlsync.tree.local import LocalPart, LocalTree
 from tests.test_transfer import response
 
-LARGE_BYTES = 4 << 20
-"""A body several times this long is large (the worker thread took over at this size)."""
+LARGE_BYTES = BODY_THREAD_BYTES
+"""A body several times this long is large (written behind, on a thread of its own)."""
+LAST_MODIFIED = "Mon, 02 Nov 2026 10:00:00 GMT"
 
 BIG = os.urandom(3 * LARGE_BYTES + 12345)
 BIG_SHA = hashlib.sha256(BIG).hexdigest()
@@ -53,7 +64,7 @@ class _Big(http.server.BaseHTTPRequestHandler):
         if start:
             self.send_header("Content-Range", f"bytes {start}-{len(BIG) - 1}/{len(BIG)}")
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Last-Modified", "Mon, 02 Nov 2026 10:00:00 GMT")
+        self.send_header("Last-Modified", LAST_MODIFIED)
         self.end_headers()
         if self.truncate:
             self.truncate.pop()
@@ -81,7 +92,7 @@ def big_server() -> Iterator[tuple[str, list[str], list[int]]]:
 def _engine_fetch(
     url: str, dest: Path, **kw: object
 ) -> tuple[FileTransfer, list[BaseException | None]]:
-    transfer = FileTransfer(_unused, dest, label="big", policy=FAST, **kw)  # type: ignore[arg-type]
+    transfer = FileTransfer(_unused, dest, label="big", policy=FAST, write_behind=True, **kw)  # type: ignore[arg-type]
     jobs = iter([Job(url, transfer)])
     results: list[BaseException | None] = []
     CurlEngine(connections=1).run(lambda: next(jobs, None), lambda _j, e: results.append(e))
@@ -148,25 +159,150 @@ def test_engine_a_stop_keeps_a_part_that_is_a_prefix_of_the_file(
     url, _seen, _truncate = big_server
     dest = tmp_path / "out" / "big.bin"
     stop = threading.Event()
-    transfer = FileTransfer(_unused, dest, label="big", policy=FAST, stop=stop)  # type: ignore[arg-type]
+    transfer = FileTransfer(_unused, dest, label="big", policy=FAST, stop=stop, write_behind=True)  # type: ignore[arg-type]
     received = 0
+    on_chunk = transfer.on_chunk
 
-    def on_bytes(n: int) -> None:
+    def receiving(chunk: bytes) -> None:  # a stop while the body comes in (Ctrl-C, say)
         nonlocal received
-        received += n
+        received += len(chunk)
         if received >= 2 * LARGE_BYTES:
             stop.set()
+        on_chunk(chunk)
 
-    transfer.on_bytes = on_bytes
+    transfer.on_chunk = receiving  # type: ignore[method-assign]
     jobs = iter([Job(url, transfer)])
     results: list[BaseException | None] = []
     CurlEngine(connections=1, stop=stop).run(
         lambda: next(jobs, None), lambda _j, e: results.append(e)
     )
-    assert all(isinstance(error, TransferStopped) for error in results)
+    assert results and all(isinstance(error, TransferStopped) for error in results)
     kept = Path(f"{dest}.part").read_bytes()
     assert 0 < len(kept) < len(BIG) and BIG.startswith(kept)
     assert not dest.exists()
+    # no checksum guards this part: it carries the Last-Modified its bytes were cut from
+    stamp = email.utils.parsedate_to_datetime(LAST_MODIFIED).timestamp()
+    assert Path(f"{dest}.part").stat().st_mtime == stamp
+
+
+def test_engine_a_large_body_is_written_behind_in_batches_and_a_small_one_inline(
+    big_server: tuple[str, list[str], list[int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, _seen, _truncate = big_server
+    write = LocalPart.write
+    writes: list[tuple[str, int]] = []
+
+    def recording(self: LocalPart, chunk: bytes) -> None:
+        writes.append((threading.current_thread().name, len(chunk)))
+        write(self, chunk)
+
+    monkeypatch.setattr(LocalPart, "write", recording)
+    engine_thread = threading.current_thread().name
+    dest = tmp_path / "out" / "big.bin"
+    transfer, results = _engine_fetch(url, dest, checksum=CHECKSUM, expected_size=len(BIG))
+    assert results == [None] and transfer.finish().sha256 == BIG_SHA
+    assert {name for name, _ in writes} == {"mlsync-body"}
+    assert all(size >= BODY_BATCH_BYTES for _, size in writes[:-1])
+    assert sum(size for _, size in writes) == len(BIG) and dest.read_bytes() == BIG
+
+    writes.clear()
+    small = tmp_path / "out" / "small.bin"
+    small.parent.mkdir(exist_ok=True)
+    small.with_name("small.bin.part").write_bytes(BIG[: len(BIG) - BODY_THREAD_BYTES + 1])
+    transfer, results = _engine_fetch(url, small, checksum=CHECKSUM)  # the rest: < 4 MiB
+    assert results == [None] and transfer.finish().sha256 == BIG_SHA
+    assert writes and {name for name, _ in writes} == {engine_thread}
+
+
+class _GatedPart:
+    """A part whose writes wait for ``gate``: the disk is the slower side."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> None:
+        self.gate.wait()
+        self.data += chunk
+
+    def set_stamp(self, seconds: float) -> None:
+        raise AssertionError("no stamp was asked for")
+
+
+def test_a_body_thread_holds_the_receiver_when_its_backlog_is_full() -> None:
+    part = _GatedPart()
+    digest = hashlib.sha256()
+    written: list[int] = []
+    body = BodyThread(
+        part,  # type: ignore[arg-type]
+        (digest,),
+        stamp=None,
+        on_bytes=written.append,
+        describe=lambda: Path("big.bin.part"),
+    )
+    chunk = os.urandom(16 << 10)
+    taken = 0
+    done = threading.Event()
+
+    def receive() -> None:
+        nonlocal taken
+        for _ in range(4 * BODY_BACKLOG_BYTES // len(chunk)):
+            body.add(chunk)
+            taken += len(chunk)
+        done.set()
+
+    threading.Thread(target=receive, daemon=True).start()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and taken < BODY_BACKLOG_BYTES:
+        time.sleep(0.01)
+    time.sleep(0.2)  # had the receiver not been held, it would have taken everything by now
+    held = taken
+    assert not done.is_set()
+    # the batch being written, the backlog, and the batch being gathered
+    assert BODY_BACKLOG_BYTES <= held <= BODY_BACKLOG_BYTES + 3 * BODY_BATCH_BYTES
+    part.gate.set()
+    assert done.wait(10)
+    body.finish()
+    expected = chunk * (4 * BODY_BACKLOG_BYTES // len(chunk))
+    assert bytes(part.data) == expected and sum(written) == len(expected)
+    assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+def test_a_body_thread_raises_a_full_disk_at_the_next_hand_over_and_keeps_a_prefix(
+    tmp_path: Path,
+) -> None:
+    part = LocalTree(tmp_path).open_part("big.bin", resume=False)
+    write = part.write
+    failing = threading.Event()
+
+    def filling(chunk: bytes) -> None:
+        if failing.is_set():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(chunk)
+
+    part.write = filling  # type: ignore[method-assign]
+    body = BodyThread(
+        part,
+        (hashlib.sha256(),),
+        stamp=None,
+        on_bytes=lambda _n: None,
+        describe=lambda: tmp_path / "big.bin.part",
+    )
+    block = BIG[:BODY_BATCH_BYTES]
+    body.add(block)  # a batch: handed over and written
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and part.facts().size < len(block):
+        time.sleep(0.01)
+    failing.set()
+    with pytest.raises(LocalWriteError, match="No space left"):
+        for _ in range(64):  # the failure comes back on a later hand-over (or the finish)
+            body.add(block)
+        body.finish()
+    body.cancel()
+    part.close()
+    assert (tmp_path / "big.bin.part").read_bytes() == block
 
 
 def test_engine_a_full_disk_during_a_large_body_is_one_local_write_error(
