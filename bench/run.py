@@ -861,6 +861,11 @@ class Bench:
             order = tools[(rep - 1) % len(tools) :] + tools[: (rep - 1) % len(tools)]
             for tool in order:
                 folder = case_dir / f"{tool}-r{rep}"
+                # Each tool starts with nothing left to write back: none pays for the one
+                # before it (on (b), 2.5 GiB of dirty pages). It did not remove every outlier:
+                # on this VM a run after the kept trees of the last round can take twice as
+                # long whichever tool it is (bench/README.md, "noise").
+                os.sync()
                 if tool == "mlsync":
                     run = self.run_mlsync_apply(servers, case, folder, "fresh", rep)
                 elif tool == "reference":
