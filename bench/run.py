@@ -64,6 +64,8 @@ API_KEY = "mlsync-bench-key"
 """The hub is started with this key, so both clients authenticate as they would for real."""
 REFERENCE_SPEC = "radiant-mlhub==0.5.5"
 LOOPBACK_PARALLEL = 16
+WARM_PAGES_MIN_BYTES = 256 << 20
+"""A case writing this much gets :func:`warm_pages` before each fresh run."""
 CURL_Z_PARALLEL = 6
 """The ``curl -Z --parallel-max 6`` peer of (a), issue 14's yardstick for small files."""
 SEED = 0
@@ -422,6 +424,23 @@ http {{
     }}
 }}
 """
+
+
+def warm_pages(folder: Path, size: int) -> None:
+    """Write ``size`` bytes to a scratch file and delete it, so that the next run's page cache
+    gets memory the guest has just touched.
+
+    Why: on a VM whose balloon reports free pages back to the host, memory left free for
+    ~15 s is slow to touch again. Measured here, ``dd`` of 2.5 GiB: 0.5-0.9 s right after the
+    same write, 3.9-4.0 s after 15 or 60 s idle. On (b) the run after the reference's 25 s
+    run paid that, whichever tool it was (curl: 7.7 s against 2.4-3.0 s)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = folder / "warm-pages"
+    block = bytes(1 << 20)
+    with open(scratch, "wb", buffering=0) as handle:
+        for _ in range(size // len(block) + 1):
+            handle.write(block)
+    scratch.unlink()  # dirty pages of a deleted file are dropped, never written back
 
 
 def find_nginx() -> str | None:
@@ -861,11 +880,11 @@ class Bench:
             order = tools[(rep - 1) % len(tools) :] + tools[: (rep - 1) % len(tools)]
             for tool in order:
                 folder = case_dir / f"{tool}-r{rep}"
-                # Each tool starts with nothing left to write back: none pays for the one
-                # before it (on (b), 2.5 GiB of dirty pages). It did not remove every outlier:
-                # on this VM a run after the kept trees of the last round can take twice as
-                # long whichever tool it is (bench/README.md, "noise").
+                # Each tool starts with nothing left to write back (none pays for the one
+                # before it) and with as much freshly touched memory as it will write.
                 os.sync()
+                if case.total_bytes >= WARM_PAGES_MIN_BYTES:
+                    warm_pages(case_dir, case.total_bytes)
                 if tool == "mlsync":
                     run = self.run_mlsync_apply(servers, case, folder, "fresh", rep)
                 elif tool == "reference":
