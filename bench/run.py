@@ -49,6 +49,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from requires import mlsync_or_exit
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 WORK = BENCH_DIR / "work"
@@ -842,7 +844,12 @@ class Bench:
                 f"nginx ({nginx.version.removeprefix('nginx version: ')}) at {nginx.base_url}"
             )
         else:
-            why = "--skip-nginx" if self.args.skip_nginx else "nginx is not installed"
+            why = (
+                "--skip-nginx"
+                if self.args.skip_nginx
+                else "nginx is not installed (apt-get install nginx-light): ratios against "
+                "curl are not comparable with runs served by nginx"
+            )
             served_by = f"the local hub itself ({why})"
             self.notes.append(f"case {case.key}: assets served by the local hub ({why})")
         hub = start_hub(stack, root, nginx.base_url if nginx else None, self.logs)
@@ -1779,6 +1786,7 @@ def _sigterm(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    mlsync_or_exit("make bench")
     signal.signal(signal.SIGTERM, _sigterm)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     WORK.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from requires import mlsync_or_exit
+
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / "work" / "shards"
 WORKERS_PER_SHARD = 4
@@ -149,6 +151,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the assets")
     args = parser.parse_args()
+    mlsync_or_exit("make bench-shards")
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []
     for case in cases(args.quick):

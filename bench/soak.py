@@ -61,10 +61,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlsync
-from mlsync.localhub import FaultConfig, make_sample, running_hub
-from mlsync.localhub.faults import KINDS
-from mlsync.localhub.server import RunningHub
+from requires import mlsync_or_exit
+
+mlsync_or_exit("make soak")
+
+import mlsync  # noqa: E402  (these four after the check above)
+from mlsync.localhub import FaultConfig, make_sample, running_hub  # noqa: E402
+from mlsync.localhub.faults import KINDS  # noqa: E402
+from mlsync.localhub.server import RunningHub  # noqa: E402
 
 DATASET = "soak_v1"
 SMALL_ASSET_SIZE = 16 * 1024
