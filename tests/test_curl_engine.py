@@ -242,9 +242,9 @@ def test_both_engines_heal_transient_faults_to_an_identical_tree(
     if engine == "threads":
         monkeypatch.setenv(ENGINE_ENV, "threads")
     # The seed fixes the faults' sequence, not which request gets each: that follows the
-    # order of requests, which parallel connections vary. With a quarter of requests faulted,
-    # FAST's 4 attempts left one of the 49 assets faulted every time in about one run of six
-    # (seen in CI); 8 attempts make that about one in 1,300.
+    # order of requests, which parallel connections vary. With a quarter of requests faulted
+    # and FAST's 4 attempts, one of the 49 assets was faulted every time in a CI run; were the
+    # order random, that would happen in about one run of six. 8 attempts: one in 1,300.
     use_session_options(monkeypatch, retry=replace(FAST, attempts=8))
     faults = FaultConfig(rate_500=0.1, rate_truncate=0.1, rate_503=0.05, retry_after=0, seed=3)
     hub = hub_factory(faults=faults)
