@@ -6,8 +6,9 @@ was lost.
 
 A local hub (in this process) serves a generated dataset of ``--assets`` small assets
 (sources, labels and one documentation file every item shares), ``--big-files`` of which are
-enlarged to a few MiB, spread through the dataset, so that kills also leave ``.part`` files
-that are resumed with ``Range``. About ``--fault-rate`` of all requests (API, catalog archive
+enlarged to 3 or 5 MiB in turn, spread through the dataset, so that kills also leave ``.part``
+files that are resumed with ``Range`` (the 5 MiB ones written behind, on a thread of their
+own). About ``--fault-rate`` of all requests (API, catalog archive
 and assets) fail: 500, 503, 429, connection reset, body cut short of its Content-Length,
 stall, Range ignored; on top of that, a share of the asset responses serve another version of
 the file ("the file changed between two requests": same length, other bytes, other ETag and
@@ -70,10 +71,14 @@ import mlsync
 from mlsync.localhub import FaultConfig, make_sample, running_hub
 from mlsync.localhub.faults import KINDS
 from mlsync.localhub.server import RunningHub
+from mlsync.transfer import BODY_THREAD_BYTES
 
 DATASET = "soak_v1"
 SMALL_ASSET_SIZE = 16 * 1024
-BIG_ASSET_SIZE = 3 * 1024 * 1024 + 12_345  # > the 1 MiB transfer chunk: kills leave partial parts
+BIG_ASSET_SIZES = (3 * 1024 * 1024 + 12_345, BODY_THREAD_BYTES + 1024 * 1024 + 12_345)
+"""Every other big file of each size: both > the 1 MiB transfer chunk, so kills leave partial
+parts; the second also >= BODY_THREAD_BYTES, so libcurl's engine writes it behind, on a
+thread of its own (a kill may then cut a batch between its write and the part's stamp)."""
 BIG_KEY = "B02"
 ASSETS_PER_SMALL_ITEM = 5  # three bands, a label, the shared documentation
 COMMON_KEYS = frozenset({"documentation"})
@@ -212,9 +217,9 @@ def _asset_files(dataset_dir: Path) -> set[str]:
     }
 
 
-def _enlarge(root: Path, dataset: str, count: int, size: int, seed: int) -> None:
-    """Make the ``BIG_KEY`` file of ``count`` source items, spread evenly, ``size`` bytes long
-    (new random bytes; the item's ``file:size`` and ``file:checksum`` follow)."""
+def _enlarge(root: Path, dataset: str, count: int, sizes: tuple[int, ...], seed: int) -> None:
+    """Make the ``BIG_KEY`` file of ``count`` source items, spread evenly, ``sizes`` bytes
+    long in turn (new random bytes; the item's ``file:size`` and ``file:checksum`` follow)."""
     items = sorted((root / dataset / "catalog" / f"{dataset}_source").glob("*/*.json"))
     if count <= 0 or not items:
         return
@@ -224,6 +229,7 @@ def _enlarge(root: Path, dataset: str, count: int, size: int, seed: int) -> None
         item_json = items[int(n * step)]
         item = json.loads(item_json.read_text())
         asset = item["assets"][BIG_KEY]
+        size = sizes[n % len(sizes)]
         data = rng.randbytes(size)
         (item_json.parent / asset["href"]).resolve().write_bytes(data)
         asset["file:size"] = size
@@ -546,7 +552,7 @@ def run_soak(
         root, DATASET, items=items, assets_per_item=3, asset_size=SMALL_ASSET_SIZE, seed=seed,
         overwrite=True,
     )  # fmt: skip
-    _enlarge(root, DATASET, big_files, BIG_ASSET_SIZE, seed)
+    _enlarge(root, DATASET, big_files, BIG_ASSET_SIZES, seed)
     datasets = (DATASET,)
     manifest = workdir / "mlsync.yaml"
     manifest.write_text(f"version: 1\noutput_dir: out\ndatasets:\n  - id: {DATASET}\n")
@@ -559,7 +565,8 @@ def run_soak(
     log(
         f"soak: {result.assets:,} assets ({result.files:,} files, "
         f"{result.dataset_bytes / 1e6:,.1f} MB, {big_files} of them "
-        f"{BIG_ASSET_SIZE / 2**20:.1f} MiB); {kills} kills; {fault_rate:.0%} faults; seed {seed}"
+        f"{' or '.join(f'{size / 2**20:.1f}' for size in BIG_ASSET_SIZES)} MiB); {kills} kills; "
+        f"{fault_rate:.0%} faults; seed {seed}"
     )
     checker = Checker(root, output_dir, datasets)
     faults = FaultConfig(
