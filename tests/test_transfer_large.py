@@ -227,21 +227,18 @@ class _GatedPart:
         self.gate.wait()
         self.data += chunk
 
-    def set_stamp(self, seconds: float) -> None:
-        raise AssertionError("no stamp was asked for")
-
 
 def test_a_body_thread_holds_the_receiver_when_its_backlog_is_full() -> None:
     part = _GatedPart()
     digest = hashlib.sha256()
     written: list[int] = []
-    body = BodyThread(
-        part,  # type: ignore[arg-type]
-        (digest,),
-        stamp=None,
-        on_bytes=written.append,
-        describe=lambda: Path("big.bin.part"),
-    )
+
+    def write(block: bytes) -> None:
+        part.write(block)
+        digest.update(block)
+        written.append(len(block))
+
+    body = BodyThread(write)
     chunk = os.urandom(16 << 10)
     taken = 0
     done = threading.Event()
@@ -274,22 +271,15 @@ def test_a_body_thread_raises_a_full_disk_at_the_next_hand_over_and_keeps_a_pref
     tmp_path: Path,
 ) -> None:
     part = LocalTree(tmp_path).open_part("big.bin", resume=False)
-    write = part.write
     failing = threading.Event()
 
-    def filling(chunk: bytes) -> None:
+    def filling(block: bytes) -> None:  # as FileTransfer's block writer reports a full disk
         if failing.is_set():
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        write(chunk)
+            full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            raise LocalWriteError.from_os_error(full, tmp_path / "big.bin.part")
+        part.write(block)
 
-    part.write = filling  # type: ignore[method-assign]
-    body = BodyThread(
-        part,
-        (hashlib.sha256(),),
-        stamp=None,
-        on_bytes=lambda _n: None,
-        describe=lambda: tmp_path / "big.bin.part",
-    )
+    body = BodyThread(filling)
     block = BIG[:BODY_BATCH_BYTES]
     body.add(block)  # a batch: handed over and written
     deadline = time.monotonic() + 5
