@@ -356,7 +356,7 @@ class ObjectStore:
             raise self._error(exc, "write", rel) from None
         return str(answer["UploadId"])
 
-    def upload_part(self, rel: str, upload_id: str, number: int, data: bytes) -> str:
+    def upload_part(self, rel: str, upload_id: str, number: int, data: bytes | bytearray) -> str:
         try:
             answer = self._boto().upload_part(
                 Bucket=self.location.bucket,

@@ -47,7 +47,7 @@ def _write(tree: S3Tree, rel: str, body: bytes, *, resume: bool = False, replaci
             part.write(body[start : start + (1 << 20)])
     finally:
         part.close()  # as FileTransfer: the part is closed, then committed
-    return part, tree.commit(part, replacing=replacing)
+    return part, tree.commit(part, sha256=hashlib.sha256(body).hexdigest(), replacing=replacing)
 
 
 def test_small_object_is_one_put_with_sha256_metadata(s3_server, s3_bucket, monkeypatch, tmp_path):
@@ -96,7 +96,7 @@ def test_two_writers_of_different_bytes_cannot_both_win(
         part.write(bodies[name])
         barrier.wait()
         try:
-            results[name] = tree.commit(part)
+            results[name] = tree.commit(part, sha256=hashlib.sha256(bodies[name]).hexdigest())
         except ConditionFailed as exc:
             results[name] = exc
 
@@ -147,9 +147,37 @@ def test_large_object_goes_multipart_and_a_replacement_needs_the_seen_etag(
     assert store.get("big.tif") == new
 
 
+def test_chunks_across_part_boundaries_make_parts_of_exactly_part_size(
+    s3_server, s3_bucket, monkeypatch, tmp_path
+):
+    """A resume reuses a part only when the server has it at the recorded part size, so every
+    part but the last holds exactly ``part_size`` bytes, however the chunks fall."""
+    body = os.urandom(2 * PART + 1234)
+    store = _store(s3_server, s3_bucket, monkeypatch)
+    tree = _tree(store, tmp_path)
+    part = tree.open_part("odd.tif", resume=False)
+    chunk = 777_777  # neither divides nor is divided by the part size
+    for start in range(0, len(body), chunk):
+        part.write(body[start : start + chunk])
+    record = tree.journal.load("odd.tif")
+    assert record is not None
+    assert store.list_parts("odd.tif", record.upload_id) == {
+        1: (record.parts[0][0], PART),
+        2: (record.parts[1][0], PART),
+    }
+    assert [sha for _, sha in record.parts] == [
+        hashlib.sha256(body[:PART]).hexdigest(),
+        hashlib.sha256(body[PART : 2 * PART]).hexdigest(),
+    ]
+    part.close()
+    facts = tree.commit(part, sha256=hashlib.sha256(body).hexdigest())
+    assert part.parts_sent == 3 and facts.size == len(body)
+    assert store.get("odd.tif") == body
+
+
 _KILLED_WRITER = textwrap.dedent(
     """
-    import sys, time
+    import hashlib, sys, time
     from pathlib import Path
     from mlsync.objectstore import ObjectStore, S3Credentials, S3Location
     from mlsync.tree.s3 import S3Tree
@@ -164,7 +192,7 @@ _KILLED_WRITER = textwrap.dedent(
         part.write(body[start : start + (1 << 20)])
         if start >= 3 * int(part_size):
             time.sleep(1)  # a slow source: the test kills the writer here
-    tree.commit(part)
+    tree.commit(part, sha256=hashlib.sha256(body).hexdigest())
     """
 )
 

@@ -110,7 +110,7 @@ def test_a_part_is_never_visible_under_the_final_name_until_committed(tmp_path: 
     resumed.close()
     assert facts.size == len(DATA)
     assert not (tmp_path / "col" / "item" / "a.tif").exists()
-    committed = tree.commit(resumed)
+    committed = tree.commit(resumed, sha256=hashlib.sha256(DATA).hexdigest())
     assert committed == FileFacts(len(DATA), facts.mtime_ns)
     assert (tmp_path / "col" / "item" / "a.tif").read_bytes() == DATA
     assert tree.part_size("col/item/a.tif") is None

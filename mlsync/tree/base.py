@@ -191,14 +191,15 @@ class Tree(Protocol):
         ...
 
     def commit(
-        self, part: PartWriter, *, replacing: FileFacts | None = None, sha256: str | None = None
+        self, part: PartWriter, *, sha256: str, replacing: FileFacts | None = None
     ) -> FileFacts:
         """Make the part the file under its final name, atomically, and return its facts.
 
-        The caller has checked size and checksum. ``replacing``: the facts of the file being
-        replaced as recorded (an object store makes the commit conditional on its ETag).
-        ``sha256``: the hex sha256 of the bytes, when the caller computed it (an object store
-        stores it in the object's metadata instead of hashing every byte a second time)."""
+        The caller has checked size and checksum. ``sha256``: the hex sha256 of the bytes,
+        which the caller hashed as it wrote them (an object store keeps it in the object's
+        metadata; a part never hashes its bytes a second time). ``replacing``: the facts of
+        the file being replaced as recorded (an object store makes the commit conditional on
+        its ETag)."""
         ...
 
     def drop_part(self, rel_path: str, *, only_if_empty: bool = False) -> None:

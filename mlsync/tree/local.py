@@ -433,7 +433,7 @@ class LocalTree:
         return LocalPart(self, rel_path, self._base + rel_path + PART_SUFFIX, resume)
 
     def commit(
-        self, part: PartWriter, *, replacing: FileFacts | None = None, sha256: str | None = None
+        self, part: PartWriter, *, sha256: str, replacing: FileFacts | None = None
     ) -> FileFacts:
         """Rename the part over the final name (a rename keeps the size and mtime written)."""
         del replacing, sha256  # a local rename replaces whatever is there; no metadata
