@@ -23,7 +23,7 @@ import pytest
 
 from mlsync.errors import LocalWriteError, TransferError
 from mlsync.hub.curl import CurlEngine, Job
-from mlsync.hub.http import RetryPolicy
+from mlsync.hub.http import RetryPolicy, Timeouts
 from mlsync.transfer import (
     BODY_BACKLOG_BYTES,
     BODY_BATCH_BYTES,
@@ -163,12 +163,12 @@ def test_engine_a_stop_keeps_a_part_that_is_a_prefix_of_the_file(
     received = 0
     on_chunk = transfer.on_chunk
 
-    def receiving(chunk: bytes) -> None:  # a stop while the body comes in (Ctrl-C, say)
+    def receiving(chunk: bytes) -> bool:  # a stop while the body comes in (Ctrl-C, say)
         nonlocal received
         received += len(chunk)
         if received >= 2 * LARGE_BYTES:
             stop.set()
-        on_chunk(chunk)
+        return on_chunk(chunk)
 
     transfer.on_chunk = receiving  # type: ignore[method-assign]
     jobs = iter([Job(url, transfer)])
@@ -228,7 +228,7 @@ class _GatedPart:
         self.data += chunk
 
 
-def test_a_body_thread_holds_the_receiver_when_its_backlog_is_full() -> None:
+def test_a_body_thread_refuses_chunks_while_its_backlog_is_full_then_takes_them_again() -> None:
     part = _GatedPart()
     digest = hashlib.sha256()
     written: list[int] = []
@@ -240,31 +240,79 @@ def test_a_body_thread_holds_the_receiver_when_its_backlog_is_full() -> None:
 
     body = BodyThread(write)
     chunk = os.urandom(16 << 10)
+    count = 4 * BODY_BACKLOG_BYTES // len(chunk)
     taken = 0
-    done = threading.Event()
-
-    def receive() -> None:
-        nonlocal taken
-        for _ in range(4 * BODY_BACKLOG_BYTES // len(chunk)):
-            body.add(chunk)
-            taken += len(chunk)
-        done.set()
-
-    threading.Thread(target=receive, daemon=True).start()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and taken < BODY_BACKLOG_BYTES:
-        time.sleep(0.01)
-    time.sleep(0.2)  # had the receiver not been held, it would have taken everything by now
-    held = taken
-    assert not done.is_set()
+    while taken < count and body.add(chunk):  # the writer is held: the backlog fills
+        taken += 1
+    assert taken < count and not body.ready()
     # the batch being written, the backlog, and the batch being gathered
-    assert BODY_BACKLOG_BYTES <= held <= BODY_BACKLOG_BYTES + 3 * BODY_BATCH_BYTES
+    assert BODY_BACKLOG_BYTES <= taken * len(chunk) <= BODY_BACKLOG_BYTES + 3 * BODY_BATCH_BYTES
+    assert not body.add(chunk)  # refused again, and nothing taken
     part.gate.set()
-    assert done.wait(10)
+    deadline = time.monotonic() + 10
+    while taken < count and time.monotonic() < deadline:
+        if body.add(chunk):
+            taken += 1
+        else:
+            time.sleep(0.001)
+    assert taken == count
     body.finish()
-    expected = chunk * (4 * BODY_BACKLOG_BYTES // len(chunk))
+    expected = chunk * count
     assert bytes(part.data) == expected and sum(written) == len(expected)
     assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
+
+
+def test_engine_a_writer_that_falls_behind_pauses_its_transfer_only(
+    big_server: tuple[str, list[str], list[int]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One file's writes stall (a parallel filesystem's busy server, say): that transfer
+    pauses while the other connections go on, and the pause is not taken for a stall of the
+    server's."""
+    url, seen, _truncate = big_server
+    write = LocalPart.write
+    gate = threading.Event()
+    done: dict[str, float] = {}
+
+    def slow_for_one(self: LocalPart, chunk: bytes) -> None:
+        if os.path.basename(self.path).startswith("slow"):
+            gate.wait()
+        write(self, chunk)
+
+    monkeypatch.setattr(LocalPart, "write", slow_for_one)
+    safety = threading.Timer(10, gate.set)  # had the loop waited for the slow writer
+    safety.start()
+    transfers = {
+        name: FileTransfer(
+            _unused,  # type: ignore[arg-type]
+            tmp_path / "out" / name,
+            label=name,
+            policy=FAST,
+            checksum=CHECKSUM,
+            write_behind=True,
+        )
+        for name in ("slow.bin", "fast.bin")
+    }
+    jobs = iter([Job(f"{url}?{name}", transfer, name) for name, transfer in transfers.items()])
+    results: list[BaseException | None] = []
+
+    def finished(job: Job, error: BaseException | None) -> None:
+        done[job.tag] = time.monotonic()
+        results.append(error)
+        if job.tag == "fast.bin":  # held past the stall limit below, then let go
+            threading.Timer(1.5, gate.set).start()
+
+    engine = CurlEngine(connections=2, timeouts=Timeouts(speed_time=0.5, read=0.5))
+    engine.run(lambda: next(jobs, None), finished)
+    gate.set()
+    safety.cancel()
+    assert results == [None, None] and list(done) == ["fast.bin", "slow.bin"]
+    assert done["slow.bin"] - done["fast.bin"] >= 1.4
+    assert len(seen) == 2  # one request each: the paused body was never cut
+    for name, transfer in transfers.items():
+        assert transfer.finish().sha256 == BIG_SHA
+        assert (tmp_path / "out" / name).read_bytes() == BIG
 
 
 def test_a_body_thread_raises_a_full_disk_at_the_next_hand_over_and_keeps_a_prefix(

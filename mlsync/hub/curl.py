@@ -60,6 +60,9 @@ TICK_SECONDS: Final = 0.1
 """How often the first-byte deadlines and the low-speed limit are checked."""
 WAIT_SECONDS: Final = 0.05
 """The longest the loop waits on its sockets: how soon it sees a stop."""
+PAUSED_WAIT_SECONDS: Final = 0.002
+"""The longest the loop waits while a transfer is paused for its writer: how soon it goes on
+(a writer that catches up cannot wake the loop's ``select``)."""
 BUFFER_BYTES: Final = 1 << 20
 """libcurl's receive buffer per connection: a large file's body comes in chunks this big."""
 _BASE_HEADERS: Final = [f"{k}: {v}" for k, v in transfer_headers(0, None).items()]
@@ -76,7 +79,8 @@ class Download(Protocol):
     def on_response(
         self, status: int, reason: str | None, url: str, headers: Mapping[str, str]
     ) -> bool: ...
-    def on_chunk(self, chunk: bytes) -> None: ...
+    def on_chunk(self, chunk: bytes) -> bool: ...
+    def can_take(self) -> bool: ...
     def end_attempt(self) -> None: ...
     def close_attempt(self) -> None: ...
     def next_wait(self, exc: BaseException) -> float: ...
@@ -123,6 +127,8 @@ class _Slot:
         "headers",
         "job",
         "last_data",
+        "paused",
+        "paused_slots",
         "proxy",
         "reasks",
         "reason",
@@ -135,8 +141,10 @@ class _Slot:
         "window_start",
     )
 
-    def __init__(self, easy: pycurl.Curl) -> None:
+    def __init__(self, easy: pycurl.Curl, paused_slots: list[_Slot]) -> None:
         self.easy = easy
+        self.paused_slots = paused_slots
+        """The engine's list of slots paused for their writer (this one joins it)."""
         self.job: Job | None = None
         self.sent_headers: list[str] | None = None
         self.proxy = ""
@@ -161,6 +169,7 @@ class _Slot:
         """When the last bytes of the response came (the body stalls after nothing for
         ``min(read, speed_time)``, the threaded client's socket timeout)."""
         self.reasks = 0
+        self.paused = False
 
     def header(self, line: bytes) -> None:
         if self.first_byte is None:
@@ -195,14 +204,18 @@ class _Slot:
         return True
 
     def write(self, chunk: bytes) -> int | None:
-        """A chunk of the body; 0 makes libcurl abort the transfer (the error is kept)."""
+        """A chunk of the body; 0 makes libcurl abort the transfer (the error is kept), and
+        a pause keeps the chunk in libcurl until the loop resumes this transfer."""
         if not self.answered and not self.answer():
             return 0
         if not self.body:
             return None  # the part already holds the file: this body is not its bytes
         assert self.job is not None
         try:
-            self.job.download.on_chunk(chunk)
+            if not self.job.download.on_chunk(chunk):
+                self.paused = True
+                self.paused_slots.append(self)
+                return pycurl.WRITEFUNC_PAUSE  # type: ignore[no-any-return]
         except BaseException as exc:
             self.error = exc
             return 0
@@ -239,6 +252,7 @@ class CurlEngine:
         self._free: list[_Slot] = []
         self._ready: deque[Job] = deque()
         self._timers: list[tuple[float, int, Job]] = []
+        self._paused: list[_Slot] = []
         self._order = itertools.count()
         self._finished: Callable[[Job, BaseException | None], None] = lambda _j, _e: None
 
@@ -253,7 +267,7 @@ class CurlEngine:
         last attempt succeeded (its part is complete and checked), ``finished(job, error)``
         with its final error otherwise. Nothing is reported for jobs a stop interrupts."""
         self._finished = finished
-        slots = [_Slot(self._new_handle()) for _ in range(self.connections)]
+        slots = [_Slot(self._new_handle(), self._paused) for _ in range(self.connections)]
         for slot in slots:
             self._bind(slot)
         self._free = list(slots)
@@ -283,6 +297,8 @@ class CurlEngine:
                 while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
                     pass
                 self._reap()
+                if self._paused:
+                    self._resume_paused()
                 now = time.monotonic()
                 if now - last_tick >= TICK_SECONDS:
                     self._check_tail(now)
@@ -292,6 +308,8 @@ class CurlEngine:
                 wait = WAIT_SECONDS
                 if timers:
                     wait = min(wait, max(0.0, timers[0][0] - now))
+                if self._paused:
+                    wait = min(wait, PAUSED_WAIT_SECONDS)
                 if active:
                     curl_wait = multi.timeout()
                     if curl_wait >= 0:
@@ -301,6 +319,28 @@ class CurlEngine:
                     self.stop.wait(wait)
         finally:
             self._shut_down(slots)
+
+    def _resume_paused(self) -> None:
+        """Resume each paused transfer whose writer caught up; libcurl hands it the chunk it
+        kept (which may pause it again). Its pause is not a stall of the server's."""
+        waiting = [slot for slot in self._paused if slot.paused]
+        self._paused.clear()
+        now = time.monotonic()
+        for slot in waiting:
+            if not slot.paused:
+                continue  # listed twice
+            assert slot.job is not None
+            if not slot.job.download.can_take():
+                self._paused.append(slot)
+                continue
+            slot.paused = False
+            slot.last_data = slot.window_start = now
+            slot.window_bytes = 0
+            try:
+                slot.easy.pause(pycurl.PAUSE_CONT)
+            except pycurl.error as exc:  # the kept chunk's write failed (a stop, a full disk)
+                code, message = exc.args
+                self._end(slot, slot.error or self._curl_error(slot, code, message))
 
     def _shut_down(self, slots: list[_Slot]) -> None:
         """A stop (or the end): transfers in flight or waiting keep their parts."""
@@ -402,6 +442,7 @@ class CurlEngine:
         self._multi.remove_handle(slot.easy)
         del self._active[id(slot.easy)]
         self._free.append(slot)
+        slot.paused = False
         job = slot.job
         assert job is not None
         slot.job = None
@@ -441,6 +482,8 @@ class CurlEngine:
         speed_limit, speed_time = self.timeouts.speed_limit, self.timeouts.speed_time
         for slot in list(self._active.values()):
             assert slot.job is not None
+            if slot.paused:
+                continue  # waiting for its writer, not for the server
             if slot.first_byte is None:
                 limit = read
                 deadline = slot.tracker.deadline if slot.tracker is not None else None
