@@ -160,6 +160,11 @@ class BodyThread:
         """Whether :meth:`add` takes a batch's last chunk now (or raises the write's error)."""
         return self._backlog < BODY_BACKLOG_BYTES or self._error is not None
 
+    def wait_ready(self) -> None:
+        """Block until :meth:`ready`: for a receiver that has a thread of its own."""
+        with self._changed:
+            self._changed.wait_for(self.ready)
+
     def finish(self) -> None:
         """Wait until every chunk taken is written and hashed."""
         if self._batch:
@@ -380,7 +385,8 @@ class FileTransfer:
                 if self.on_response(response.status_code, response.reason, response.url, headers):
                     try:
                         for chunk in response.iter_content(CHUNK_SIZE):
-                            self.on_chunk(chunk)
+                            while not self.on_chunk(chunk):  # its writer is behind
+                                self._wait_for_writer()
                     except OSError as exc:
                         if isinstance(exc, NETWORK_ERRORS):
                             raise
@@ -470,6 +476,10 @@ class FileTransfer:
     def can_take(self) -> bool:
         """Whether :meth:`on_chunk` would take a chunk now (a paused body may go on)."""
         return self._body_thread is None or self._body_thread.ready()
+
+    def _wait_for_writer(self) -> None:
+        if self._body_thread is not None:
+            self._body_thread.wait_ready()
 
     def _write_block(self, block: bytes) -> None:
         """Write, hash, count and stamp one block: a chunk inline, or a batch of them on the

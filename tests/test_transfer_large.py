@@ -406,3 +406,39 @@ def test_threads_a_corrupt_large_body_fails_its_checksum(tmp_path: Path) -> None
     with pytest.raises(TransferError, match="checksum mismatch"):
         transfer.run()
     assert not dest.exists()
+
+
+def test_threads_a_body_written_behind_waits_for_its_writer_and_loses_no_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver with a thread of its own may write behind too: a chunk the body thread
+    refuses (its backlog full) is offered again once the writer caught up, never dropped."""
+    write = LocalPart.write
+    refused = 0
+    add = BodyThread.add
+
+    def slow(self: LocalPart, chunk: bytes) -> None:
+        time.sleep(0.05)  # the disk is the slower side: the backlog fills
+        write(self, chunk)
+
+    def counting(self: BodyThread, chunk: bytes) -> bool:
+        nonlocal refused
+        taken = add(self, chunk)
+        refused += not taken
+        return taken
+
+    monkeypatch.setattr(LocalPart, "write", slow)
+    monkeypatch.setattr(BodyThread, "add", counting)
+    dest = tmp_path / "out" / "big.bin"
+    transfer = FileTransfer(
+        _serve_big,  # type: ignore[arg-type]
+        dest,
+        label="big",
+        policy=FAST,
+        checksum=CHECKSUM,
+        write_behind=True,
+    )
+    outcome = transfer.run()
+    assert refused > 0
+    assert outcome.sha256 == BIG_SHA and outcome.attempts == 1
+    assert dest.read_bytes() == BIG
