@@ -9,6 +9,7 @@ path writes inline.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import errno
 import hashlib
@@ -23,7 +24,7 @@ import pytest
 
 from mlsync.errors import LocalWriteError, TransferError
 from mlsync.hub.curl import CurlEngine, Job
-from mlsync.hub.http import RetryPolicy, Timeouts
+from mlsync.hub.http import FirstByteTimes, RetryPolicy, Timeouts
 from mlsync.transfer import (
     BODY_BACKLOG_BYTES,
     BODY_BATCH_BYTES,
@@ -87,6 +88,17 @@ def big_server() -> Iterator[tuple[str, list[str], list[int]]]:
     yield f"http://127.0.0.1:{server.server_address[1]}/big.bin", seen, truncate
     server.shutdown()
     server.server_close()
+
+
+def _wait_for_size(path: Path, size: int, seconds: float = 5.0) -> bool:
+    """Whether the file at ``path`` holds ``size`` bytes or more within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_size >= size:
+                return True
+        time.sleep(0.005)
+    return False
 
 
 def _engine_fetch(
@@ -166,7 +178,9 @@ def test_engine_a_stop_keeps_a_part_that_is_a_prefix_of_the_file(
     def receiving(chunk: bytes) -> bool:  # a stop while the body comes in (Ctrl-C, say)
         nonlocal received
         received += len(chunk)
-        if received >= 2 * LARGE_BYTES:
+        if received >= 2 * LARGE_BYTES and not stop.is_set():
+            # the receiver never waits for its writer: let a batch reach the part first
+            assert _wait_for_size(Path(f"{dest}.part"), BODY_BATCH_BYTES)
             stop.set()
         return on_chunk(chunk)
 
@@ -300,18 +314,24 @@ def test_engine_a_writer_that_falls_behind_pauses_its_transfer_only(
     def finished(job: Job, error: BaseException | None) -> None:
         done[job.tag] = time.monotonic()
         results.append(error)
-        if job.tag == "fast.bin":  # held past the stall limit below, then let go
-            threading.Timer(1.5, gate.set).start()
+        if job.tag == "fast.bin":  # held well past the stall limit below, then let go
+            threading.Timer(3.0, gate.set).start()
 
-    engine = CurlEngine(connections=2, timeouts=Timeouts(speed_time=0.5, read=0.5))
+    engine = CurlEngine(
+        connections=2,
+        timeouts=Timeouts(speed_time=1.0, read=10.0),  # a body idle for 1 s is cut
+        first_bytes=FirstByteTimes(),  # no deadline learned from other tests' answers
+    )
     engine.run(lambda: next(jobs, None), finished)
     gate.set()
     safety.cancel()
     assert results == [None, None] and list(done) == ["fast.bin", "slow.bin"]
-    assert done["slow.bin"] - done["fast.bin"] >= 1.4
-    assert len(seen) == 2  # one request each: the paused body was never cut
+    assert done["slow.bin"] - done["fast.bin"] >= 2.9
+    assert "/big.bin?slow.bin from 0" in seen
+    assert [s for s in seen if "slow" in s and not s.endswith(" from 0")] == []  # no resume
     for name, transfer in transfers.items():
-        assert transfer.finish().sha256 == BIG_SHA
+        outcome = transfer.finish()
+        assert outcome.sha256 == BIG_SHA and outcome.attempts == 1  # the pause was no stall
         assert (tmp_path / "out" / name).read_bytes() == BIG
 
 
@@ -330,9 +350,8 @@ def test_a_body_thread_raises_a_full_disk_at_the_next_hand_over_and_keeps_a_pref
     body = BodyThread(filling)
     block = BIG[:BODY_BATCH_BYTES]
     body.add(block)  # a batch: handed over and written
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and part.facts().size < len(block):
-        time.sleep(0.01)
+    # watched by its path: the part itself belongs to the body thread (which creates it)
+    assert _wait_for_size(tmp_path / "big.bin.part", len(block))
     failing.set()
     with pytest.raises(LocalWriteError, match="No space left"):
         for _ in range(64):  # the failure comes back on a later hand-over (or the finish)
