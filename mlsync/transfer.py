@@ -478,8 +478,8 @@ class FileTransfer:
         return self._body_thread is None or self._body_thread.ready()
 
     def _wait_for_writer(self) -> None:
-        if self._body_thread is not None:
-            self._body_thread.wait_ready()
+        assert self._body_thread is not None  # only a body thread refuses a chunk
+        self._body_thread.wait_ready()
 
     def _write_block(self, block: bytes) -> None:
         """Write, hash, count and stamp one block: a chunk inline, or a batch of them on the

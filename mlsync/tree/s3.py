@@ -230,8 +230,7 @@ class S3PartWriter:
             room = part_size - len(self._buffer)
             self._buffer += rest[:room]
             rest = rest[room:]
-            full, self._buffer = self._buffer, bytearray()
-            self._send(full)
+            self._send_buffer()
         self._buffer += rest
 
     def set_stamp(self, seconds: float) -> None:
@@ -246,6 +245,12 @@ class S3PartWriter:
         commit that follows the close (a transfer closes its part, then commits it)."""
 
     # --- multipart ------------------------------------------------------------------------
+
+    def _send_buffer(self) -> None:
+        """Send the buffered bytes as the next part: the buffer object itself, never a copy;
+        a new buffer takes the bytes that follow."""
+        data, self._buffer = self._buffer, bytearray()
+        self._send(data)
 
     def _send(self, data: bytes | bytearray) -> None:
         upload = self._upload or self._begin()
@@ -380,8 +385,7 @@ class S3Tree:
                 writer._buffer = bytearray()
             else:
                 if writer._buffer:
-                    last, writer._buffer = writer._buffer, bytearray()
-                    writer._send(last)
+                    writer._send_buffer()
                 upload = writer._upload
                 etags = [etag for etag, _ in upload.parts]
                 try:
